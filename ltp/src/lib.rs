@@ -1,1 +1,8 @@
-//! placeholder
+//! Licklider Transmission Protocol (RFC 5326): segment codec, sans-IO engine, UDP driver.
+
+pub mod engine;
+pub mod sdnv;
+pub mod segment;
+
+pub use engine::{Engine, EngineConfig, EngineStats, Event, SendError, SpanConfig};
+pub use segment::{CancelReason, EngineId, Segment, SessionId};
