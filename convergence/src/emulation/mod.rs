@@ -1,0 +1,1 @@
+//! Link emulation (work in progress; API follows in the next commit).

@@ -1,0 +1,1 @@
+//! UDP convergence-layer adapter (work in progress).
