@@ -1,0 +1,121 @@
+//! Engine and span configuration (RFC 5326 §6 timers and limits, §7 "management" parameters;
+//! CCSDS 734.1-B-1 where it narrows them: session numbers, serial-number ranges).
+
+use std::time::Duration;
+
+use crate::segment::DecodeLimits;
+
+/// Engine-wide settings (limits shared by all spans, randomness, closed-session memory).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Seed of the engine's RNG (session numbers, initial serial numbers); same seed, same run.
+    pub seed: u64,
+    /// Our session numbers are drawn at random in `1..2^session_number_bits` (1..=64; default 32,
+    /// as CCSDS 734.1 and ION expect).
+    pub session_number_bits: u32,
+    /// Largest block (red + green) we send or accept, in octets; beyond it an import is cancelled.
+    pub max_block_size: u64,
+    /// Largest number of concurrent import sessions per peer; new ones are cancelled.
+    pub max_import_sessions_per_peer: usize,
+    /// Total octets of red data held for reassembly across all import sessions.
+    pub max_reassembly_memory: usize,
+    /// Largest number of reception claims in one report segment we send (§6.3: more claims are
+    /// split over several reports); reports we receive are bounded by `decode_limits.max_claims`.
+    pub max_claims_per_report: usize,
+    /// How many recently closed sessions are remembered (to answer late segments).
+    pub closed_session_capacity: usize,
+    /// How long a closed session is remembered.
+    pub closed_session_linger: Duration,
+    /// Accept import sessions from engines that are not configured as spans (using
+    /// `default_span`). Off by default: such data segments are dropped and counted.
+    pub accept_unknown_peers: bool,
+    /// Span settings used for unknown peers when `accept_unknown_peers` is set.
+    pub default_span: SpanConfig,
+    /// Limits applied when decoding received segments.
+    pub decode_limits: DecodeLimits,
+    /// Largest number of control segments (reports, acks, cancels) queued per span; the oldest
+    /// is dropped beyond it (all of them are recovered by retransmission timers).
+    pub max_control_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            seed: 0,
+            session_number_bits: 32,
+            max_block_size: 256 * 1024 * 1024,
+            max_import_sessions_per_peer: 1024,
+            max_reassembly_memory: 1024 * 1024 * 1024,
+            max_claims_per_report: 256,
+            closed_session_capacity: 4096,
+            closed_session_linger: Duration::from_secs(600),
+            accept_unknown_peers: false,
+            default_span: SpanConfig::default(),
+            decode_limits: DecodeLimits::default(),
+            max_control_queue: 4096,
+        }
+    }
+}
+
+/// Settings of one span (the link to one peer engine).
+#[derive(Clone, Debug)]
+pub struct SpanConfig {
+    /// Largest datagram (encoded segment) we send to this peer, in octets.
+    pub max_segment_size: usize,
+    /// Export sessions open in parallel to this peer (the window).
+    pub max_export_sessions: usize,
+    /// Blocks waiting for a free export session; `SendError::QueueFull` beyond it.
+    pub max_queued_blocks: usize,
+    /// A discretionary checkpoint every this many red data segments (0: only the EORP one).
+    pub checkpoint_every: u32,
+    /// Retransmissions of one checkpoint before the export is cancelled (§6.7, RLEXC).
+    pub max_checkpoint_retransmissions: u32,
+    /// Retransmissions of one report segment before the import gives up (§6.8).
+    pub max_report_retransmissions: u32,
+    /// Retransmissions of a cancel segment before the session is closed anyway (§6.15/§6.17).
+    pub max_cancel_retransmissions: u32,
+    /// Reports answered with retransmissions before the export is cancelled (RXMTCYCEXC).
+    pub max_retransmission_cycles: u32,
+    /// One-way light time from us to the peer.
+    pub owlt_outbound: Duration,
+    /// One-way light time from the peer to us.
+    pub owlt_inbound: Duration,
+    /// Processing and queueing margin added to every round-trip timer (§6.1: both engines'
+    /// processing time, plus queueing at the peer).
+    pub timer_margin: Duration,
+    /// An import session that hears nothing from the peer for this long (link-up time only) is
+    /// cancelled, or closed quietly if its red part was already delivered.
+    pub inactivity_timeout: Duration,
+    /// Pacing: at most this many octets per second to this peer (None: unlimited).
+    pub rate_limit: Option<u64>,
+    /// Pacing burst allowance, in octets (how far sending may run ahead of the rate).
+    pub rate_burst: u64,
+}
+
+impl Default for SpanConfig {
+    fn default() -> Self {
+        SpanConfig {
+            max_segment_size: 1400,
+            max_export_sessions: 64,
+            max_queued_blocks: 1024,
+            checkpoint_every: 0,
+            max_checkpoint_retransmissions: 10,
+            max_report_retransmissions: 10,
+            max_cancel_retransmissions: 10,
+            max_retransmission_cycles: 100,
+            owlt_outbound: Duration::from_millis(1),
+            owlt_inbound: Duration::from_millis(1),
+            timer_margin: Duration::from_millis(200),
+            inactivity_timeout: Duration::from_secs(60),
+            rate_limit: None,
+            rate_burst: 64 * 1024,
+        }
+    }
+}
+
+impl SpanConfig {
+    /// Round-trip timer interval (§6.1): OWLT out + OWLT in + margin.
+    pub fn round_trip_timeout(&self) -> Duration {
+        self.owlt_outbound + self.owlt_inbound + self.timer_margin
+    }
+}
