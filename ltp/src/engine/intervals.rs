@@ -1,0 +1,128 @@
+//! Interval sets over block offsets: reassembly of red data (RFC 5326 §6.10/§6.11, reception
+//! claims §3.2.2) and the sender's record of acknowledged data (§6.13). O(log n) per insert;
+//! adjacent and overlapping intervals are merged, so memory is bounded by the number of gaps.
+
+use std::collections::BTreeMap;
+
+/// A set of disjoint, non-adjacent half-open intervals `[start, end)`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IntervalSet {
+    map: BTreeMap<u64, u64>,
+    covered: u64,
+}
+
+impl IntervalSet {
+    /// Adds `[start, end)`; returns the sub-ranges that were not covered before.
+    pub(crate) fn insert(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        if start >= end {
+            return Vec::new();
+        }
+        let new = self.gaps(start, end);
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pe)) = self.map.range(..=s).next_back() {
+            if pe >= s {
+                s = ps;
+                e = e.max(pe);
+            }
+        }
+        let absorbed: Vec<u64> = self.map.range(s..=e).map(|(&k, _)| k).collect();
+        for k in absorbed {
+            if let Some(v) = self.map.remove(&k) {
+                e = e.max(v);
+            }
+        }
+        self.map.insert(s, e);
+        self.covered += new.iter().map(|(a, b)| b - a).sum::<u64>();
+        new
+    }
+
+    /// The parts of `[start, end)` not in the set, in order.
+    pub(crate) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        let mut cur = start;
+        if let Some((_, &pe)) = self.map.range(..=start).next_back() {
+            cur = cur.max(pe.min(end));
+        }
+        for (&a, &b) in self.map.range(start..end) {
+            if a > cur {
+                out.push((cur, a));
+            }
+            cur = cur.max(b.min(end));
+            if cur >= end {
+                break;
+            }
+        }
+        if cur < end {
+            out.push((cur, end));
+        }
+        out
+    }
+
+    /// True if all of `[start, end)` is in the set.
+    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
+        if start >= end {
+            return true;
+        }
+        matches!(self.map.range(..=start).next_back(), Some((_, &pe)) if pe >= end)
+    }
+
+    /// The intervals of the set intersected with `[start, end)`, in order.
+    pub(crate) fn clipped(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        if let Some((&ps, &pe)) = self.map.range(..=start).next_back() {
+            if pe > start && ps < start {
+                out.push((start, pe.min(end)));
+            }
+        }
+        for (&a, &b) in self.map.range(start..end) {
+            out.push((a, b.min(end)));
+        }
+        out
+    }
+
+    /// Octets covered.
+    #[cfg(test)]
+    pub(crate) fn covered(&self) -> u64 {
+        self.covered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_merges_and_reports_new_parts() {
+        let mut s = IntervalSet::default();
+        assert_eq!(s.insert(10, 20), vec![(10, 20)]);
+        assert_eq!(s.insert(30, 40), vec![(30, 40)]);
+        assert_eq!(s.insert(15, 35), vec![(20, 30)]);
+        assert_eq!(s.clipped(0, 100), vec![(10, 40)]);
+        assert_eq!(s.insert(10, 40), vec![]);
+        assert_eq!(s.insert(40, 50), vec![(40, 50)]);
+        assert_eq!(s.clipped(0, 100), vec![(10, 50)]);
+        assert_eq!(s.covered(), 40);
+        assert!(s.covers(10, 50));
+        assert!(!s.covers(9, 50));
+        assert_eq!(s.gaps(0, 60), vec![(0, 10), (50, 60)]);
+        assert_eq!(s.clipped(12, 13), vec![(12, 13)]);
+    }
+
+    #[test]
+    fn gaps_with_many_intervals() {
+        let mut s = IntervalSet::default();
+        for i in (0..100).step_by(10) {
+            s.insert(i, i + 5);
+        }
+        let g = s.gaps(3, 27);
+        assert_eq!(g, vec![(5, 10), (15, 20), (25, 27)]);
+        assert_eq!(s.clipped(3, 27), vec![(3, 5), (10, 15), (20, 25)]);
+        assert_eq!(s.covered(), 50);
+    }
+}
