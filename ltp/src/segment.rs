@@ -706,3 +706,234 @@ fn extensions_len(exts: &[Extension]) -> usize {
         .map(|e| 1 + sdnv::encoded_len(e.value.len() as u64) + e.value.len())
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session() -> impl Strategy<Value = SessionId> {
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(originator, number)| SessionId { originator, number })
+    }
+
+    fn extensions() -> impl Strategy<Value = Vec<Extension>> {
+        proptest::collection::vec(
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..20)).prop_map(|(tag, v)| {
+                Extension {
+                    tag,
+                    value: Bytes::from(v),
+                }
+            }),
+            0..4,
+        )
+    }
+
+    fn reason() -> impl Strategy<Value = CancelReason> {
+        any::<u8>().prop_map(CancelReason::from_code)
+    }
+
+    fn body() -> impl Strategy<Value = SegmentBody> {
+        let data = (
+            prop_oneof![
+                Just(DataKind::Red),
+                Just(DataKind::RedCheckpoint),
+                Just(DataKind::RedCheckpointEorp),
+                Just(DataKind::RedCheckpointEorpEob),
+                Just(DataKind::Green),
+                Just(DataKind::GreenEob),
+            ],
+            any::<u64>(),
+            0..u64::MAX / 2,
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(kind, csid, offset, data, cs, rs)| {
+                SegmentBody::Data(DataSegment {
+                    kind,
+                    client_service_id: csid,
+                    offset,
+                    data: Bytes::from(data),
+                    checkpoint: kind.is_checkpoint().then_some(CheckpointInfo {
+                        checkpoint_serial: cs,
+                        report_serial: rs,
+                    }),
+                })
+            });
+        let report = (
+            any::<u64>(),
+            any::<u64>(),
+            0..u64::MAX / 2,
+            proptest::collection::vec((0..1000u64, 0..1000u64), 0..8),
+        )
+            .prop_map(|(rs, cs, lower, raw)| {
+                let mut claims = Vec::new();
+                let mut at = lower;
+                for (gap, len) in raw {
+                    claims.push(Claim {
+                        offset: at + gap,
+                        length: len,
+                    });
+                    at += gap + len;
+                }
+                SegmentBody::Report(ReportSegment {
+                    report_serial: rs,
+                    checkpoint_serial: cs,
+                    upper_bound: at + 7,
+                    lower_bound: lower,
+                    claims,
+                })
+            });
+        prop_oneof![
+            data,
+            report,
+            any::<u64>().prop_map(|report_serial| SegmentBody::ReportAck { report_serial }),
+            reason().prop_map(SegmentBody::CancelFromSender),
+            reason().prop_map(SegmentBody::CancelFromReceiver),
+            Just(SegmentBody::CancelAckToSender),
+            Just(SegmentBody::CancelAckToReceiver),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = Segment> {
+        (session(), extensions(), extensions(), body()).prop_map(|(session, h, t, body)| Segment {
+            session,
+            header_extensions: h,
+            trailer_extensions: t,
+            body,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(seg in segment()) {
+            let b = seg.to_bytes();
+            prop_assert_eq!(b.len(), seg.encoded_len());
+            let back = Segment::decode(&b).unwrap();
+            prop_assert_eq!(back, seg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let b = Bytes::from(b);
+            if let Ok(seg) = Segment::decode(&b) {
+                // Whatever decodes must re-decode identically from its own encoding.
+                prop_assert_eq!(Segment::decode(&seg.to_bytes()).unwrap(), seg);
+            }
+        }
+
+        #[test]
+        fn truncation_is_an_error(seg in segment(), cut in any::<prop::sample::Index>()) {
+            let b = seg.to_bytes();
+            let n = cut.index(b.len());
+            // Every field is mandatory and every count explicit: no strict prefix is a segment.
+            prop_assert!(Segment::decode(&b.slice(..n)).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_undefined_types_and_versions() {
+        for t in [5u8, 6, 10, 11] {
+            let b = Bytes::from(vec![t, 1, 1, 0]);
+            assert_eq!(
+                Segment::decode(&b),
+                Err(DecodeError::UndefinedSegmentType(t))
+            );
+        }
+        let b = Bytes::from(vec![0x2d, 1, 1, 0]);
+        assert_eq!(Segment::decode(&b), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(
+            Segment::decode(&Bytes::new()),
+            Err(DecodeError::Truncated {
+                field: "control byte"
+            })
+        );
+    }
+
+    #[test]
+    fn report_bounds_enforced() {
+        // lower 60 > upper 50 (HDTN's unit-test values).
+        let b = Bytes::from(vec![0x08, 1, 1, 0, 1, 1, 50, 60, 1, 0, 1]);
+        assert_eq!(
+            Segment::decode(&b),
+            Err(DecodeError::ReportBoundsInverted {
+                lower: 60,
+                upper: 50
+            })
+        );
+        // claim [10+5, 10+5+10) beyond upper 20.
+        let b = Bytes::from(vec![0x08, 1, 1, 0, 1, 1, 20, 10, 1, 5, 10]);
+        assert!(matches!(
+            Segment::decode(&b),
+            Err(DecodeError::ClaimOutOfBounds { .. })
+        ));
+        // claim count far beyond what the segment holds: rejected before allocating.
+        let b = Bytes::from(vec![
+            0x08, 1, 1, 0, 1, 1, 20, 10, 0x8f, 0xff, 0xff, 0x7f, 0, 1,
+        ]);
+        assert!(matches!(
+            Segment::decode(&b),
+            Err(DecodeError::TooManyClaims { .. })
+        ));
+        let limits = DecodeLimits {
+            max_claims: 1,
+            ..DecodeLimits::default()
+        };
+        let b = Bytes::from(vec![0x08, 1, 1, 0, 1, 1, 20, 0, 2, 0, 1, 2, 1]);
+        assert!(Segment::decode(&b).is_ok());
+        assert_eq!(
+            Segment::decode_with_limits(&b, &limits),
+            Err(DecodeError::TooManyClaims { count: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn extension_and_trailing_checks() {
+        // header extension claims 5 value octets, 1 present.
+        let b = Bytes::from(vec![0x0d, 1, 1, 0x10, 0x44, 5, 0]);
+        assert!(matches!(
+            Segment::decode(&b),
+            Err(DecodeError::ExtensionLength { length: 5, .. })
+        ));
+        let b = Bytes::from(vec![0x0d, 1, 1, 0, 0]);
+        assert_eq!(Segment::decode(&b), Err(DecodeError::TrailingBytes(1)));
+        let limits = DecodeLimits {
+            max_extensions: 1,
+            ..DecodeLimits::default()
+        };
+        let b = Bytes::from(vec![0x0d, 1, 1, 0x11, 1, 0, 2, 0]);
+        assert!(Segment::decode(&b).is_ok());
+        assert_eq!(
+            Segment::decode_with_limits(&b, &limits),
+            Err(DecodeError::TooManyExtensions { count: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn data_overhead_matches_encoding() {
+        let seg = Segment {
+            session: SessionId {
+                originator: 7,
+                number: 1 << 40,
+            },
+            header_extensions: vec![],
+            trailer_extensions: vec![],
+            body: SegmentBody::Data(DataSegment {
+                kind: DataKind::RedCheckpoint,
+                client_service_id: 1,
+                offset: 123_456,
+                data: Bytes::from(vec![0u8; 1000]),
+                checkpoint: Some(CheckpointInfo {
+                    checkpoint_serial: 99,
+                    report_serial: 0,
+                }),
+            }),
+        };
+        let SegmentBody::Data(d) = &seg.body else {
+            unreachable!()
+        };
+        let oh = data_segment_overhead(seg.session, d.kind, 1, 123_456, 1000, d.checkpoint);
+        assert_eq!(oh + 1000, seg.encoded_len());
+    }
+}
