@@ -1,5 +1,6 @@
 //! Licklider Transmission Protocol (RFC 5326): segment codec, sans-IO engine, UDP driver.
 
+pub mod driver;
 pub mod engine;
 pub mod sdnv;
 pub mod segment;

@@ -1,0 +1,588 @@
+//! A tokio UDP driver for the sans-IO [`Engine`] (RFC 5326 §4 "underlying communication
+//! service": LTP over UDP, one segment per datagram, IANA port 1113).
+//!
+//! One driver task owns one engine and one UDP socket (made with `socket2`, large send and
+//! receive buffers) and serves several spans. Per the interoperability notes (ION sends from
+//! ephemeral ports and expects reports at its configured address): every datagram for a span is
+//! sent to the address configured for the span's engine ID, and segments are accepted from ANY
+//! source address and port — the engine identifies the peer by the engine ID in the segment,
+//! never by the source address.
+//!
+//! The loop: received datagrams go to [`Engine::handle_datagram`]; [`Engine::poll_transmit`] is
+//! drained in batches with async sends (a full socket buffer suspends sending, not the task);
+//! events go to a bounded channel (when it is full the driver stops reading the socket until the
+//! user catches up: back-pressure, LTP recovers what the kernel drops); [`Engine::poll_timeout`]
+//! arms a tokio sleep; commands arrive from [`LtpHandle`] over a bounded channel. An optional
+//! [`Impairment`] (loss, delay) sits between the engine and the socket, for tests and `ltpperf`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::engine::{Engine, EngineStats, Event, SendError};
+use crate::segment::{EngineId, SessionId};
+
+/// Largest UDP payload we can receive.
+const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams sent per loop turn before the driver looks at the socket and commands again.
+const TX_BATCH: usize = 256;
+/// Datagrams read per loop turn once the socket is readable.
+const RX_BATCH: usize = 256;
+/// Receive buffer chunk: received datagrams are zero-copy slices of chunks of this size.
+const RX_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Emulated channel impairment applied to every datagram the driver sends.
+pub trait Impairment {
+    /// Returns the datagrams to actually send and when (empty: dropped).
+    fn on_send(&mut self, now: Instant, datagram: Bytes) -> Vec<(Instant, Bytes)>;
+}
+
+/// Seeded random loss with a fixed one-way delay.
+#[derive(Debug)]
+pub struct SimpleImpairment {
+    /// Probability (0..=1) that a datagram is dropped.
+    pub loss: f64,
+    /// Delay added to every datagram that is not dropped.
+    pub delay: Duration,
+    rng: SmallRng,
+}
+
+impl SimpleImpairment {
+    /// Loss probability `loss`, constant `delay`, RNG seeded with `seed` (same seed, same drops).
+    pub fn new(loss: f64, delay: Duration, seed: u64) -> SimpleImpairment {
+        SimpleImpairment {
+            loss: loss.clamp(0.0, 1.0),
+            delay,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl Impairment for SimpleImpairment {
+    fn on_send(&mut self, now: Instant, datagram: Bytes) -> Vec<(Instant, Bytes)> {
+        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            Vec::new()
+        } else {
+            vec![(now + self.delay, datagram)]
+        }
+    }
+}
+
+/// Driver settings.
+pub struct DriverConfig {
+    /// Local UDP address to bind (port 0: OS-assigned).
+    pub bind: SocketAddr,
+    /// Peer engine ID ↔ the UDP address its segments are sent to.
+    pub spans: Vec<(EngineId, SocketAddr)>,
+    /// SO_SNDBUF to request, in octets (the kernel may cap it).
+    pub send_buffer: usize,
+    /// SO_RCVBUF to request, in octets (the kernel may cap it).
+    pub recv_buffer: usize,
+    /// Optional emulated loss/delay on sent datagrams.
+    pub impairment: Option<Box<dyn Impairment + Send>>,
+    /// Capacity of the event channel to the user.
+    pub event_queue: usize,
+    /// Capacity of the command channel from handles.
+    pub command_queue: usize,
+    /// Most datagrams held back by the impairment's delay; more are dropped and counted.
+    pub max_delayed: usize,
+    /// Learn the UDP address of a peer engine with no configured address from the source of
+    /// the first segment whose session originator is that engine (for a receiver that does not
+    /// know its senders in advance, e.g. `ltpperf recv`). Configured addresses are never
+    /// replaced, and segments are still attributed by engine ID, not by address.
+    pub learn_peer_addresses: bool,
+    /// Most learned peer addresses kept (further unknown engines are not learned).
+    pub max_learned_peers: usize,
+}
+
+impl DriverConfig {
+    /// Defaults: 8 MiB socket buffers, no spans, no impairment, queues of 1024.
+    pub fn new(bind: SocketAddr) -> DriverConfig {
+        DriverConfig {
+            bind,
+            spans: Vec::new(),
+            send_buffer: 8 * 1024 * 1024,
+            recv_buffer: 8 * 1024 * 1024,
+            impairment: None,
+            event_queue: 1024,
+            command_queue: 1024,
+            max_delayed: 1 << 20,
+            learn_peer_addresses: false,
+            max_learned_peers: 1024,
+        }
+    }
+}
+
+/// Driver-level counters plus the engine's.
+#[derive(Clone, Debug, Default)]
+pub struct DriverStats {
+    /// The engine's counters.
+    pub engine: EngineStats,
+    /// Datagrams handed to the socket.
+    pub datagrams_sent: u64,
+    /// Octets handed to the socket.
+    pub bytes_sent: u64,
+    /// Datagrams read from the socket.
+    pub datagrams_received: u64,
+    /// Octets read from the socket.
+    pub bytes_received: u64,
+    /// Socket send errors (datagram lost).
+    pub send_errors: u64,
+    /// Datagrams for an engine ID with no configured address (dropped).
+    pub no_route: u64,
+    /// Datagrams dropped by the impairment (or its delay queue limit).
+    pub impaired_drops: u64,
+    /// Requested and effective socket buffer sizes (send, receive).
+    pub socket_buffers: (usize, usize),
+}
+
+/// Errors of [`LtpHandle`] calls.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The engine refused the block.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The driver task has stopped.
+    #[error("LTP driver stopped")]
+    Closed,
+}
+
+enum Command {
+    SendBlock {
+        dest: EngineId,
+        client_service_id: u64,
+        block: Bytes,
+        red_len: usize,
+        reply: oneshot::Sender<Result<SessionId, SendError>>,
+    },
+    SetLink {
+        peer: EngineId,
+        up: bool,
+    },
+    SetSpanAddress {
+        peer: EngineId,
+        addr: SocketAddr,
+    },
+    Cancel(SessionId),
+    Stats(oneshot::Sender<DriverStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to a running driver (cheap to clone).
+#[derive(Clone)]
+pub struct LtpHandle {
+    tx: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl LtpHandle {
+    /// Starts sending a block to `dest`; the first `red_len` octets are red.
+    pub async fn send_block(
+        &self,
+        dest: EngineId,
+        client_service_id: u64,
+        block: Bytes,
+        red_len: usize,
+    ) -> Result<SessionId, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::SendBlock {
+            dest,
+            client_service_id,
+            block,
+            red_len,
+            reply,
+        })
+        .await?;
+        Ok(rx.await.map_err(|_| DriverError::Closed)??)
+    }
+
+    /// Link-state cue for the span to `peer` (RFC 5326 §6.1, §8).
+    pub async fn set_link(&self, peer: EngineId, up: bool) -> Result<(), DriverError> {
+        self.command(Command::SetLink { peer, up }).await
+    }
+
+    /// Sets (or changes) the UDP address that segments for `peer` are sent to.
+    pub async fn set_span_address(
+        &self,
+        peer: EngineId,
+        addr: SocketAddr,
+    ) -> Result<(), DriverError> {
+        self.command(Command::SetSpanAddress { peer, addr }).await
+    }
+
+    /// Cancels a session at the user's request (RFC 5326 §6.19, USR_CNCLD).
+    pub async fn cancel(&self, session: SessionId) -> Result<(), DriverError> {
+        self.command(Command::Cancel(session)).await
+    }
+
+    /// Driver and engine counters.
+    pub async fn stats(&self) -> Result<DriverStats, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Stats(tx)).await?;
+        rx.await.map_err(|_| DriverError::Closed)
+    }
+
+    /// The bound local UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the driver task and waits until it has stopped (idempotent).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn command(&self, c: Command) -> Result<(), DriverError> {
+        self.tx.send(c).await.map_err(|_| DriverError::Closed)
+    }
+}
+
+/// The driver: spawns the task that runs an engine on a UDP socket.
+pub struct LtpDriver;
+
+impl LtpDriver {
+    /// Binds the socket and spawns the driver task on the current tokio runtime.
+    pub fn spawn(
+        config: DriverConfig,
+        engine: Engine,
+    ) -> io::Result<(LtpHandle, mpsc::Receiver<Event>)> {
+        let (socket, buffers) = bind_socket(&config)?;
+        let local_addr = socket.local_addr()?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
+        let (event_tx, event_rx) = mpsc::channel(config.event_queue.max(1));
+        let task = Task {
+            engine,
+            socket,
+            spans: config.spans.into_iter().collect(),
+            impairment: config.impairment,
+            delayed: BinaryHeap::new(),
+            delayed_seq: 0,
+            max_delayed: config.max_delayed,
+            stats: DriverStats {
+                socket_buffers: buffers,
+                ..DriverStats::default()
+            },
+            event_tx,
+            pending_event: None,
+            rx_buf: BytesMut::new(),
+            learn: config.learn_peer_addresses,
+            learned: 0,
+            max_learned: config.max_learned_peers,
+        };
+        tokio::spawn(task.run(cmd_rx));
+        Ok((
+            LtpHandle {
+                tx: cmd_tx,
+                local_addr,
+            },
+            event_rx,
+        ))
+    }
+}
+
+fn bind_socket(config: &DriverConfig) -> io::Result<(UdpSocket, (usize, usize))> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(config.bind),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if let Err(e) = s.set_send_buffer_size(config.send_buffer) {
+        warn!(error = %e, "cannot set SO_SNDBUF");
+    }
+    if let Err(e) = s.set_recv_buffer_size(config.recv_buffer) {
+        warn!(error = %e, "cannot set SO_RCVBUF");
+    }
+    let buffers = (
+        s.send_buffer_size().unwrap_or(0),
+        s.recv_buffer_size().unwrap_or(0),
+    );
+    if buffers.1 < config.recv_buffer {
+        debug!(
+            requested = config.recv_buffer,
+            effective = buffers.1,
+            "receive buffer capped by the kernel (net.core.rmem_max)"
+        );
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&config.bind.into())?;
+    let socket = UdpSocket::from_std(s.into())?;
+    Ok((socket, buffers))
+}
+
+/// A datagram held back by the impairment until `at`.
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    peer: EngineId,
+    datagram: Bytes,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Task {
+    engine: Engine,
+    socket: UdpSocket,
+    spans: HashMap<EngineId, SocketAddr>,
+    impairment: Option<Box<dyn Impairment + Send>>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    delayed_seq: u64,
+    max_delayed: usize,
+    stats: DriverStats,
+    event_tx: mpsc::Sender<Event>,
+    pending_event: Option<Event>,
+    rx_buf: BytesMut,
+    learn: bool,
+    learned: usize,
+    max_learned: usize,
+}
+
+impl Task {
+    async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
+        let mut shutdown_reply = None;
+        loop {
+            let more_tx = self.transmit().await;
+            self.forward_events();
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let reading = self.pending_event.is_none();
+            // A clone, so that the permit borrows this local rather than `self`.
+            let event_tx = self.event_tx.clone();
+            if self.rx_buf.capacity() < MAX_DATAGRAM {
+                self.rx_buf.reserve(RX_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        shutdown_reply = Some(reply);
+                        break;
+                    }
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                permit = event_tx.reserve(), if !reading => match permit {
+                    Ok(p) => {
+                        if let Some(e) = self.pending_event.take() {
+                            p.send(e);
+                        }
+                    }
+                    Err(_) => {
+                        // The user dropped the receiver: events are discarded from now on.
+                        self.pending_event = None;
+                    }
+                },
+                r = self.socket.recv_buf_from(&mut self.rx_buf), if reading => match r {
+                    Ok((n, from)) => {
+                        self.received(n, from);
+                        self.drain_socket();
+                    }
+                    Err(e) => debug!(error = %e, "UDP receive error"),
+                },
+                _ = sleep => {
+                    let now = Instant::now();
+                    self.engine.handle_timeout(now);
+                    self.release_delayed(now).await;
+                },
+                _ = tokio::task::yield_now(), if more_tx => {},
+            }
+        }
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+        debug!("LTP driver stopped");
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = Instant::now();
+        match c {
+            Command::SendBlock {
+                dest,
+                client_service_id,
+                block,
+                red_len,
+                reply,
+            } => {
+                let r = self
+                    .engine
+                    .send_block(dest, client_service_id, block, red_len, now);
+                let _ = reply.send(r);
+            }
+            Command::SetLink { peer, up } => self.engine.set_link(peer, up, now),
+            Command::SetSpanAddress { peer, addr } => {
+                self.spans.insert(peer, addr);
+            }
+            Command::Cancel(s) => self.engine.cancel(s, now),
+            Command::Stats(reply) => {
+                let mut s = self.stats.clone();
+                s.engine = self.engine.stats();
+                let _ = reply.send(s);
+            }
+            Command::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn received(&mut self, n: usize, from: SocketAddr) {
+        let datagram = self.rx_buf.split_to(n).freeze();
+        if self.learn {
+            self.learn_address(&datagram, from);
+        }
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += n as u64;
+        self.engine.handle_datagram(datagram, Instant::now());
+    }
+
+    /// Records `from` as the address of the segment's session originator if none is known.
+    fn learn_address(&mut self, datagram: &[u8], from: SocketAddr) {
+        // Only the header is read (RFC 5326 §3.1: control byte, then the originator SDNV); the
+        // engine decodes and validates the whole segment.
+        let Some(rest) = datagram.get(1..) else {
+            return;
+        };
+        let Ok((originator, _)) = crate::sdnv::decode_u64(rest) else {
+            return;
+        };
+        if self.learned < self.max_learned && !self.spans.contains_key(&originator) {
+            debug!(originator, %from, "learned peer address");
+            self.spans.insert(originator, from);
+            self.learned += 1;
+        }
+    }
+
+    /// Reads whatever else is already queued on the socket (bounded batch).
+    fn drain_socket(&mut self) {
+        for _ in 0..RX_BATCH {
+            if self.rx_buf.capacity() < MAX_DATAGRAM {
+                self.rx_buf.reserve(RX_CHUNK);
+            }
+            match self.socket.try_recv_buf_from(&mut self.rx_buf) {
+                Ok((n, from)) => self.received(n, from),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive error");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends up to a batch of datagrams; returns true if the engine may have more.
+    async fn transmit(&mut self) -> bool {
+        let now = Instant::now();
+        self.release_delayed(now).await;
+        for _ in 0..TX_BATCH {
+            let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
+                return false;
+            };
+            match self.impairment.as_mut() {
+                None => self.send(peer, datagram).await,
+                Some(imp) => {
+                    for (at, d) in imp.on_send(now, datagram) {
+                        if at <= now {
+                            self.send(peer, d).await;
+                        } else if self.delayed.len() >= self.max_delayed {
+                            self.stats.impaired_drops += 1;
+                        } else {
+                            self.delayed_seq += 1;
+                            self.delayed.push(Reverse(Delayed {
+                                at,
+                                seq: self.delayed_seq,
+                                peer,
+                                datagram: d,
+                            }));
+                        }
+                    }
+                    // on_send returning nothing is a drop.
+                }
+            }
+        }
+        true
+    }
+
+    async fn release_delayed(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
+            if let Some(Reverse(d)) = self.delayed.pop() {
+                self.send(d.peer, d.datagram).await;
+            }
+        }
+    }
+
+    async fn send(&mut self, peer: EngineId, datagram: Bytes) {
+        let Some(&addr) = self.spans.get(&peer) else {
+            self.stats.no_route += 1;
+            if self.stats.no_route == 1 {
+                warn!(
+                    peer,
+                    "no UDP address configured for engine; datagram dropped"
+                );
+            }
+            return;
+        };
+        match self.socket.send_to(&datagram, addr).await {
+            Ok(n) => {
+                self.stats.datagrams_sent += 1;
+                self.stats.bytes_sent += n as u64;
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                debug!(error = %e, %addr, "UDP send error");
+            }
+        }
+    }
+
+    fn forward_events(&mut self) {
+        if self.pending_event.is_some() {
+            return;
+        }
+        while let Some(e) = self.engine.poll_event() {
+            match self.event_tx.try_send(e) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(e)) => {
+                    self.pending_event = Some(e);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let d = self.delayed.peek().map(|d| d.0.at);
+        match (self.engine.poll_timeout(), d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
