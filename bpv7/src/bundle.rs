@@ -763,18 +763,21 @@ fn validate(b: &Bundle, opts: &DecodeOptions) -> Result<()> {
         {
             return Err(Error::AdminRecordBlockReportFlag(blk.number));
         }
-        match blk.block_type {
-            BlockType::Bcb => {
-                if let Some(t) = blk.security_targets() {
-                    bcb_targets.extend(t?);
-                }
+        // RFC 9172 §3.6: the first item of a BCB is its target list.
+        if blk.block_type == BlockType::Bcb {
+            if let Some(t) = blk.security_targets() {
+                bcb_targets.extend(t?);
             }
-            BlockType::Bib => {
-                if let Some(t) = blk.security_targets() {
-                    bib_targets_primary |= t?.contains(&0);
-                }
-            }
-            _ => {}
+        }
+    }
+    // RFC 9172 §3.6: a BIB's target list, unless the BIB itself is encrypted by a BCB.
+    for blk in b
+        .blocks
+        .iter()
+        .filter(|x| x.block_type == BlockType::Bib && !bcb_targets.contains(&x.number))
+    {
+        if let Some(t) = blk.security_targets() {
+            bib_targets_primary |= t?.contains(&0);
         }
     }
     // §4.1: exactly one payload block.
