@@ -3,7 +3,8 @@
 //! Fragments share the original primary block fields (with the fragment flag set and offsets
 //! relative to the original ADU, also when a fragment is fragmented again). The first fragment
 //! carries every extension block; later fragments carry only the blocks flagged "replicate in
-//! every fragment" (§4.2.4 bit 0). The payload slices are zero-copy slices of the original.
+//! every fragment" (§4.2.4 bit 0), plus the bundle age block when the creation time is zero
+//! (§4.4.2 requires it in every such bundle). The payload slices are zero-copy slices of the original.
 
 use crate::bundle::{Bundle, CanonicalBlock};
 use crate::cbor;
@@ -34,6 +35,8 @@ pub fn fragment(bundle: &Bundle, max_size: usize) -> Result<Vec<Bundle>> {
         Some(f) => (f.offset, f.total_adu_length),
         None => (0, payload.len() as u64),
     };
+    // §4.4.2: with a zero creation time every fragment needs the bundle age block.
+    let zero_time = bundle.primary.creation.time.0 == 0;
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < payload.len() {
@@ -49,7 +52,9 @@ pub fn fragment(bundle: &Bundle, max_size: usize) -> Result<Vec<Bundle>> {
             .iter()
             .filter(|b| {
                 b.block_type != BlockType::Payload
-                    && (first || b.flags.contains(BlockFlags::REPLICATE))
+                    && (first
+                        || b.flags.contains(BlockFlags::REPLICATE)
+                        || (b.block_type == BlockType::BundleAge && zero_time))
             })
             .cloned()
             .collect();
