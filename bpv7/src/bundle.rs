@@ -807,10 +807,7 @@ fn validate(b: &Bundle, opts: &DecodeOptions) -> Result<()> {
     // §5.8: a fragment's payload lies inside the ADU.
     if let Some(f) = p.fragment {
         let len = b.payload().len() as u64;
-        if f.offset
-            .checked_add(len)
-            .map_or(true, |end| end > f.total_adu_length)
-        {
+        if !matches!(f.offset.checked_add(len), Some(end) if end <= f.total_adu_length) {
             return Err(Error::FragmentBeyondTotal);
         }
     }

@@ -64,7 +64,7 @@ pub fn fragment(bundle: &Bundle, max_size: usize) -> Result<Vec<Bundle>> {
         let mut frag = Bundle { primary, blocks };
         // Size with an empty payload, minus the 1-byte empty length head.
         let fixed = frag.encoded_len() - 1;
-        let budget = max_size.checked_sub(fixed).unwrap_or(0);
+        let budget = max_size.saturating_sub(fixed);
         let mut take = 0usize;
         for hl in [1usize, 2, 3, 5, 9] {
             if let Some(c) = budget.checked_sub(hl) {

@@ -175,6 +175,7 @@ impl CrcType {
     }
 
     /// Size of the CRC value in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             CrcType::None => 0,
