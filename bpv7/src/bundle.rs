@@ -523,6 +523,12 @@ impl Bundle {
             .ok()
     }
 
+    /// True if the hop count block shows more hops than the limit (§4.4.3: delete the bundle
+    /// with reason code 9 "Hop limit exceeded").
+    pub fn hop_limit_exceeded(&self) -> bool {
+        self.hop_count().is_some_and(|h| h.count > h.limit)
+    }
+
     /// True if the payload is an administrative record (§4.2.3 bit 1).
     pub fn is_admin_record(&self) -> bool {
         self.primary.flags.contains(BundleFlags::ADMIN_RECORD)
@@ -1197,5 +1203,279 @@ impl BundleBuilder {
         let b = Bundle { primary, blocks };
         b.validate()?;
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AdminRecord, StatusReport};
+
+    fn builder() -> BundleBuilder {
+        BundleBuilder::new(
+            Eid::ipn(1, 1),
+            Eid::ipn(2, 1),
+            CreationTimestamp::new(1000, 7),
+            60_000,
+        )
+    }
+
+    #[test]
+    fn flag_combination_rules() {
+        let e = builder()
+            .flags(BundleFlags::ADMIN_RECORD | BundleFlags::REPORT_DELIVERY)
+            .build();
+        assert_eq!(e, Err(Error::AdminRecordRequestsReports));
+        let anon = BundleBuilder::new(Eid::Null, Eid::ipn(2, 1), CreationTimestamp::new(1, 0), 10);
+        assert!(
+            anon.clone().build().is_ok(),
+            "builder sets must-not-fragment for dtn:none"
+        );
+        assert_eq!(
+            anon.clone().flags(BundleFlags::empty()).build(),
+            Err(Error::AnonymousBundleFlags)
+        );
+        assert_eq!(
+            anon.flags(BundleFlags::MUST_NOT_FRAGMENT | BundleFlags::REPORT_RECEPTION)
+                .build(),
+            Err(Error::AnonymousBundleFlags)
+        );
+        let e = builder()
+            .flags(BundleFlags::ADMIN_RECORD)
+            .block(
+                BlockType::Unknown(200),
+                BlockFlags::REPORT_IF_UNPROCESSABLE,
+                CrcType::None,
+                vec![],
+            )
+            .build();
+        assert_eq!(e, Err(Error::AdminRecordBlockReportFlag(2)));
+        let zero = BundleBuilder::new(
+            Eid::ipn(1, 1),
+            Eid::ipn(2, 1),
+            CreationTimestamp::new(0, 0),
+            10,
+        );
+        assert_eq!(zero.clone().build(), Err(Error::MissingBundleAge));
+        assert!(zero.bundle_age(0).build().is_ok());
+        assert_eq!(
+            builder().hop_count(0, 0).build(),
+            Err(Error::HopLimitOutOfRange(0))
+        );
+        assert_eq!(
+            builder().hop_count(256, 0).build(),
+            Err(Error::HopLimitOutOfRange(256))
+        );
+        assert_eq!(
+            builder().crc_type(CrcType::None).build(),
+            Err(Error::PrimaryCrcMissing)
+        );
+    }
+
+    #[test]
+    fn primary_without_crc_allowed_when_bib_targets_it() {
+        // BIB data: targets [0], context 1, flags 0, results [] (enough for the target list).
+        let bib = vec![0x81, 0x00, 0x01, 0x00, 0x80];
+        let b = builder()
+            .crc_type(CrcType::None)
+            .block(BlockType::Bib, BlockFlags::empty(), CrcType::None, bib)
+            .build();
+        let b = b.unwrap();
+        let enc = b.encode().unwrap();
+        assert_eq!(Bundle::decode(enc.into()).unwrap(), b);
+    }
+
+    #[test]
+    fn reserved_flag_bits_preserved() {
+        let b = builder()
+            .flags(BundleFlags(0x8000_0000 | 0x80))
+            .payload_block(BlockFlags(0x40 | 0x100), CrcType::Crc16)
+            .payload(&b"x"[..])
+            .build()
+            .unwrap();
+        let d = Bundle::decode(b.encode().unwrap().into()).unwrap();
+        assert_eq!(d.primary.flags.reserved_bits(), 0x8000_0080);
+        assert_eq!(d.payload_block().flags.reserved_bits(), 0x140);
+    }
+
+    #[test]
+    fn forward_rewrites_only_changed_blocks() {
+        let payload: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
+        let b = builder()
+            .previous_node(&Eid::ipn(7, 0))
+            .bundle_age(100)
+            .hop_count(3, 1)
+            .block(
+                BlockType::Unknown(193),
+                BlockFlags::REPLICATE,
+                CrcType::Crc16,
+                vec![1, 2],
+            )
+            .payload(payload)
+            .build()
+            .unwrap();
+        let raw = Bytes::from(b.encode().unwrap());
+        let p = ParsedBundle::decode(raw.clone()).unwrap();
+        let params = ForwardParams {
+            previous_node: Some(Eid::ipn(9, 0)),
+            dwell_ms: 50,
+            ..Default::default()
+        };
+        let out = p.forward(&params).unwrap();
+        // The primary block and payload block are slices of the received buffer (no copy).
+        assert_eq!(out.chunks[1].as_ptr(), p.primary_bytes().as_ptr());
+        let pay = &out.chunks[out.chunks.len() - 2];
+        assert_eq!(pay.as_ptr(), p.block_bytes(4).unwrap().as_ptr());
+        assert!(out.chunks.iter().filter(|c| c.len() > 1000).all(|c| {
+            let base = raw.as_ptr() as usize;
+            (c.as_ptr() as usize) >= base && (c.as_ptr() as usize) < base + raw.len()
+        }));
+        let f = Bundle::decode(out.concat()).unwrap();
+        assert_eq!(f.previous_node(), Some(Eid::ipn(9, 0)));
+        assert_eq!(f.bundle_age(), Some(150));
+        assert_eq!(f.hop_count(), Some(HopCount { limit: 3, count: 2 }));
+        assert_eq!(f.block(5).unwrap().data.as_ref(), &[1, 2]);
+        assert_eq!(f.payload(), b.payload());
+        // Next hops: count 3 is allowed, 4 exceeds the limit.
+        let p2 = ParsedBundle::decode(out.concat()).unwrap();
+        let out2 = p2.forward(&params).unwrap();
+        let p3 = ParsedBundle::decode(out2.concat()).unwrap();
+        assert_eq!(p3.forward(&params), Err(Error::HopLimitExceeded));
+        // Removing a block.
+        let out = p
+            .forward(&ForwardParams {
+                remove_blocks: vec![5],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(Bundle::decode(out.concat()).unwrap().block(5).is_none());
+    }
+
+    #[test]
+    fn forward_inserts_blocks() {
+        let b = builder().payload(&b"abc"[..]).build().unwrap();
+        let p = ParsedBundle::decode(b.to_bytes().unwrap()).unwrap();
+        let out = p
+            .forward(&ForwardParams {
+                previous_node: Some(Eid::dtn("me", "").unwrap()),
+                insert_hop_limit: Some(5),
+                new_block_crc: CrcType::Crc16,
+                ..Default::default()
+            })
+            .unwrap();
+        let f = Bundle::decode(out.concat()).unwrap();
+        assert_eq!(f.previous_node().unwrap().to_string(), "dtn://me/");
+        assert_eq!(f.hop_count(), Some(HopCount { limit: 5, count: 1 }));
+        assert_eq!(f.blocks.last().unwrap().block_type, BlockType::Payload);
+        assert!(!f.hop_limit_exceeded());
+    }
+
+    #[test]
+    fn unprocessable_rules() {
+        let a = unprocessable_block_action(BlockFlags::empty());
+        assert_eq!(
+            a,
+            UnprocessableAction {
+                disposition: BlockDisposition::Keep,
+                report: None
+            }
+        );
+        let a = unprocessable_block_action(
+            BlockFlags::DELETE_BUNDLE_IF_UNPROCESSABLE | BlockFlags::DISCARD_IF_UNPROCESSABLE,
+        );
+        assert_eq!(a.disposition, BlockDisposition::DeleteBundle);
+        let a = unprocessable_block_action(BlockFlags::REPORT_IF_UNPROCESSABLE);
+        assert_eq!(a.report, Some(ReasonCode::BlockUnsupported));
+        let b = builder()
+            .block(
+                BlockType::Unknown(300),
+                BlockFlags::DELETE_BUNDLE_IF_UNPROCESSABLE,
+                CrcType::None,
+                vec![],
+            )
+            .build()
+            .unwrap();
+        let r = b.unprocessable_blocks(|t| !matches!(t, BlockType::Unknown(_)));
+        assert_eq!(r.delete_bundle, Some(ReasonCode::BlockUnsupported));
+    }
+
+    #[test]
+    fn structure_errors() {
+        let b = builder().payload(&b"abc"[..]).build().unwrap();
+        let enc = b.encode().unwrap();
+        // concatenated bundles: decode_prefix reads one at a time
+        let mut two = enc.clone();
+        two.extend_from_slice(&enc);
+        let (p, used) =
+            ParsedBundle::decode_prefix_with(two.clone().into(), &DecodeOptions::default())
+                .unwrap();
+        assert_eq!((p.bundle, used), (b.clone(), enc.len()));
+        assert_eq!(
+            Bundle::decode(two.into()),
+            Err(Error::TrailingBytes(enc.len()))
+        );
+        assert_eq!(
+            Bundle::decode_slice(&[0x9f, 0xff]),
+            Err(Error::MissingPrimaryBlock)
+        );
+        assert_eq!(Bundle::decode_slice(&[0x9f]), Err(Error::MissingBreak));
+        assert!(Bundle::decode_slice(&[]).is_err());
+        // no payload block
+        let mut nb = b.clone();
+        nb.blocks.clear();
+        assert_eq!(nb.encode(), Err(Error::MissingPayloadBlock));
+        // payload not last
+        let mut nl = b.clone();
+        nl.blocks
+            .push(CanonicalBlock::bundle_age(3, 1, CrcType::None));
+        assert_eq!(nl.encode(), Err(Error::PayloadNotLast));
+        let mut dp = b.clone();
+        dp.blocks.push(dp.blocks[0].clone());
+        assert_eq!(dp.encode(), Err(Error::DuplicatePayloadBlock));
+        // every single-byte truncation is rejected without panic
+        for i in 0..enc.len() {
+            assert!(Bundle::decode_slice(&enc[..i]).is_err());
+        }
+    }
+
+    #[test]
+    fn admin_record_only_with_flag() {
+        let rec = AdminRecord::StatusReport(StatusReport::about(
+            &BundleId {
+                source: Eid::ipn(5, 5),
+                timestamp: CreationTimestamp::new(1, 2),
+                fragment: None,
+            },
+            ReasonCode::NoInformation,
+        ));
+        let b = builder().admin_record(&rec).build().unwrap();
+        assert_eq!(
+            Bundle::decode(b.to_bytes().unwrap())
+                .unwrap()
+                .admin_record()
+                .unwrap(),
+            rec
+        );
+        let plain = builder().payload(rec.encode()).build().unwrap();
+        assert_eq!(plain.admin_record(), Err(Error::NotAdminRecord));
+    }
+
+    #[test]
+    fn expiry() {
+        let b = builder().build().unwrap();
+        assert!(!b.is_expired(None, 0));
+        assert!(!b.is_expired(Some(DtnTime(60_999)), 0));
+        assert!(b.is_expired(Some(DtnTime(61_000)), 0));
+        let aged = BundleBuilder::new(
+            Eid::ipn(1, 1),
+            Eid::ipn(2, 1),
+            CreationTimestamp::new(0, 0),
+            100,
+        )
+        .bundle_age(90)
+        .build()
+        .unwrap();
+        assert!(!aged.is_expired(None, 9));
+        assert!(aged.is_expired(None, 10));
     }
 }

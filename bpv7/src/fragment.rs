@@ -335,4 +335,28 @@ mod tests {
         assert!(r.evict(&frags[0].id()));
         assert_eq!(r.bytes_held(), 0);
     }
+
+    #[test]
+    fn refragment_and_overlaps() {
+        let b = sample(3000);
+        let coarse = fragment(&b, 1200).unwrap();
+        let fine = fragment(&coarse[1], 300).unwrap();
+        assert!(fine.len() > 2);
+        let f0 = fine[0].primary.fragment.unwrap();
+        assert_eq!(f0.offset, coarse[1].primary.fragment.unwrap().offset);
+        assert_eq!(f0.total_adu_length, 3000);
+        // Overlapping pieces from two different splits, plus duplicates, in mixed order.
+        let other = fragment(&b, 700).unwrap();
+        let mut r = Reassembler::new(ReassemblerConfig::default());
+        let mut inputs: Vec<Bundle> = fine.clone();
+        inputs.extend(other.iter().skip(1).cloned());
+        inputs.push(fine[0].clone());
+        for f in inputs {
+            assert_eq!(r.insert(f).unwrap(), None);
+        }
+        assert!(r.bytes_held() <= 3000);
+        let done = r.insert(coarse[0].clone()).unwrap().expect("complete");
+        assert_eq!(done, b);
+        assert_eq!(r.partial_count(), 0);
+    }
 }
