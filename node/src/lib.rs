@@ -1,1 +1,3 @@
-//! placeholder
+//! The DTN node library: bundle processing, storage, routing and the agent protocol.
+
+pub mod routing;
