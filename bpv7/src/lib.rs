@@ -9,6 +9,39 @@
 //! Decoding from [`bytes::Bytes`] is zero-copy for block data; [`ParsedBundle::forward`]
 //! rewrites only the blocks that change on forwarding and returns the new bundle as chunks.
 //!
+//! ## Main types
+//!
+//! - [`Eid`]: `dtn:none`, `dtn://node/demux`, `ipn:N.S`, `ipn:A.N.S` (RFC 9758), unknown schemes
+//!   kept as raw CBOR; `FromStr`/`Display` round-trip, [`Eid::to_cbor`]/[`Eid::from_cbor`].
+//! - [`Bundle`] (owned; [`BundleBuilder`]), [`PrimaryBlock`], [`CanonicalBlock`], [`BundleFlags`],
+//!   [`BlockFlags`], [`CrcType`], [`BlockType`], [`CreationTimestamp`], [`DtnTime`], [`BundleId`].
+//! - [`ParsedBundle`]: a decoded bundle with the received bytes and block spans;
+//!   [`ParsedBundle::forward`] → [`BundleChunks`].
+//! - [`AdminRecord`], [`StatusReport`], [`ReasonCode`] (RFC 9171 §6.1).
+//! - [`fragment`], [`Reassembler`] (RFC 9171 §5.8–5.9).
+//! - [`unprocessable_block_action`] / [`Bundle::unprocessable_blocks`] (§4.2.4, §5.6),
+//!   [`Bundle::is_expired`] (§5.4), [`Bundle::hop_limit_exceeded`] (§4.4.3).
+//! - [`Error`]: one variant per rule; [`Error::reason_code`] gives the status-report reason.
+//!
+//! ## Decisions
+//!
+//! - Non-conformant encodings (definite outer array, non-shortest CBOR heads, indefinite
+//!   items inside blocks, tagged bundles) are **rejected**, not canonicalised (RFC 9171 §4.1
+//!   allows either): forwarding copies received bytes, so only canonical input is accepted.
+//!   Output is always canonical.
+//! - Reserved bundle/block flag bits are ignored and preserved (§4.2.3, §4.2.4).
+//! - Two-element `ipn` EIDs are plain u64 pairs as in RFC 9171; RFC 9758's reading of node
+//!   numbers ≥ 2^32 as allocator-qualified is not applied (`ipn_large_node_numbers_bp7`).
+//! - An unprocessable block maps to reason code 11 "Block unsupported" as RFC 9171 §5.6
+//!   specifies; a malformed bundle maps to 8 "Block unintelligible".
+//! - The RFC 9173 Appendix A bundles break §4.3.1 and §4.4.2; they are rejected by default and
+//!   accepted with [`DecodeOptions::rfc9173_examples`] (A.3 is conformant and decodes with the
+//!   defaults).
+//! - A BIB encrypted by a BCB (RFC 9172) is not parsed; known extension blocks targeted by a
+//!   BCB are not checked for well-formedness.
+//!
+//! ## Example
+//!
 //! ```
 //! use bpv7::*;
 //! use bytes::Bytes;
