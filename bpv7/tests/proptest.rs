@@ -177,7 +177,18 @@ proptest! {
 
     #[test]
     fn fragment_then_reassemble(b in arb_bundle(3000), max in 60usize..1500, order in any::<u64>(), dups in 0usize..4) {
-        prop_assume!(!b.primary.flags.contains(BundleFlags::MUST_NOT_FRAGMENT));
+        let mut b = b;
+        if b.primary.flags.contains(BundleFlags::MUST_NOT_FRAGMENT) {
+            // Refused unless it already fits (§5.8).
+            match fragment(&b, max) {
+                Ok(f) => prop_assert!(f.len() == 1 && f[0] == b),
+                Err(e) => prop_assert_eq!(e, Error::MustNotFragment),
+            }
+            if b.primary.source.is_null() {
+                return Ok(());
+            }
+            b.primary.flags.set(BundleFlags::MUST_NOT_FRAGMENT, false);
+        }
         let frags = match fragment(&b, max) {
             Ok(f) => f,
             Err(Error::FragmentSizeTooSmall(_)) => return Ok(()),
