@@ -90,7 +90,8 @@ impl ReasonCode {
 pub struct StatusAssertion {
     /// Whether the status is asserted.
     pub asserted: bool,
-    /// Time of the event, present only if asserted and the status time was requested.
+    /// Time of the event; RFC 9171 §6.1.1 puts it only on asserted items when the status time
+    /// was requested (encoded as given).
     pub time: Option<DtnTime>,
 }
 
@@ -168,16 +169,10 @@ pub enum AdminRecord {
 }
 
 fn write_assertion(out: &mut Vec<u8>, a: &StatusAssertion) {
-    match (a.asserted, a.time) {
-        (true, Some(t)) => {
-            cbor::write_array(out, 2);
-            out.push(0xf5);
-            cbor::write_uint(out, t.0);
-        }
-        (asserted, _) => {
-            cbor::write_array(out, 1);
-            out.push(if asserted { 0xf5 } else { 0xf4 });
-        }
+    cbor::write_array(out, if a.time.is_some() { 2 } else { 1 });
+    out.push(if a.asserted { 0xf5 } else { 0xf4 });
+    if let Some(t) = a.time {
+        cbor::write_uint(out, t.0);
     }
 }
 
@@ -190,8 +185,9 @@ fn read_assertion(r: &mut Reader<'_>) -> Result<StatusAssertion> {
             asserted,
             time: None,
         }),
-        // §6.1.1: the time is present only when the status is asserted.
-        2 if asserted => Ok(StatusAssertion {
+        // §6.1.1: the time should be present only when the status is asserted; a time on a
+        // non-asserted item is tolerated (and kept, so re-encoding preserves the bytes).
+        2 => Ok(StatusAssertion {
             asserted,
             time: Some(DtnTime(r.uint()?)),
         }),

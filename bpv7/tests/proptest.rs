@@ -251,3 +251,43 @@ proptest! {
         prop_assert_eq!(p.bundle.encode().unwrap(), enc.to_vec());
     }
 }
+
+fn arb_assertion() -> impl Strategy<Value = StatusAssertion> {
+    (any::<bool>(), proptest::option::of(any::<u64>())).prop_map(|(asserted, t)| StatusAssertion {
+        asserted,
+        time: t.map(DtnTime),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn eid_round_trip(e in arb_eid()) {
+        prop_assert_eq!(Eid::from_cbor(&e.to_cbor()).unwrap(), e.clone());
+        prop_assert_eq!(e.to_string().parse::<Eid>().unwrap(), e);
+    }
+
+    #[test]
+    fn status_report_round_trip(
+        src in arb_eid(), a in arb_assertion(), b in arb_assertion(), c in arb_assertion(), d in arb_assertion(),
+        reason in any::<u64>(), t in any::<u64>(), seq in any::<u64>(), frag in proptest::option::of((any::<u64>(), any::<u64>())),
+        record_type in 2u64..1000, raw in any::<u64>(),
+    ) {
+        let rec = AdminRecord::StatusReport(StatusReport {
+            received: a, forwarded: b, delivered: c, deleted: d,
+            reason: ReasonCode::from_code(reason), source: src,
+            timestamp: CreationTimestamp::new(t, seq), fragment: frag,
+        });
+        let enc = Bytes::from(rec.encode());
+        prop_assert_eq!(AdminRecord::decode(&enc).unwrap(), rec);
+        let mut content = Vec::new();
+        content.push(0x1b);
+        content.extend_from_slice(&raw.to_be_bytes());
+        if raw > u32::MAX as u64 {
+            let unk = AdminRecord::Unknown { record_type, content: Bytes::from(content) };
+            prop_assert_eq!(AdminRecord::decode(&Bytes::from(unk.encode())).unwrap(), unk);
+        }
+        prop_assert_eq!(ReasonCode::from_code(reason).code(), reason);
+    }
+}
