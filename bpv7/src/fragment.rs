@@ -30,6 +30,10 @@ pub fn fragment(bundle: &Bundle, max_size: usize) -> Result<Vec<Bundle>> {
         return Err(Error::MustNotFragment);
     }
     let payload = bundle.payload().clone();
+    if payload.is_empty() {
+        // Nothing to split: the blocks alone exceed the limit.
+        return Err(Error::FragmentSizeTooSmall(max_size));
+    }
     let pblock = bundle.payload_block().clone();
     let (base, total) = match bundle.primary.fragment {
         Some(f) => (f.offset, f.total_adu_length),
@@ -358,5 +362,13 @@ mod tests {
         let done = r.insert(coarse[0].clone()).unwrap().expect("complete");
         assert_eq!(done, b);
         assert_eq!(r.partial_count(), 0);
+    }
+
+    #[test]
+    fn too_small_limits() {
+        let b = sample(0);
+        assert_eq!(fragment(&b, 10), Err(Error::FragmentSizeTooSmall(10)));
+        let b = sample(100);
+        assert_eq!(fragment(&b, 40), Err(Error::FragmentSizeTooSmall(40)));
     }
 }
