@@ -81,8 +81,9 @@ impl PrimaryBlock {
             return Err(Error::MissingPrimaryBlock);
         }
         let n = r.array()?;
-        // §4.3.1: 8 to 11 elements.
-        if !(8..=11).contains(&n) {
+        // §4.3.1: 8 to 11 elements (the exact count is checked below, once the fragment flag
+        // and CRC type are known).
+        if n < 3 {
             return Err(Error::PrimaryBlockLength {
                 found: n,
                 expected: 8,

@@ -255,7 +255,13 @@ fn expected_error(name: &str, e: &Error) -> bool {
         }
         "oversize_array_count" => matches!(e, Error::LengthExceedsInput { .. }),
         "payload_block_number_2" => matches!(e, Error::PayloadBlockNumber(2)),
-        "primary_12_elements" => matches!(e, Error::PrimaryBlockLength { .. }),
+        "primary_12_elements" => matches!(
+            e,
+            Error::PrimaryBlockLength {
+                found: 10,
+                expected: 9
+            }
+        ),
         "trailing_bytes_after_bundle" => matches!(e, Error::TrailingBytes(1)),
         "truncated_missing_break" => matches!(e, Error::MissingBreak),
         "unknown_crc_type_3" => matches!(e, Error::UnknownCrcType(3)),
