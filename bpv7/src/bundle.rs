@@ -457,6 +457,11 @@ impl Bundle {
         Ok(ParsedBundle::decode(bytes)?.bundle)
     }
 
+    /// Decode and validate under `opts`; the payload is a slice of `bytes`.
+    pub fn decode_with(bytes: Bytes, opts: &DecodeOptions) -> Result<Bundle> {
+        Ok(ParsedBundle::decode_with(bytes, opts)?.bundle)
+    }
+
     /// Decode and validate from a slice (copies the input once into `Bytes`).
     pub fn decode_slice(bytes: &[u8]) -> Result<Bundle> {
         Self::decode(Bytes::copy_from_slice(bytes))

@@ -132,8 +132,9 @@ pub enum Error {
     /// request no status reports.
     #[error("anonymous bundle (source dtn:none) must not be fragmentable or request reports")]
     AnonymousBundleFlags,
-    /// RFC 9171 §4.2.4: blocks of admin-record bundles must not set "report if unprocessable".
-    #[error("block {0} of an administrative record bundle requests a status report")]
+    /// RFC 9171 §4.2.4: blocks of admin-record bundles and of anonymous bundles (source
+    /// dtn:none) must not set "report if unprocessable".
+    #[error("block {0} of an administrative-record or anonymous bundle requests a status report")]
     AdminRecordBlockReportFlag(u64),
 
     // ---- CRC (RFC 9171 §4.2.1) ----
