@@ -164,7 +164,9 @@ impl Reassembler {
     }
 
     /// Add a fragment. Returns the reassembled bundle once every byte of the ADU is present.
-    /// A bundle that is not a fragment is returned as is.
+    /// A bundle that is not a fragment is returned as is. A fragment arriving after its bundle
+    /// was completed starts a new partial entry; the caller removes it with [`Self::evict`]
+    /// when the bundle's lifetime ends.
     pub fn insert(&mut self, frag: Bundle) -> Result<Option<Bundle>> {
         let info = match frag.primary.fragment {
             Some(f) => f,
