@@ -333,13 +333,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn format_duration(d: Duration) -> String {
     let n = d.as_nanos();
+    // The coarsest unit that represents `d` exactly.
+    let (sub_s, sub_ms, sub_us) = (n % 1_000_000_000, n % 1_000_000, n % 1_000);
     if n == 0 {
         "0".into()
-    } else if n % 1_000_000_000 == 0 {
+    } else if sub_s == 0 {
         format!("{}s", n / 1_000_000_000)
-    } else if n % 1_000_000 == 0 {
+    } else if sub_ms == 0 {
         format!("{}ms", n / 1_000_000)
-    } else if n % 1_000 == 0 {
+    } else if sub_us == 0 {
         format!("{}us", n / 1_000)
     } else {
         format!("{n}ns")

@@ -81,10 +81,9 @@ impl EmulatedUdp {
     pub async fn send_to(&self, datagram: Bytes, dest: SocketAddr) -> io::Result<Verdict> {
         let verdict = {
             let mut st = lock(&self.state);
-            match st.links.get_mut(&dest) {
-                Some(emu) => Some(emu.submit(Instant::now(), datagram.clone())),
-                None => None,
-            }
+            st.links
+                .get_mut(&dest)
+                .map(|emu| emu.submit(Instant::now(), datagram.clone()))
         };
         match verdict {
             Some(v) => {
