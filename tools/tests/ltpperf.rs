@@ -1,0 +1,122 @@
+//! Runs `ltpperf recv` and `ltpperf send` on loopback (LTP mode, then raw UDP mode) with small
+//! transfers and checks the JSON summaries.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ltpperf");
+
+/// Kills the child if the test fails half-way.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Picks a free loopback UDP port (bound then released; the receiver binds it right after).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn last_json(out: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().last().unwrap_or_else(|| panic!("no output"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn run(raw: bool, extra: &[&str]) -> (Value, Value) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut recv_args = vec!["recv", "--bind", &addr, "--json", "--idle-exit", "1"];
+    if raw {
+        recv_args.push("--raw");
+    }
+    let mut recv = Guard(
+        Command::new(BIN)
+            .args(&recv_args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Give the receiver a moment to bind: wait until the port is taken (bounded).
+    let t0 = Instant::now();
+    while std::net::UdpSocket::bind(&addr).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "receiver did not bind"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut send_args = vec![
+        "send",
+        "--to",
+        &addr,
+        "--blocks",
+        "4",
+        "--block-size",
+        "200000",
+        "--segment-size",
+        "1400",
+        "--json",
+        "--timeout",
+        "30",
+    ];
+    if raw {
+        send_args.push("--raw");
+    }
+    send_args.extend_from_slice(extra);
+    let send = Command::new(BIN).args(&send_args).output().unwrap();
+    assert!(send.status.success(), "sender failed: {send:?}");
+    let s = last_json(&send.stdout);
+    // The receiver exits by itself after the idle time (bounded wait).
+    let t0 = Instant::now();
+    loop {
+        if recv.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "receiver did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = Vec::new();
+    for line in BufReader::new(recv.0.stdout.take().unwrap()).lines() {
+        out.extend_from_slice(line.unwrap().as_bytes());
+        out.push(b'\n');
+    }
+    (s, last_json(&out))
+}
+
+#[test]
+fn ltp_mode_transfers_and_reports_json() {
+    let (s, r) = run(
+        false,
+        &["--red-fraction", "0.75", "--loss", "0.02", "--window", "4"],
+    );
+    assert_eq!(s["blocks_completed"], 4, "{s}");
+    assert_eq!(s["blocks_cancelled"], 0, "{s}");
+    assert!(s["goodput_bps"].as_f64().unwrap() > 0.0);
+    assert!(s["segments_sent"].as_u64().unwrap() >= 4 * 200_000 / 1400);
+    assert!(s["segments_retransmitted"].as_u64().is_some());
+    assert!(s["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["blocks_received"], 4, "{r}");
+    assert_eq!(r["red_bytes"], 4 * 150_000, "{r}");
+}
+
+#[test]
+fn raw_mode_reports_json() {
+    let (s, r) = run(true, &[]);
+    assert_eq!(s["bytes"], 800_000, "{s}");
+    assert!(r["datagrams"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["goodput_bps"].as_f64().is_some(), "{r}");
+}
