@@ -946,7 +946,7 @@ impl Engine {
                 };
                 return Some(new_checkpoint(ex, kind, s, e, 0));
             }
-            if every > 0 && ex.red_segments % u64::from(every) == 0 {
+            if every > 0 && ex.red_segments.is_multiple_of(u64::from(every)) {
                 // Discretionary checkpoint every `checkpoint_every` red segments.
                 return Some(new_checkpoint(ex, DataKind::RedCheckpoint, s, e, 0));
             }
@@ -1709,6 +1709,38 @@ impl Engine {
         }
     }
 
+    /// A one-line summary of every open session, for diagnostics.
+    pub fn describe_sessions(&self) -> String {
+        let mut out = String::new();
+        for ex in self.exports.values() {
+            out += &format!(
+                "export {:?}: red {} len {} cursor {} acked {:?} cps {:?} retx {} resend {:?} cycles {} ready {}; ",
+                ex.id,
+                ex.red_len,
+                ex.block.len(),
+                ex.cursor,
+                ex.acked.clipped(0, u64::MAX),
+                ex.checkpoints.keys().collect::<Vec<_>>(),
+                ex.retx.len(),
+                ex.cp_resend,
+                ex.cycles,
+                ex.in_ready,
+            );
+        }
+        for (id, imp) in &self.imports {
+            out += &format!(
+                "import {:?}: red_end {:?} received {:?} delivered {} reports {:?} eob {}; ",
+                id,
+                imp.red_end,
+                imp.received.clipped(0, u64::MAX),
+                imp.delivered,
+                imp.reports.keys().collect::<Vec<_>>(),
+                imp.eob_seen,
+            );
+        }
+        out
+    }
+
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         let mut s = self.stats.clone();
@@ -1770,3 +1802,6 @@ fn new_checkpoint(
         }),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,659 @@
+//! Scripted unit tests of the RFC 5326 §6 procedures: segments are fed in by hand and the
+//! engine's answers decoded and checked.
+
+use super::*;
+
+const A: EngineId = 1;
+const B: EngineId = 2;
+
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn span() -> SpanConfig {
+    SpanConfig {
+        max_segment_size: 256,
+        owlt_outbound: Duration::from_millis(100),
+        owlt_inbound: Duration::from_millis(100),
+        timer_margin: Duration::from_millis(50),
+        max_checkpoint_retransmissions: 3,
+        ..SpanConfig::default()
+    }
+}
+
+fn engine(id: EngineId, peer: EngineId) -> Engine {
+    let mut e = Engine::new(
+        id,
+        EngineConfig {
+            seed: id,
+            ..EngineConfig::default()
+        },
+    );
+    e.add_span(peer, span());
+    e
+}
+
+fn drain(e: &mut Engine, now: Instant) -> Vec<Segment> {
+    let mut v = Vec::new();
+    while let Some((_, b)) = e.poll_transmit(now) {
+        v.push(Segment::decode(&b).expect("engine output decodes"));
+    }
+    v
+}
+
+fn drain_raw(e: &mut Engine, now: Instant) -> Vec<Bytes> {
+    let mut v = Vec::new();
+    while let Some((_, b)) = e.poll_transmit(now) {
+        v.push(b);
+    }
+    v
+}
+
+fn events(e: &mut Engine) -> Vec<Event> {
+    std::iter::from_fn(|| e.poll_event()).collect()
+}
+
+fn data(s: &Segment) -> &DataSegment {
+    match &s.body {
+        SegmentBody::Data(d) => d,
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+fn block(n: usize) -> Bytes {
+    Bytes::from((0..n).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>())
+}
+
+fn report(sid: SessionId, serial: u64, cp: u64, lo: u64, hi: u64, claims: &[(u64, u64)]) -> Bytes {
+    control_segment(
+        sid,
+        SegmentBody::Report(ReportSegment {
+            report_serial: serial,
+            checkpoint_serial: cp,
+            upper_bound: hi,
+            lower_bound: lo,
+            claims: claims
+                .iter()
+                .map(|&(offset, length)| Claim { offset, length })
+                .collect(),
+        }),
+    )
+}
+
+#[test]
+fn sender_splits_into_sized_segments_with_checkpoints() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.checkpoint_every = 3;
+    a.add_span(B, sp);
+    let blk = block(4000);
+    a.send_block(B, 7, blk.clone(), 3000, now).unwrap();
+    let raw = drain_raw(&mut a, now);
+    assert!(
+        raw.iter().all(|b| b.len() <= 256),
+        "a datagram exceeds the segment size"
+    );
+    let segs: Vec<Segment> = raw.iter().map(|b| Segment::decode(b).unwrap()).collect();
+    let kinds: Vec<DataKind> = segs.iter().map(|s| data(s).kind).collect();
+    let reds = kinds.iter().filter(|k| k.is_red()).count();
+    let eorp = kinds
+        .iter()
+        .position(|k| *k == DataKind::RedCheckpointEorp)
+        .unwrap();
+    assert_eq!(eorp + 1, reds, "EORP is the last red segment");
+    assert_eq!(*kinds.last().unwrap(), DataKind::GreenEob);
+    for (i, k) in kinds.iter().enumerate().take(reds - 1) {
+        let expect = if (i + 1) % 3 == 0 {
+            DataKind::RedCheckpoint
+        } else {
+            DataKind::Red
+        };
+        assert_eq!(*k, expect, "segment {i}");
+    }
+    // Contiguous, complete, and the data is the block's.
+    let mut off = 0;
+    for s in &segs {
+        let d = data(s);
+        assert_eq!(d.offset, off);
+        assert_eq!(d.data, blk.slice(off as usize..off as usize + d.data.len()));
+        assert_eq!(d.client_service_id, 7);
+        off += d.data.len() as u64;
+    }
+    assert_eq!(off, 4000);
+}
+
+#[test]
+fn green_only_block_completes_when_sent() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(600), 0, now).unwrap();
+    let segs = drain(&mut a, now);
+    assert!(segs.iter().all(|s| !data(s).kind.is_red()));
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    assert_eq!(a.open_sessions(), 0);
+    assert_eq!(a.session_timers(), 0);
+}
+
+#[test]
+fn report_with_out_of_order_overlapping_claims_retransmits_exactly_the_gaps() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(4000), 4000, now).unwrap();
+    let segs = drain(&mut a, now);
+    let cp = data(segs.last().unwrap()).checkpoint.unwrap();
+    // Claims out of order and overlapping: [2000,2500), [0,1000), [500,1500).
+    let r = report(
+        sid,
+        77,
+        cp.checkpoint_serial,
+        0,
+        4000,
+        &[(2000, 500), (0, 1000), (500, 1000)],
+    );
+    a.handle_datagram(r, now);
+    let out = drain(&mut a, now);
+    assert_eq!(out[0].body, SegmentBody::ReportAck { report_serial: 77 });
+    let mut covered = Vec::new();
+    for s in &out[1..] {
+        let d = data(s);
+        covered.push((d.offset, d.offset + d.data.len() as u64));
+    }
+    let merged = {
+        let mut set = IntervalSet::default();
+        for &(s, e) in &covered {
+            set.insert(s, e);
+        }
+        set.clipped(0, 4000)
+    };
+    assert_eq!(merged, vec![(1500, 2000), (2500, 4000)]);
+    let last = data(out.last().unwrap());
+    assert_eq!(last.kind, DataKind::RedCheckpointEorpEob);
+    assert_eq!(last.checkpoint.unwrap().report_serial, 77);
+    // Only the last retransmitted segment is a checkpoint.
+    assert!(out[1..out.len() - 1]
+        .iter()
+        .all(|s| !data(s).kind.is_checkpoint()));
+    // The same report again: acknowledged again, no second retransmission (§6.12).
+    a.handle_datagram(
+        report(sid, 77, cp.checkpoint_serial, 0, 4000, &[(0, 1500)]),
+        now,
+    );
+    let again = drain(&mut a, now);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].body, SegmentBody::ReportAck { report_serial: 77 });
+    // A full report completes the session.
+    let last_cp = last.checkpoint.unwrap().checkpoint_serial;
+    a.handle_datagram(report(sid, 78, last_cp, 0, 4000, &[(0, 4000)]), now);
+    assert_eq!(
+        drain(&mut a, now)[0].body,
+        SegmentBody::ReportAck { report_serial: 78 }
+    );
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    assert_eq!(a.session_timers(), 0);
+}
+
+#[test]
+fn checkpoint_retransmission_limit_cancels_the_export() {
+    let mut now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(1000), 1000, now).unwrap();
+    let first = drain(&mut a, now);
+    let cp = data(first.last().unwrap()).checkpoint.unwrap();
+    let mut resent = 0;
+    for _ in 0..30 {
+        now = a.poll_timeout().expect("a checkpoint timer runs");
+        a.handle_timeout(now);
+        for s in drain(&mut a, now) {
+            match s.body {
+                SegmentBody::Data(d) => {
+                    assert_eq!(d.checkpoint.unwrap(), cp, "same checkpoint serial");
+                    resent += 1;
+                }
+                SegmentBody::CancelFromSender(r) => {
+                    assert_eq!(r, CancelReason::RetransmissionLimitExceeded)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if a.open_sessions() == 0 {
+            break;
+        }
+    }
+    assert_eq!(resent, 3);
+    let ev = events(&mut a);
+    assert_eq!(
+        ev,
+        vec![Event::ExportCancelled {
+            session: sid,
+            reason: CancelReason::RetransmissionLimitExceeded,
+            by_peer: false
+        }]
+    );
+    assert_eq!(
+        a.open_sessions(),
+        0,
+        "the cancel is given up on after its own limit"
+    );
+    assert_eq!(a.session_timers(), 0);
+}
+
+/// Feeds every segment of a block from a sender into a receiver, in a chosen order.
+fn segments_of(n: usize, red: usize) -> (Engine, SessionId, Vec<Bytes>) {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 9, block(n), red, now).unwrap();
+    let raw = drain_raw(&mut a, now);
+    (a, sid, raw)
+}
+
+#[test]
+fn checkpoint_before_the_data_it_covers() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    let (last, rest) = raw.split_last().unwrap();
+    b.handle_datagram(last.clone(), now);
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    let SegmentBody::Report(r) = &out[0].body else {
+        panic!("expected report")
+    };
+    assert_eq!((r.lower_bound, r.upper_bound), (0, 1000));
+    let last_off = data(&Segment::decode(last).unwrap()).offset;
+    assert_eq!(
+        r.claims,
+        vec![Claim {
+            offset: last_off,
+            length: 1000 - last_off
+        }]
+    );
+    assert!(events(&mut b).is_empty());
+    for s in rest.iter().rev() {
+        b.handle_datagram(s.clone(), now);
+        b.handle_datagram(s.clone(), now); // duplicates
+    }
+    let ev = events(&mut b);
+    assert_eq!(ev.len(), 1);
+    match &ev[0] {
+        Event::BlockReceived {
+            session,
+            red,
+            client_service_id,
+        } => {
+            assert_eq!(*session, sid);
+            assert_eq!(*client_service_id, 9);
+            assert_eq!(*red, block(1000));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Still waiting for the report's ack; the ack closes the session.
+    b.handle_datagram(
+        control_segment(
+            sid,
+            SegmentBody::ReportAck {
+                report_serial: r.report_serial,
+            },
+        ),
+        now,
+    );
+    assert_eq!(b.open_sessions(), 0);
+    assert_eq!(b.session_timers(), 0);
+}
+
+#[test]
+fn report_split_across_several_segments() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(3000, 3000);
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_claims_per_report: 2,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    // Every other segment, then the EORP checkpoint: many separate claims.
+    let n = raw.len();
+    for (i, s) in raw.iter().enumerate() {
+        if i % 2 == 0 || i == n - 1 {
+            b.handle_datagram(s.clone(), now);
+        }
+    }
+    let reports: Vec<ReportSegment> = drain(&mut b, now)
+        .into_iter()
+        .map(|s| match s.body {
+            SegmentBody::Report(r) => r,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(reports.len() >= 3, "{} reports", reports.len());
+    assert_eq!(reports[0].lower_bound, 0);
+    assert_eq!(reports.last().unwrap().upper_bound, 3000);
+    for w in reports.windows(2) {
+        assert_eq!(w[0].upper_bound, w[1].lower_bound, "scopes are contiguous");
+        assert_ne!(w[0].report_serial, w[1].report_serial);
+    }
+    let total: usize = reports.iter().map(|r| r.claims.len()).sum();
+    assert!(reports.iter().all(|r| r.claims.len() <= 2));
+    // Even-numbered segments are separate claims (the EORP one merges with its neighbour).
+    assert_eq!(total, n.div_ceil(2));
+    let _ = sid;
+}
+
+#[test]
+fn segments_for_a_closed_session_do_not_reopen_it() {
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(800, 800);
+    let mut b = engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    let rep = drain_raw(&mut b, now);
+    a.handle_datagram(rep[0].clone(), now);
+    let ra = drain_raw(&mut a, now);
+    b.handle_datagram(ra[0].clone(), now);
+    assert_eq!(b.open_sessions(), 0);
+    assert_eq!(a.open_sessions(), 0);
+    events(&mut b);
+    // A late data segment: dropped. A late checkpoint: a full report again.
+    b.handle_datagram(raw[0].clone(), now);
+    assert!(drain(&mut b, now).is_empty());
+    b.handle_datagram(raw.last().unwrap().clone(), now);
+    let out = drain(&mut b, now);
+    let SegmentBody::Report(r) = &out[0].body else {
+        panic!("expected report")
+    };
+    assert_eq!(
+        r.claims,
+        vec![Claim {
+            offset: 0,
+            length: 800
+        }]
+    );
+    assert_eq!(b.open_sessions(), 0);
+    assert!(events(&mut b).is_empty(), "no second delivery");
+    // The late report is re-acknowledged by the closed sender.
+    a.handle_datagram(out[0].to_bytes(), now);
+    let out = drain(&mut a, now);
+    assert_eq!(
+        out[0].body,
+        SegmentBody::ReportAck {
+            report_serial: r.report_serial
+        }
+    );
+    assert_eq!(a.open_sessions(), 0);
+    let _ = sid;
+}
+
+#[test]
+fn cancel_crossing_cancel() {
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(2000, 2000);
+    let mut b = engine(B, A);
+    b.handle_datagram(raw[0].clone(), now);
+    a.cancel(sid, now);
+    b.cancel(sid, now);
+    let from_a = drain_raw(&mut a, now);
+    let from_b = drain_raw(&mut b, now);
+    assert_eq!(
+        Segment::decode(&from_a[0]).unwrap().body,
+        SegmentBody::CancelFromSender(CancelReason::UserCancelled)
+    );
+    assert_eq!(
+        Segment::decode(&from_b[0]).unwrap().body,
+        SegmentBody::CancelFromReceiver(CancelReason::UserCancelled)
+    );
+    a.handle_datagram(from_b[0].clone(), now);
+    b.handle_datagram(from_a[0].clone(), now);
+    // Each acknowledges the other's cancel and closes.
+    assert_eq!(drain(&mut a, now)[0].body, SegmentBody::CancelAckToReceiver);
+    assert_eq!(drain(&mut b, now)[0].body, SegmentBody::CancelAckToSender);
+    assert_eq!(a.open_sessions() + b.open_sessions(), 0);
+    assert_eq!(a.session_timers() + b.session_timers(), 0);
+    assert_eq!(events(&mut a).len(), 1);
+    assert_eq!(events(&mut b).len(), 1);
+}
+
+#[test]
+fn hdtn_ping_is_answered_without_side_effects() {
+    let now = t0();
+    let mut b = engine(B, A);
+    let sid = SessionId {
+        originator: A,
+        number: (1 << 62) - 1,
+    };
+    b.handle_datagram(
+        control_segment(
+            sid,
+            SegmentBody::CancelFromSender(CancelReason::UserCancelled),
+        ),
+        now,
+    );
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].session, sid);
+    assert_eq!(out[0].body, SegmentBody::CancelAckToSender);
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.open_sessions(), 0);
+    assert_eq!(b.session_timers(), 0);
+}
+
+#[test]
+fn link_down_queues_segments_and_suspends_timers() {
+    let now = t0();
+    let mut a = engine(A, B);
+    a.send_block(B, 1, block(500), 500, now).unwrap();
+    a.set_link(B, false, now);
+    assert!(a.poll_transmit(now).is_none());
+    a.set_link(B, true, now);
+    let segs = drain(&mut a, now);
+    assert!(!segs.is_empty());
+    let deadline = a.poll_timeout().unwrap();
+    assert_eq!(deadline, now + span().round_trip_timeout());
+    // Down for an hour after 100 ms: the remaining 150 ms are kept, not burned or restarted.
+    let down = now + Duration::from_millis(100);
+    a.set_link(B, false, down);
+    assert_eq!(a.poll_timeout(), None);
+    let up = down + Duration::from_secs(3600);
+    a.set_link(B, true, up);
+    assert_eq!(a.poll_timeout(), Some(up + Duration::from_millis(150)));
+}
+
+#[test]
+fn pacing_spaces_segments_by_the_rate() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.rate_limit = Some(10_000);
+    sp.rate_burst = 0;
+    a.add_span(B, sp);
+    a.send_block(B, 1, block(2000), 0, now).unwrap();
+    let (_, first) = a.poll_transmit(now).unwrap();
+    assert!(a.poll_transmit(now).is_none());
+    let next = a.poll_timeout().unwrap();
+    let expect = Duration::from_secs_f64(first.len() as f64 / 10_000.0);
+    assert!(next.duration_since(now).abs_diff(expect) < Duration::from_micros(10));
+    assert!(a.poll_transmit(next).is_some());
+}
+
+#[test]
+fn export_window_and_queue_limits() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.max_export_sessions = 1;
+    sp.max_queued_blocks = 1;
+    a.add_span(B, sp);
+    a.send_block(B, 1, block(10), 10, now).unwrap();
+    a.send_block(B, 1, block(10), 10, now).unwrap();
+    assert_eq!(
+        a.send_block(B, 1, block(10), 10, now),
+        Err(SendError::QueueFull)
+    );
+    assert_eq!(a.stats().queued_blocks, 1);
+    assert_eq!(
+        a.send_block(9, 1, block(10), 10, now),
+        Err(SendError::UnknownSpan(9))
+    );
+    assert_eq!(
+        a.send_block(B, 1, Bytes::new(), 0, now),
+        Err(SendError::EmptyBlock)
+    );
+}
+
+#[test]
+fn import_limits_cancel_with_a_reason() {
+    let now = t0();
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_import_sessions_per_peer: 1,
+            max_block_size: 1000,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    let (_a1, _s1, raw1) = segments_of(500, 500);
+    let mut a2 = Engine::new(
+        A,
+        EngineConfig {
+            seed: 99,
+            ..EngineConfig::default()
+        },
+    );
+    a2.add_span(B, span());
+    let s2 = a2.send_block(B, 1, block(500), 500, now).unwrap();
+    let raw2 = drain_raw(&mut a2, now);
+    b.handle_datagram(raw1[0].clone(), now);
+    b.handle_datagram(raw2[0].clone(), now);
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].session, s2);
+    assert_eq!(
+        out[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::SystemCancelled)
+    );
+    // A data segment beyond the maximum block size cancels that import.
+    let big = Segment {
+        session: SessionId {
+            originator: A,
+            number: 4242,
+        },
+        header_extensions: Vec::new(),
+        trailer_extensions: Vec::new(),
+        body: SegmentBody::Data(DataSegment {
+            kind: DataKind::Red,
+            client_service_id: 1,
+            offset: 2000,
+            data: Bytes::from_static(b"x"),
+            checkpoint: None,
+        }),
+    };
+    let mut c = Engine::new(
+        B,
+        EngineConfig {
+            max_block_size: 1000,
+            ..EngineConfig::default()
+        },
+    );
+    c.add_span(A, span());
+    c.handle_datagram(big.to_bytes(), now);
+    assert_eq!(
+        drain(&mut c, now)[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::SystemCancelled)
+    );
+}
+
+#[test]
+fn unknown_peer_data_is_dropped_by_default() {
+    let now = t0();
+    let (_a, _sid, raw) = segments_of(300, 300);
+    let mut b = Engine::new(B, EngineConfig::default());
+    b.handle_datagram(raw[0].clone(), now);
+    assert!(b.poll_transmit(now).is_none());
+    assert_eq!(b.stats().segments_dropped, 1);
+    let mut c = Engine::new(
+        B,
+        EngineConfig {
+            accept_unknown_peers: true,
+            ..EngineConfig::default()
+        },
+    );
+    for s in &raw {
+        c.handle_datagram(s.clone(), now);
+    }
+    assert!(matches!(events(&mut c)[0], Event::BlockReceived { .. }));
+}
+
+#[test]
+fn miscolored_green_below_red_cancels() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(1000, 600);
+    let mut b = engine(B, A);
+    b.handle_datagram(raw[1].clone(), now); // red data, then green below it
+    let green = raw
+        .iter()
+        .map(|r| Segment::decode(r).unwrap())
+        .find(|s| !data(s).kind.is_red())
+        .unwrap();
+    let mut bad = green.clone();
+    if let SegmentBody::Data(d) = &mut bad.body {
+        d.offset = 10;
+    }
+    b.handle_datagram(bad.to_bytes(), now);
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::Miscolored,
+            by_peer: false
+        }]
+    );
+}
+
+#[test]
+fn large_block_end_to_end() {
+    // 64 MiB with 1400-octet segments, no loss: zero-copy slices, O(log n) per segment.
+    let now = t0();
+    let size = 64 << 20;
+    let mut a = Engine::new(A, EngineConfig::default());
+    let mut b = Engine::new(B, EngineConfig::default());
+    let sp = SpanConfig {
+        max_segment_size: 1400,
+        ..span()
+    };
+    a.add_span(B, sp.clone());
+    b.add_span(A, sp);
+    let blk = Bytes::from(vec![0xa5u8; size]);
+    let started = std::time::Instant::now();
+    let sid = a.send_block(B, 1, blk.clone(), size, now).unwrap();
+    let mut n = 0;
+    while let Some((_, d)) = a.poll_transmit(now) {
+        b.handle_datagram(d, now);
+        n += 1;
+    }
+    assert!(n > 48_000);
+    for d in drain_raw(&mut b, now) {
+        a.handle_datagram(d, now);
+    }
+    for d in drain_raw(&mut a, now) {
+        b.handle_datagram(d, now);
+    }
+    match events(&mut b).pop() {
+        Some(Event::BlockReceived { red, .. }) => assert!(red == blk),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    assert_eq!(a.open_sessions() + b.open_sessions(), 0);
+    tracing::info!(elapsed = ?started.elapsed(), "64 MiB block");
+}

@@ -1,0 +1,599 @@
+//! Deterministic simulation of LTP engines (RFC 5326 §6 procedures end to end) over a virtual
+//! clock and a simulated channel: seeded random loss, Gilbert–Elliott burst loss, reordering,
+//! duplication, one-way delays from 1 ms to 20 minutes, and scheduled outages with link-state
+//! cues (§6.1/§8). Properties are checked over many seeds; a failing seed is printed and
+//! `SEED=<n> cargo test -p ltp --test sim` replays only that seed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ltp::{CancelReason, Engine, EngineConfig, EngineId, Event, SessionId, SpanConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Debug)]
+struct Channel {
+    delay: Duration,
+    jitter: Duration,
+    loss: f64,
+    dup: f64,
+    /// Gilbert–Elliott: (p good→bad, p bad→good, loss in bad state).
+    burst: Option<(f64, f64, f64)>,
+}
+
+impl Channel {
+    fn clean(delay: Duration) -> Channel {
+        Channel {
+            delay,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            dup: 0.0,
+            burst: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    completed: u32,
+    export_cancelled: Vec<(CancelReason, bool)>,
+    delivered: Vec<Bytes>,
+    import_cancelled: Vec<(CancelReason, bool)>,
+    green: Vec<(u64, Bytes)>,
+}
+
+struct Sim {
+    base: Instant,
+    now_ns: u64,
+    nodes: Vec<(EngineId, Engine)>,
+    channels: HashMap<(EngineId, EngineId), Channel>,
+    bad_state: HashMap<(EngineId, EngineId), bool>,
+    /// Outages: (start, end) in virtual ns, applying to every link.
+    outages: Vec<(u64, u64)>,
+    queue: BinaryHeap<Reverse<(u64, u64, usize, Bytes)>>,
+    seq: u64,
+    rng: SmallRng,
+    outcomes: HashMap<SessionId, Outcome>,
+    blocks: HashMap<SessionId, (Bytes, usize)>,
+}
+
+const fn secs(s: u64) -> u64 {
+    s * 1_000_000_000
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        Sim {
+            base: Instant::now(),
+            now_ns: 0,
+            nodes: Vec::new(),
+            channels: HashMap::new(),
+            bad_state: HashMap::new(),
+            outages: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: SmallRng::seed_from_u64(seed ^ 0x5eed_5eed),
+            outcomes: HashMap::new(),
+            blocks: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now_ns)
+    }
+
+    fn add_node(&mut self, id: EngineId, seed: u64) {
+        let cfg = EngineConfig {
+            seed: seed.wrapping_mul(31).wrapping_add(id),
+            closed_session_linger: Duration::from_secs(7200),
+            ..EngineConfig::default()
+        };
+        self.nodes.push((id, Engine::new(id, cfg)));
+    }
+
+    fn connect(&mut self, a: EngineId, b: EngineId, span: SpanConfig, ch: Channel) {
+        for (x, y) in [(a, b), (b, a)] {
+            let i = self.nodes.iter().position(|n| n.0 == x).unwrap();
+            self.nodes[i].1.add_span(y, span.clone());
+            self.channels.insert((x, y), ch.clone());
+        }
+    }
+
+    fn send(&mut self, from: EngineId, to: EngineId, block: Bytes, red: usize) -> SessionId {
+        let now = self.now();
+        let i = self.nodes.iter().position(|n| n.0 == from).unwrap();
+        let sid = self.nodes[i]
+            .1
+            .send_block(to, 1, block.clone(), red, now)
+            .expect("send_block");
+        self.blocks.insert(sid, (block, red));
+        sid
+    }
+
+    fn in_outage(&self, t: u64) -> bool {
+        self.outages.iter().any(|&(s, e)| t >= s && t < e)
+    }
+
+    fn lost(&mut self, key: (EngineId, EngineId)) -> bool {
+        let ch = self.channels[&key].clone();
+        if let Some((gb, bg, bad_loss)) = ch.burst {
+            let bad = self.bad_state.entry(key).or_insert(false);
+            *bad = if *bad {
+                !self.rng.gen_bool(bg)
+            } else {
+                self.rng.gen_bool(gb)
+            };
+            if *bad && self.rng.gen_bool(bad_loss) {
+                return true;
+            }
+        }
+        self.rng.gen_bool(ch.loss)
+    }
+
+    /// Runs until everything is quiet or the bounds are hit; returns false on a bound.
+    fn run(&mut self, max_steps: u64, max_ns: u64) -> bool {
+        // Link-state cues at outage edges.
+        let mut cues: BTreeMap<u64, bool> = BTreeMap::new();
+        for &(s, e) in &self.outages {
+            cues.insert(s, false);
+            cues.insert(e, true);
+        }
+        for _ in 0..max_steps {
+            let now = self.now();
+            let mut progress = false;
+            // Cues due now.
+            let due: Vec<(u64, bool)> = cues.range(..=self.now_ns).map(|(&k, &v)| (k, v)).collect();
+            for (k, up) in due {
+                cues.remove(&k);
+                let ids: Vec<EngineId> = self.nodes.iter().map(|n| n.0).collect();
+                for (_, eng) in self.nodes.iter_mut() {
+                    for &p in &ids {
+                        eng.set_link(p, up, now);
+                    }
+                }
+            }
+            // Timers, transmissions, events.
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].1.poll_timeout().is_some_and(|t| t <= now) {
+                    self.nodes[i].1.handle_timeout(now);
+                }
+                let mut sent = 0;
+                while let Some((to, bytes)) = self.nodes[i].1.poll_transmit(now) {
+                    progress = true;
+                    sent += 1;
+                    assert!(sent < 1_000_000, "poll_transmit does not end");
+                    let from = self.nodes[i].0;
+                    let key = (from, to);
+                    if !self.channels.contains_key(&key) || self.in_outage(self.now_ns) {
+                        continue;
+                    }
+                    if self.lost(key) {
+                        continue;
+                    }
+                    let ch = self.channels[&key].clone();
+                    let copies = if self.rng.gen_bool(ch.dup) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let jitter = if ch.jitter.is_zero() {
+                            0
+                        } else {
+                            self.rng.gen_range(0..ch.jitter.as_nanos() as u64)
+                        };
+                        let at = self.now_ns + ch.delay.as_nanos() as u64 + jitter;
+                        if self.in_outage(at) {
+                            continue;
+                        }
+                        let to_idx = self.nodes.iter().position(|n| n.0 == to).unwrap();
+                        self.seq += 1;
+                        self.queue
+                            .push(Reverse((at, self.seq, to_idx, bytes.clone())));
+                    }
+                }
+                while let Some(ev) = self.nodes[i].1.poll_event() {
+                    self.record(ev);
+                }
+            }
+            // Deliveries due now.
+            while let Some(Reverse((at, _, _, _))) = self.queue.peek() {
+                if *at > self.now_ns {
+                    break;
+                }
+                let Reverse((_, _, idx, bytes)) = self.queue.pop().unwrap();
+                progress = true;
+                self.nodes[idx].1.handle_datagram(bytes, now);
+            }
+            let busy_now = self
+                .nodes
+                .iter_mut()
+                .any(|(_, e)| e.poll_timeout().is_some_and(|t| t <= now));
+            if busy_now || progress {
+                continue;
+            }
+            // Advance virtual time to the next thing that happens.
+            let mut next: Option<u64> = self.queue.peek().map(|Reverse((at, ..))| *at);
+            for (_, e) in &self.nodes {
+                if e.session_timers() == 0 && e.open_sessions() == 0 {
+                    continue; // only housekeeping left on this node
+                }
+                if let Some(t) = e.poll_timeout() {
+                    let ns = t.duration_since(self.base).as_nanos() as u64;
+                    next = Some(next.map_or(ns, |n| n.min(ns)));
+                }
+            }
+            if let Some((&k, _)) = cues.iter().next() {
+                if next.is_some() || self.nodes.iter().any(|(_, e)| e.open_sessions() > 0) {
+                    next = Some(next.map_or(k, |n| n.min(k)));
+                }
+            }
+            // Poll events once more (some are produced by datagrams).
+            for i in 0..self.nodes.len() {
+                while let Some(ev) = self.nodes[i].1.poll_event() {
+                    self.record(ev);
+                }
+            }
+            match next {
+                None => return true,
+                Some(t) => {
+                    if t > max_ns {
+                        return false;
+                    }
+                    self.now_ns = self.now_ns.max(t);
+                }
+            }
+        }
+        false
+    }
+
+    fn record(&mut self, ev: Event) {
+        match ev {
+            Event::BlockReceived { session, red, .. } => self
+                .outcomes
+                .entry(session)
+                .or_default()
+                .delivered
+                .push(red),
+            Event::GreenSegment {
+                session,
+                offset,
+                data,
+                ..
+            } => self
+                .outcomes
+                .entry(session)
+                .or_default()
+                .green
+                .push((offset, data)),
+            Event::TransmissionCompleted { session } => {
+                self.outcomes.entry(session).or_default().completed += 1
+            }
+            Event::ExportCancelled {
+                session,
+                reason,
+                by_peer,
+            } => self
+                .outcomes
+                .entry(session)
+                .or_default()
+                .export_cancelled
+                .push((reason, by_peer)),
+            Event::ImportCancelled {
+                session,
+                reason,
+                by_peer,
+            } => self
+                .outcomes
+                .entry(session)
+                .or_default()
+                .import_cancelled
+                .push((reason, by_peer)),
+        }
+    }
+
+    /// The properties every run must have.
+    fn check(&self, finished: bool) -> Result<Stats, String> {
+        if !finished {
+            let state: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|(id, e)| {
+                    format!(
+                        "engine {id}: {} sessions {}, {} timers, next {:?}, {:?}",
+                        e.open_sessions(),
+                        e.describe_sessions(),
+                        e.session_timers(),
+                        e.poll_timeout().map(|t| t.duration_since(self.base)),
+                        e.stats()
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "simulation did not settle by t={}ns: {state:?}",
+                self.now_ns
+            ));
+        }
+        let mut st = Stats::default();
+        for (id, e) in &self.nodes {
+            if e.open_sessions() != 0 || e.session_timers() != 0 {
+                return Err(format!(
+                    "engine {id}: {} sessions and {} timers left",
+                    e.open_sessions(),
+                    e.session_timers()
+                ));
+            }
+        }
+        for (sid, (block, red)) in &self.blocks {
+            let o = self.outcomes.get(sid);
+            let empty = Outcome::default();
+            let o = o.unwrap_or(&empty);
+            let terminal = o.completed as usize + o.export_cancelled.len();
+            if terminal != 1 {
+                return Err(format!("{sid:?}: {terminal} sender outcomes ({o:?})"));
+            }
+            if o.delivered.len() > 1 {
+                return Err(format!(
+                    "{sid:?}: red part delivered {} times",
+                    o.delivered.len()
+                ));
+            }
+            if let Some(d) = o.delivered.first() {
+                if d != &block.slice(..*red) {
+                    return Err(format!("{sid:?}: red part corrupted"));
+                }
+            }
+            for (off, g) in &o.green {
+                let s = *off as usize;
+                if s < *red || s + g.len() > block.len() || g != &block.slice(s..s + g.len()) {
+                    return Err(format!("{sid:?}: green data at {off} corrupted"));
+                }
+            }
+            if o.completed == 1 {
+                st.completed += 1;
+                if *red > 0 && o.delivered.len() != 1 {
+                    return Err(format!("{sid:?}: completed but red part not delivered"));
+                }
+                if !o.import_cancelled.is_empty() && *red > 0 && o.delivered.is_empty() {
+                    return Err(format!("{sid:?}: completed but import cancelled"));
+                }
+            } else {
+                st.cancelled += 1;
+            }
+            if *red > 0
+                && !o.import_cancelled.is_empty()
+                && o.delivered.is_empty()
+                && o.completed == 1
+            {
+                return Err(format!("{sid:?}: receiver cancelled, sender completed"));
+            }
+            // A receiver that started the session but did not deliver it must have ended it
+            // with a cancel (its own or the sender's).
+            if o.export_cancelled.len() == 1
+                && o.delivered.is_empty()
+                && !o.green.is_empty()
+                && *red > 0
+                && o.import_cancelled.is_empty()
+            {
+                return Err(format!(
+                    "{sid:?}: sender cancelled, receiver saw data, no cancel"
+                ));
+            }
+        }
+        Ok(st)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    completed: u32,
+    cancelled: u32,
+}
+
+fn seeds(n: u64) -> Vec<u64> {
+    match std::env::var("SEED") {
+        Ok(s) => vec![s.parse().expect("SEED must be a number")],
+        Err(_) => (1..=n).collect(),
+    }
+}
+
+fn random_block(rng: &mut SmallRng, max: usize) -> (Bytes, usize) {
+    let len = rng.gen_range(1..=max);
+    let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+    let red = match rng.gen_range(0..4) {
+        0 => len,
+        1 => 0,
+        _ => rng.gen_range(0..=len),
+    };
+    (Bytes::from(data), red)
+}
+
+fn run_scenario(name: &str, n: u64, build: impl Fn(u64) -> (Sim, u64, u64)) -> (u32, u32) {
+    let mut total = (0, 0);
+    for seed in seeds(n) {
+        let (mut sim, steps, max_ns) = build(seed);
+        let finished = sim.run(steps, max_ns);
+        match sim.check(finished) {
+            Ok(st) => {
+                total.0 += st.completed;
+                total.1 += st.cancelled;
+            }
+            Err(e) => panic!("{name}: SEED={seed} failed: {e}"),
+        }
+    }
+    total
+}
+
+fn span(owlt: Duration) -> SpanConfig {
+    SpanConfig {
+        max_segment_size: 512,
+        owlt_outbound: owlt,
+        owlt_inbound: owlt,
+        timer_margin: Duration::from_millis(50),
+        inactivity_timeout: owlt * 20 + Duration::from_secs(30),
+        ..SpanConfig::default()
+    }
+}
+
+#[test]
+fn two_engines_random_loss_reorder_duplication() {
+    let (done, cancelled) = run_scenario("loss", 150, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let delay = Duration::from_millis(rng.gen_range(1..50));
+        let mut sp = span(delay);
+        sp.checkpoint_every = rng.gen_range(0..5);
+        sp.max_export_sessions = rng.gen_range(1..4);
+        sim.connect(
+            1,
+            2,
+            sp,
+            Channel {
+                delay,
+                jitter: Duration::from_millis(rng.gen_range(0..20)),
+                loss: rng.gen_range(0.0..0.3),
+                dup: rng.gen_range(0.0..0.1),
+                burst: None,
+            },
+        );
+        for _ in 0..rng.gen_range(1..5) {
+            let (b, red) = random_block(&mut rng, 20_000);
+            let from = rng.gen_range(1..=2);
+            sim.send(from, 3 - from, b, red);
+        }
+        (sim, 2_000_000, secs(3600))
+    });
+    assert!(done > 0, "no session completed");
+    let _ = cancelled;
+}
+
+#[test]
+fn gilbert_elliott_burst_loss() {
+    let (done, _) = run_scenario("burst", 100, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(10, seed);
+        sim.add_node(20, seed);
+        let delay = Duration::from_millis(rng.gen_range(5..100));
+        let mut sp = span(delay);
+        sp.checkpoint_every = 8;
+        sim.connect(
+            10,
+            20,
+            sp,
+            Channel {
+                delay,
+                jitter: Duration::ZERO,
+                loss: 0.01,
+                dup: 0.0,
+                burst: Some((0.05, 0.3, 0.9)),
+            },
+        );
+        let (b, red) = random_block(&mut rng, 60_000);
+        sim.send(10, 20, b, red);
+        (sim, 2_000_000, secs(3600))
+    });
+    assert!(done > 50, "only {done} sessions completed");
+}
+
+#[test]
+fn long_light_time_mars() {
+    // One-way light time of 4 to 20 minutes, virtual time.
+    let (done, _) = run_scenario("mars", 40, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let owlt = Duration::from_secs(rng.gen_range(240..=1200));
+        let sp = span(owlt);
+        let mut ch = Channel::clean(owlt);
+        ch.loss = rng.gen_range(0.0..0.15);
+        sim.connect(1, 2, sp, ch);
+        let (b, red) = random_block(&mut rng, 30_000);
+        sim.send(1, 2, b, red);
+        (sim, 2_000_000, secs(3600 * 24 * 3))
+    });
+    assert!(done > 20, "only {done} sessions completed");
+}
+
+#[test]
+fn scheduled_outages_with_link_cues() {
+    let (done, _) = run_scenario("outage", 100, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let owlt = Duration::from_millis(rng.gen_range(100..2000));
+        let sp = span(owlt);
+        let mut ch = Channel::clean(owlt);
+        ch.loss = rng.gen_range(0.0..0.1);
+        sim.connect(1, 2, sp, ch);
+        let mut t = 0;
+        for _ in 0..3 {
+            let start = t + rng.gen_range(secs(0)..secs(5));
+            let end = start + rng.gen_range(secs(1)..secs(600));
+            sim.outages.push((start, end));
+            t = end;
+        }
+        for _ in 0..rng.gen_range(1..4) {
+            let (b, red) = random_block(&mut rng, 20_000);
+            sim.send(1, 2, b, red);
+        }
+        (sim, 2_000_000, secs(3600 * 24))
+    });
+    // Timers are suspended during outages, so outages alone never cancel a session.
+    assert!(done > 80, "only {done} sessions completed");
+}
+
+#[test]
+fn three_engines_in_a_ring_with_a_small_window() {
+    let (done, _) = run_scenario("ring", 60, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        for id in [1, 2, 3] {
+            sim.add_node(id, seed);
+        }
+        for (a, b) in [(1, 2), (2, 3), (3, 1)] {
+            let delay = Duration::from_millis(rng.gen_range(1..30));
+            let mut sp = span(delay);
+            sp.max_export_sessions = 2;
+            sp.checkpoint_every = 4;
+            let mut ch = Channel::clean(delay);
+            ch.loss = rng.gen_range(0.0..0.15);
+            ch.jitter = Duration::from_millis(5);
+            sim.connect(a, b, sp, ch);
+        }
+        for _ in 0..6 {
+            let (b, red) = random_block(&mut rng, 10_000);
+            let from = rng.gen_range(1..=3u64);
+            let to = if rng.gen_bool(0.5) {
+                from % 3 + 1
+            } else {
+                (from + 1) % 3 + 1
+            };
+            sim.send(from, to, b, red);
+        }
+        (sim, 2_000_000, secs(3600))
+    });
+    assert!(done > 200, "only {done} sessions completed");
+}
+
+#[test]
+fn total_loss_cancels_and_frees_everything() {
+    // Data gets through, but nothing comes back: the sender must give up (RLEXC) and both
+    // sides must end with nothing left.
+    run_scenario("blackhole", 20, |seed| {
+        let mut sim = Sim::new(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let mut sp = span(Duration::from_millis(10));
+        sp.max_checkpoint_retransmissions = 3;
+        sim.connect(1, 2, sp, Channel::clean(Duration::from_millis(10)));
+        sim.channels.get_mut(&(2, 1)).unwrap().loss = 1.0;
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let (b, _) = random_block(&mut rng, 5000);
+        let n = b.len();
+        sim.send(1, 2, b, n);
+        (sim, 200_000, secs(36000))
+    });
+}
