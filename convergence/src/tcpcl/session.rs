@@ -336,6 +336,7 @@ impl Session {
                 }
             }
         }
+        self.maybe_finish_term();
     }
 
     /// Starts session termination with `reason` (§6.1).
