@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ltp::{CancelReason, Engine, EngineConfig, EngineId, Event, SessionId, SpanConfig};
+use ltp::segment::SegmentBody;
+use ltp::{CancelReason, Engine, EngineConfig, EngineId, Event, Segment, SessionId, SpanConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -57,6 +58,8 @@ struct Sim {
     rng: SmallRng,
     outcomes: HashMap<SessionId, Outcome>,
     blocks: HashMap<SessionId, (Bytes, usize)>,
+    /// Sessions of which the receiving engine got at least one data segment.
+    heard: std::collections::HashSet<SessionId>,
 }
 
 const fn secs(s: u64) -> u64 {
@@ -77,6 +80,7 @@ impl Sim {
             rng: SmallRng::seed_from_u64(seed ^ 0x5eed_5eed),
             outcomes: HashMap::new(),
             blocks: HashMap::new(),
+            heard: std::collections::HashSet::new(),
         }
     }
 
@@ -201,6 +205,11 @@ impl Sim {
                 }
                 let Reverse((_, _, idx, bytes)) = self.queue.pop().unwrap();
                 progress = true;
+                if let Ok(seg) = Segment::decode(&bytes) {
+                    if matches!(seg.body, SegmentBody::Data(_)) {
+                        self.heard.insert(seg.session);
+                    }
+                }
                 self.nodes[idx].1.handle_datagram(bytes, now);
             }
             let busy_now = self
@@ -365,8 +374,18 @@ impl Sim {
             {
                 return Err(format!("{sid:?}: receiver cancelled, sender completed"));
             }
-            // A receiver that started the session but did not deliver it must have ended it
-            // with a cancel (its own or the sender's).
+            // A receiver that heard of the session but did not deliver it must have ended it
+            // with a cancel (its own or the sender's): both sides observe the cancellation.
+            if *red > 0
+                && o.export_cancelled.len() == 1
+                && self.heard.contains(sid)
+                && o.delivered.is_empty()
+                && o.import_cancelled.is_empty()
+            {
+                return Err(format!(
+                    "{sid:?}: sender cancelled, receiver never did ({o:?})"
+                ));
+            }
             if o.export_cancelled.len() == 1
                 && o.delivered.is_empty()
                 && !o.green.is_empty()
@@ -419,6 +438,7 @@ fn run_scenario(name: &str, n: u64, build: impl Fn(u64) -> (Sim, u64, u64)) -> (
             Err(e) => panic!("{name}: SEED={seed} failed: {e}"),
         }
     }
+    eprintln!("{name}: {} completed, {} cancelled", total.0, total.1);
     total
 }
 
@@ -596,4 +616,47 @@ fn total_loss_cancels_and_frees_everything() {
         sim.send(1, 2, b, n);
         (sim, 200_000, secs(36000))
     });
+}
+
+#[test]
+fn harsh_loss_with_small_limits_ends_every_session() {
+    // Heavy, asymmetric loss and small retransmission limits: sessions get cancelled, and the
+    // cancellation must be seen by both sides, with nothing left behind.
+    let (_, cancelled) = run_scenario("harsh", 200, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let delay = Duration::from_millis(rng.gen_range(1..200));
+        let mut sp = span(delay);
+        sp.max_checkpoint_retransmissions = rng.gen_range(1..4);
+        sp.max_report_retransmissions = rng.gen_range(1..4);
+        sp.max_cancel_retransmissions = rng.gen_range(0..4);
+        sp.checkpoint_every = rng.gen_range(0..3);
+        let ch = Channel {
+            delay,
+            jitter: Duration::from_millis(rng.gen_range(0..50)),
+            loss: rng.gen_range(0.2..0.6),
+            dup: 0.05,
+            burst: Some((0.02, 0.2, 0.8)),
+        };
+        sim.connect(1, 2, sp, ch);
+        sim.channels.get_mut(&(2, 1)).unwrap().loss = rng.gen_range(0.3..0.7);
+        for _ in 0..rng.gen_range(1..4) {
+            let (b, red) = random_block(&mut rng, 8_000);
+            sim.send(1, 2, b, red);
+        }
+        if rng.gen_bool(0.2) {
+            // A user cancel in the middle of it.
+            let sid = *sim.blocks.keys().next().unwrap();
+            sim.run(50, secs(1));
+            let now = sim.now();
+            sim.nodes[0].1.cancel(sid, now);
+        }
+        (sim, 2_000_000, secs(3600 * 10))
+    });
+    assert!(
+        cancelled > 20,
+        "only {cancelled} cancellations: scenario too mild"
+    );
 }

@@ -1,6 +1,26 @@
 //! The LTP engine (RFC 5326 §6 sender and receiver procedures, §7 timers and link-state cues),
 //! sans-IO: datagrams, commands and the current time go in; datagrams, events and the next
 //! deadline come out. It never reads a clock or touches a socket.
+//!
+//! Decisions where RFC 5326 leaves room (CCSDS 734.1-B-1 and the peers in INTEROP.md):
+//! - Timers start when their segment is handed out by `poll_transmit` (§6.1), last
+//!   OWLT out + OWLT in + margin, and are suspended while the span's link is down (§8).
+//! - A retransmitted checkpoint keeps its serial number (§6.7); a gap retransmission (§6.13)
+//!   ends with a new checkpoint carrying the report's serial; a retransmitted report is not
+//!   acted on twice but is acknowledged every time (§6.12).
+//! - Primary reports cover [upper bound of our previous report, checkpoint end) (or from 0
+//!   when the checkpoint lies below it); a checkpoint answering one of our reports gets a
+//!   report with that report's bounds (§6.8).
+//! - Data from an engine without a span is dropped and counted unless
+//!   `accept_unknown_peers`: we do not know where to send a cancel, and answering unknown
+//!   sources would make us an amplifier. Cancels for unknown sessions are acknowledged without
+//!   side effects (HDTN's keep-alive ping).
+//! - Limits breached by an import (block size, concurrent imports, reassembly memory,
+//!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
+//!   the red part cancels with `Miscolored`.
+//! - An import whose red part was delivered closes quietly when its report retransmissions or
+//!   its inactivity time run out (nothing is lost; late checkpoints get a full report from the
+//!   closed-session memory).
 
 mod config;
 mod intervals;
@@ -343,6 +363,8 @@ struct Closed {
 
 /// Most report serials remembered per import for secondary reports (§6.8).
 const MAX_SENT_BOUNDS: usize = 4096;
+/// Most received report serials remembered per export (to ignore retransmitted reports).
+const MAX_SEEN_REPORTS: usize = 4096;
 
 /// An LTP engine: all sessions with all peers of one local engine ID.
 pub struct Engine {
@@ -668,6 +690,10 @@ impl Engine {
                 }
                 ex.cp_resend.retain(|&s| s != r.checkpoint_serial);
             }
+        }
+        if ex.seen_reports.len() >= MAX_SEEN_REPORTS {
+            // Bounded memory: forgetting only costs a redundant retransmission.
+            ex.seen_reports.clear();
         }
         if !ex.seen_reports.insert(r.report_serial) {
             return; // a retransmitted report: already acted on
@@ -1138,15 +1164,12 @@ impl Engine {
         };
         match outcome {
             Outcome::ImportDelivered { red_len } => {
-                let upper = d
-                    .offset
-                    .saturating_add(d.data.len() as u64)
-                    .max(red_len.min(d.offset + d.data.len() as u64));
-                let claim_end = upper.min(red_len);
-                let claims = if claim_end > 0 {
+                // The whole red part arrived: claim all of it up to the checkpoint's end.
+                let upper = d.offset.saturating_add(d.data.len() as u64).min(red_len);
+                let claims = if upper > 0 {
                     vec![Claim {
                         offset: 0,
-                        length: claim_end,
+                        length: upper,
                     }]
                 } else {
                     Vec::new()
@@ -1155,7 +1178,7 @@ impl Engine {
                 let r = ReportSegment {
                     report_serial: serial,
                     checkpoint_serial: cp.checkpoint_serial,
-                    upper_bound: claim_end.max(upper.min(claim_end)),
+                    upper_bound: upper,
                     lower_bound: 0,
                     claims,
                 };
