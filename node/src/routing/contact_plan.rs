@@ -762,7 +762,7 @@ mod tests {
         );
         assert_eq!(
             parse_utc_time("2100/03/01-00:00:00"),
-            Some(((100 * 365 + 24 + 59) * 86_400) * 1000)
+            Some(((100 * 365 + 25 + 59) * 86_400) * 1000)
         );
         assert_eq!(parse_utc_time("1999/12/31-23:59:59"), None);
         assert_eq!(parse_utc_time("2023/02/29-00:00:00"), None);
