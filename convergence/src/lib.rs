@@ -21,12 +21,15 @@
 //! 5. Call [`adapter::ConvergenceLayer::shutdown`] to stop; pending transfers then report
 //!    [`adapter::FailureReason::Shutdown`].
 //!
+//! [`ltp_adapter::LtpAdapter`] carries bundles over LTP (RFC 5326), aggregating them into blocks.
+//!
 //! [`emulation`] provides a deterministic sans-IO link emulator (delay, jitter, loss, burst loss,
 //! duplication, rate limit, outages) and tokio wrappers applying it to datagram sockets and
 //! byte streams, for tests and for the node's emulated links.
 
 pub mod adapter;
 pub mod emulation;
+pub mod ltp_adapter;
 pub mod tcpcl;
 pub mod udp;
 
