@@ -657,3 +657,162 @@ fn large_block_end_to_end() {
     assert_eq!(a.open_sessions() + b.open_sessions(), 0);
     tracing::info!(elapsed = ?started.elapsed(), "64 MiB block");
 }
+
+#[test]
+fn reports_are_retransmitted_until_acknowledged() {
+    let mut now = t0();
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    // Lose the first segment: the report has a gap, so the block is not delivered yet.
+    for s in &raw[1..] {
+        b.handle_datagram(s.clone(), now);
+    }
+    let first = drain(&mut b, now);
+    let SegmentBody::Report(r) = &first[0].body else {
+        panic!("expected report")
+    };
+    let sent_at = now;
+    now = b.poll_timeout().unwrap();
+    assert_eq!(now, sent_at + span().round_trip_timeout());
+    b.handle_timeout(now);
+    let again = drain(&mut b, now);
+    assert_eq!(
+        again[0].body, first[0].body,
+        "same report, same serial (§6.8)"
+    );
+    assert_eq!(b.stats().reports_retransmitted, 1);
+    b.handle_datagram(
+        control_segment(
+            sid,
+            SegmentBody::ReportAck {
+                report_serial: r.report_serial,
+            },
+        ),
+        now,
+    );
+    // Acknowledged: only the inactivity timer is left.
+    assert_eq!(b.session_timers(), 1);
+    // The retransmission limit without an ack cancels an undelivered import (RLEXC).
+    let (_a2, sid2, raw2) = segments_of(600, 600);
+    let mut c = engine(B, A);
+    for s in &raw2[1..] {
+        c.handle_datagram(s.clone(), now);
+    }
+    let mut sent = 0;
+    let mut ev = Vec::new();
+    for _ in 0..40 {
+        for s in drain(&mut c, now) {
+            if matches!(s.body, SegmentBody::Report(_)) {
+                sent += 1;
+            }
+        }
+        ev = events(&mut c);
+        if !ev.is_empty() {
+            break;
+        }
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+    }
+    assert_eq!(
+        ev,
+        vec![Event::ImportCancelled {
+            session: sid2,
+            reason: CancelReason::RetransmissionLimitExceeded,
+            by_peer: false
+        }]
+    );
+    assert_eq!(sent, 1 + span().max_report_retransmissions as usize);
+}
+
+#[test]
+fn inactive_import_is_cancelled_and_freed() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    b.handle_datagram(raw[0].clone(), now);
+    assert!(drain(&mut b, now).is_empty());
+    let t = b.poll_timeout().unwrap();
+    assert_eq!(t, now + span().inactivity_timeout);
+    b.handle_timeout(t);
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+    let out = drain(&mut b, t);
+    assert_eq!(
+        out[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::SystemCancelled)
+    );
+    b.handle_datagram(control_segment(sid, SegmentBody::CancelAckToReceiver), t);
+    assert_eq!(b.open_sessions(), 0);
+    assert_eq!(b.session_timers(), 0);
+    assert_eq!(b.reassembly, 0);
+}
+
+#[test]
+fn reassembly_memory_limit_cancels_the_import() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(3000, 3000);
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_reassembly_memory: 1000,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+    assert_eq!(b.reassembly, 0, "memory released on cancel");
+}
+
+#[test]
+fn discretionary_checkpoint_reports_scope_and_serials() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.checkpoint_every = 2;
+    a.add_span(B, sp);
+    let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
+    let raw = drain_raw(&mut a, now);
+    let mut b = engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    let reports: Vec<ReportSegment> = drain(&mut b, now)
+        .into_iter()
+        .map(|s| match s.body {
+            SegmentBody::Report(r) => r,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(reports.len() >= 2);
+    // Primary reports tile the block: each starts where the previous one ended (§6.8).
+    assert_eq!(reports[0].lower_bound, 0);
+    for w in reports.windows(2) {
+        assert_eq!(w[0].upper_bound, w[1].lower_bound);
+        assert_eq!(w[1].report_serial, w[0].report_serial + 1);
+    }
+    assert_eq!(reports.last().unwrap().upper_bound, 2000);
+    for r in &reports {
+        a.handle_datagram(control_segment(sid, SegmentBody::Report(r.clone())), now);
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    assert_eq!(a.stats().data_segments_retransmitted, 0);
+}
