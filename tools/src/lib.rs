@@ -1,1 +1,3 @@
-//! Shared helpers for the command-line tools.
+//! Shared code of the command-line tools: the bundle description of `bpdump` ([`dump`]).
+
+pub mod dump;
