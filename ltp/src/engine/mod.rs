@@ -1433,16 +1433,16 @@ impl Engine {
             self.stats.bytes_sent += b.len() as u64;
             return Some((peer, b));
         }
-        let keys: Vec<EngineId> = self
-            .spans
-            .range(self.rr..)
-            .chain(self.spans.range(..self.rr))
-            .filter(|(_, s)| s.link_up && s.has_output() && s.pace_at.is_none_or(|t| t <= now))
-            .map(|(&k, _)| k)
-            .collect();
-        for peer in keys {
+        // Round robin over the spans that may send now; no allocation per segment.
+        for _ in 0..self.spans.len() {
+            let peer = self
+                .spans
+                .range(self.rr..)
+                .chain(self.spans.range(..self.rr))
+                .find(|(_, s)| s.link_up && s.has_output() && s.pace_at.is_none_or(|t| t <= now))
+                .map(|(&k, _)| k)?;
+            self.rr = peer.wrapping_add(1);
             if let Some(out) = self.transmit_from(peer, now) {
-                self.rr = peer.wrapping_add(1);
                 let span = self.spans.get_mut(&peer).expect("span exists");
                 if let Some(rate) = span.cfg.rate_limit.filter(|&r| r > 0) {
                     let burst = Duration::from_secs_f64(span.cfg.rate_burst as f64 / rate as f64);
