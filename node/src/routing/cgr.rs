@@ -700,7 +700,7 @@ impl Router {
                     .map(|key| (key, self.to_route(p, key)))
             })
             .collect();
-        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        routes.sort_by_key(|a| a.0);
         routes.into_iter().map(|(_, r)| r).collect()
     }
 
