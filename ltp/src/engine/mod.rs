@@ -725,7 +725,22 @@ impl Engine {
         }
         let gaps = ex.acked.gaps(lower, upper);
         if gaps.is_empty() {
-            return;
+            if !ex.checkpoints.is_empty()
+                || !ex.retx.is_empty()
+                || !ex.cp_resend.is_empty()
+                || ex.cursor < ex.red_len
+            {
+                return;
+            }
+            // Nothing outstanding, yet red data unacknowledged: a report that was split (§6.3)
+            // lost its other parts after this one answered the checkpoint (the stall of ION
+            // issue #14). Re-send the last red octet as a new checkpoint so the receiver
+            // reports the whole red part again.
+            ex.retx.push_back(RetxRange {
+                start: ex.red_len - 1,
+                end: ex.red_len,
+                checkpoint_for: Some(0),
+            });
         }
         ex.cycles += 1;
         let max_cycles = self
