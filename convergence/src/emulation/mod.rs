@@ -10,13 +10,16 @@
 //!   destination and are sent by a timer task.
 //! - [`EmulatedStream`]: an `AsyncRead + AsyncWrite` wrapper that delays and rate-limits a byte
 //!   stream in both directions (no loss: it stands for a reliable transport such as TCP).
+//! - [`LtpImpairment`]: the emulator as an `ltp` driver impairment.
 
 pub mod emulator;
+pub mod ltp_impairment;
 pub mod profile;
 pub mod stream;
 pub mod udp;
 
 pub use emulator::{DropReason, EmulatorStats, LinkEmulator, Verdict};
+pub use ltp_impairment::LtpImpairment;
 pub use profile::{
     parse_duration, GilbertElliott, LinkProfile, LinkProfileBuilder, Outage, ProfileError, Schedule,
 };
