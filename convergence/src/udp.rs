@@ -43,6 +43,11 @@ pub const MAX_UDP_PAYLOAD: usize = 65_507;
 /// First byte of every bundle: CBOR indefinite-length array (RFC 9171 §4.1).
 pub const BUNDLE_FIRST_BYTE: u8 = 0x9f;
 
+/// Consecutive receive errors tolerated before the receive task backs off.
+const RECV_ERRORS_BEFORE_BACKOFF: u32 = 16;
+/// Pause after each receive error beyond [`RECV_ERRORS_BEFORE_BACKOFF`].
+const RECV_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Configuration of a [`UdpAdapter`].
 #[derive(Clone, Debug)]
 pub struct UdpConfig {
@@ -284,6 +289,7 @@ async fn recv_task(
 ) {
     // One byte more than the limit, to detect oversized datagrams (truncated by recv).
     let mut buf = vec![0u8; max + 1];
+    let mut consecutive_errors = 0u32;
     loop {
         if stopped.load(Ordering::SeqCst) {
             return;
@@ -299,10 +305,18 @@ async fn recv_task(
         loop {
             let (n, from) = tokio::select! {
                 r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        consecutive_errors = 0;
+                        x
+                    }
                     Err(e) => {
-                        // E.g. ICMP port unreachable reported on Linux for an earlier send.
+                        // E.g. ICMP port unreachable reported on Linux for an earlier send:
+                        // transient. A persistent error must not spin: back off.
                         tracing::debug!(error = %e, "UDP receive error");
+                        consecutive_errors = consecutive_errors.saturating_add(1);
+                        if consecutive_errors > RECV_ERRORS_BEFORE_BACKOFF {
+                            tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                        }
                         continue;
                     }
                 },

@@ -257,3 +257,24 @@ async fn emulated_delay_and_loss() {
     );
     assert_eq!(b.cla.counters().bundles_in, expected);
 }
+
+#[tokio::test]
+async fn socket_error_reports_failed_unreachable() {
+    let mut a = node(UdpConfig::default(), 16).await;
+    // An IPv6 destination from an IPv4 socket: the send fails with a socket error.
+    let v6: std::net::SocketAddr = "[::1]:9".parse().unwrap();
+    a.cla
+        .send(&PeerAddr::Socket(v6), 5, fake_bundle(10, 0))
+        .unwrap();
+    let o = outcome(&mut a).await;
+    assert_eq!(o.id, 5);
+    assert!(
+        matches!(
+            o.outcome,
+            Outcome::Failed(convergence::adapter::FailureReason::Unreachable(_))
+        ),
+        "{o:?}"
+    );
+    assert_eq!(a.cla.counters().failures.get("unreachable"), Some(&1));
+    assert_eq!(a.cla.counters().bundles_out, 0);
+}
