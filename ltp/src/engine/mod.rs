@@ -382,6 +382,8 @@ pub struct Engine {
     events: VecDeque<Event>,
     reassembly: usize,
     stats: EngineStats,
+    /// The latest `now` given to any method (for work done where no time is passed in).
+    clock: Option<Instant>,
 }
 
 fn control_segment(session: SessionId, body: SegmentBody) -> Bytes {
@@ -412,6 +414,7 @@ impl Engine {
             events: VecDeque::new(),
             reassembly: 0,
             stats: EngineStats::default(),
+            clock: None,
         }
     }
 
@@ -451,7 +454,7 @@ impl Engine {
         red_len: usize,
         now: Instant,
     ) -> Result<SessionId, SendError> {
-        let _ = now;
+        self.clock = Some(now);
         let span = self.spans.get(&dest).ok_or(SendError::UnknownSpan(dest))?;
         if block.is_empty() {
             return Err(SendError::EmptyBlock);
@@ -576,11 +579,25 @@ impl Engine {
         let max = self.cfg.max_control_queue.max(1);
         match self.spans.get_mut(&peer) {
             Some(span) => {
+                let mut dropped = None;
                 if span.control.len() >= max {
-                    span.control.pop_front();
+                    dropped = span.control.pop_front();
                     self.stats.segments_dropped += 1;
                 }
                 span.control.push_back(Outgoing { bytes, on_sent });
+                // A dropped segment counts as sent and lost: its retransmission timer still
+                // starts, so the session it belongs to cannot stall.
+                if let (
+                    Some(Outgoing {
+                        on_sent: OnSent::Timer(kind),
+                        ..
+                    }),
+                    Some(now),
+                ) = (dropped, self.clock)
+                {
+                    let rtt = span.cfg.round_trip_timeout();
+                    self.on_sent(peer, kind, now, rtt);
+                }
             }
             None => {
                 if self.orphans.len() >= max {
@@ -623,6 +640,7 @@ impl Engine {
 
     /// Processes one received datagram (one segment).
     pub fn handle_datagram(&mut self, datagram: Bytes, now: Instant) {
+        self.clock = Some(now);
         self.stats.segments_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
         let seg = match Segment::decode_with_limits(&datagram, &self.cfg.decode_limits) {
@@ -1443,6 +1461,7 @@ impl Engine {
 
     /// Next datagram to send and the engine it is for (None: nothing may be sent now).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(EngineId, Bytes)> {
+        self.clock = Some(now);
         if let Some((peer, b)) = self.orphans.pop_front() {
             self.stats.segments_sent += 1;
             self.stats.bytes_sent += b.len() as u64;
@@ -1583,6 +1602,7 @@ impl Engine {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         while let Some(&(at, role, sid)) = self.closed_order.front() {
             if at > now {
                 break;
@@ -1708,6 +1728,7 @@ impl Engine {
     /// Link-state cue (§6.1, §8): suspends (down) or resumes (up) the timers of the span; no
     /// segment is transmitted to the peer while its link is down (they queue).
     pub fn set_link(&mut self, peer: EngineId, up: bool, now: Instant) {
+        self.clock = Some(now);
         let Some(span) = self.spans.get_mut(&peer) else {
             return;
         };
@@ -1724,6 +1745,7 @@ impl Engine {
 
     /// Cancels a session at the user's request (§6.15/§6.17, USR_CNCLD).
     pub fn cancel(&mut self, session: SessionId, now: Instant) {
+        self.clock = Some(now);
         if session.originator == self.local {
             if self.exports.contains_key(&session.number) {
                 self.cancel_export(session.number, CancelReason::UserCancelled, now);

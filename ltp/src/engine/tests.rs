@@ -822,3 +822,53 @@ fn discretionary_checkpoint_reports_scope_and_serials() {
     );
     assert_eq!(a.stats().data_segments_retransmitted, 0);
 }
+
+#[test]
+fn control_queue_overflow_does_not_stall_a_session() {
+    let mut now = t0();
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_control_queue: 1,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    let (_a1, s1, raw1) = segments_of(500, 500);
+    let mut a2 = Engine::new(
+        A,
+        EngineConfig {
+            seed: 5,
+            ..EngineConfig::default()
+        },
+    );
+    a2.add_span(B, span());
+    let s2 = a2.send_block(B, 1, block(500), 500, now).unwrap();
+    let raw2 = drain_raw(&mut a2, now);
+    b.handle_datagram(raw1[0].clone(), now);
+    b.handle_datagram(raw2[0].clone(), now);
+    assert_eq!(b.open_sessions(), 2, "{}", b.describe_sessions());
+    b.set_link(A, false, now);
+    b.cancel(s1, now);
+    b.cancel(s2, now); // overflows the queue: the first cancel is dropped
+    assert_eq!(b.stats().segments_dropped, 1);
+    b.set_link(A, true, now);
+    let mut cancels = HashMap::new();
+    for _ in 0..100 {
+        for s in drain(&mut b, now) {
+            *cancels.entry(s.session).or_insert(0) += 1;
+        }
+        match b.poll_timeout() {
+            Some(t) if b.session_timers() > 0 => {
+                now = t;
+                b.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    // The dropped cancel's timer ran as if it had been sent and lost: the session ended
+    // (retransmitted or given up on at its limit) instead of waiting forever.
+    assert!(cancels.get(&s2).copied().unwrap_or(0) >= 1);
+    assert_eq!(b.open_sessions(), 0);
+    assert_eq!(b.session_timers(), 0);
+}
