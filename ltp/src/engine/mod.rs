@@ -54,7 +54,7 @@ pub enum Event {
         /// The whole red part.
         red: Bytes,
     },
-    /// A green data segment arrived (§6.21: green data is delivered as it arrives).
+    /// A green data segment arrived (RFC 5326 §6: green-part arrival is signified at once).
     GreenSegment {
         /// Import session.
         session: SessionId,
