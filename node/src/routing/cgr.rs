@@ -18,7 +18,8 @@
 //! visit a node twice.
 //!
 //! **Cache policy.** For each (destination, excluded hops) the router keeps the `k` candidate
-//! routes (contact sequences) of its last computation. A query first re-evaluates the cached
+//! routes (contact sequences) of its last computation and the bundle size it was made for. A
+//! query for a bundle at least that big first re-evaluates the cached
 //! candidates for the bundle at hand (its size, expiry, now and the current bookings) and takes
 //! the best one still feasible; when none is, it computes afresh (Dijkstra + Yen) and replaces the
 //! entry. Replacing the plan and releasing a booking (which may make a better route feasible
@@ -40,7 +41,10 @@ use super::static_routes::StaticRoutes;
 /// Router settings.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// Number of routes computed per destination (Yen's k); at least 1.
+    /// Number of routes computed into the cache per destination (Yen's k); at least 1. With 1
+    /// (the default) a cold query is one Dijkstra search; since the search is volume-aware, a
+    /// full or excluded best route is replaced by recomputing, which finds the best alternate.
+    /// Larger values precompute Yen alternates (about k × route length searches per cold query).
     pub k: usize,
     /// Maximum number of cached (destination, excluded hops) entries.
     pub cache_capacity: usize,
@@ -54,7 +58,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            k: 3,
+            k: 1,
             cache_capacity: 1024,
             require_range: false,
             static_routes: StaticRoutes::default(),
@@ -209,6 +213,9 @@ struct Label {
     visited: bool,
 }
 
+/// Route cache key: destination and sorted excluded hops.
+type CacheKey = (u64, Vec<u64>);
+
 /// The contact graph router of one node.
 #[derive(Debug)]
 pub struct Router {
@@ -217,7 +224,8 @@ pub struct Router {
     graph: Graph,
     booked: Vec<u64>,
     config: RouterConfig,
-    cache: HashMap<(u64, Vec<u64>), Vec<Vec<u32>>>,
+    /// (destination, sorted excluded hops) → (bundle size computed for, candidate paths).
+    cache: HashMap<CacheKey, (u64, Vec<Vec<u32>>)>,
     /// Times at which a contact of the local node starts or ends, sorted.
     local_events: Vec<DtnMillis>,
 }
@@ -622,7 +630,9 @@ impl Router {
         ex.sort_unstable();
         ex.dedup();
         let cache_key = (dest, ex);
-        if let Some(paths) = self.cache.get(&cache_key) {
+        // Routes computed for a bigger bundle may miss contacts a smaller one fits: only reuse
+        // an entry for bundles at least as big as the one it was computed for.
+        if let Some((_, paths)) = self.cache.get(&cache_key).filter(|(s, _)| *s <= size) {
             let best = paths
                 .iter()
                 .filter_map(|p| self.evaluate(p, now, &q).map(|k| (k, p)))
@@ -644,7 +654,7 @@ impl Router {
             self.cache.clear();
         }
         if self.config.cache_capacity > 0 {
-            self.cache.insert(cache_key, paths);
+            self.cache.insert(cache_key, (size, paths));
         }
         best.or_else(|| self.static_route(dest, exclude))
     }
