@@ -894,4 +894,28 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().starts_with("c.json:2: "), "{e}");
     }
+
+    #[test]
+    fn load_detects_format_and_reports_io_errors() {
+        let dir = std::env::temp_dir().join(format!("cgr-plan-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ion = dir.join("plan.rc");
+        std::fs::write(&ion, "a contact +0 +10 1 2 100\n").unwrap();
+        let json = dir.join("plan.json");
+        let text = r#"{"contacts":[{"source":1,"dest":2,"startTime":0,"endTime":10,"rateBitsPerSec":800}]}"#;
+        std::fs::write(&json, text).unwrap();
+        let bad = dir.join("bad.rc");
+        std::fs::write(&bad, "# ok\na contact +0\n").unwrap();
+        let a = ContactPlan::load(&ion, &opts()).unwrap();
+        let b = ContactPlan::load(&json, &opts()).unwrap();
+        assert_eq!(a.contacts().next(), b.contacts().next());
+        let e = ContactPlan::load(&bad, &opts()).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2: ", bad.display())), "{e}");
+        let missing = dir.join("missing.rc");
+        assert!(matches!(
+            ContactPlan::load(&missing, &opts()),
+            Err(PlanError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
