@@ -586,3 +586,29 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_impairment_is_seeded_and_drops_about_the_loss_rate() {
+        let now = Instant::now();
+        let run = |seed| {
+            let mut imp = SimpleImpairment::new(0.05, Duration::from_millis(10), seed);
+            (0..10_000)
+                .map(|_| imp.on_send(now, Bytes::from_static(b"x")))
+                .collect::<Vec<_>>()
+        };
+        let a = run(3);
+        assert_eq!(a, run(3), "same seed, same drops");
+        let dropped = a.iter().filter(|v| v.is_empty()).count();
+        assert!((350..650).contains(&dropped), "{dropped} of 10000 dropped");
+        assert!(a
+            .iter()
+            .flatten()
+            .all(|(at, _)| *at == now + Duration::from_millis(10)));
+        let mut none = SimpleImpairment::new(0.0, Duration::ZERO, 1);
+        assert_eq!(none.on_send(now, Bytes::from_static(b"y")).len(), 1);
+    }
+}
