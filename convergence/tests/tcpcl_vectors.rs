@@ -576,3 +576,41 @@ fn two_sessions_transfer_with_segmentation_and_pipelining() {
         assert_eq!(&g[..], &b[..]);
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Arbitrary bytes, before or after a valid handshake and in arbitrary chunks, never
+        /// panic the session, and every output it produces is well-formed TCPCLv4.
+        #[test]
+        fn session_survives_arbitrary_input(
+            data in prop::collection::vec(any::<u8>(), 0..400),
+            handshake in any::<bool>(),
+            chunk in 1usize..50,
+        ) {
+            let now = Instant::now();
+            let mut s = if handshake {
+                established_passive(now)
+            } else {
+                Session::new(Role::Passive, config(), now)
+            };
+            for c in data.chunks(chunk) {
+                s.handle_input(c, now);
+            }
+            s.handle_timeout(now + Duration::from_secs(3600));
+            let _ = events(&mut s);
+            let tx = drain_tx(&mut s, now);
+            let skip = if !handshake && tx.len() >= 6 && tx[..4] == *b"dtn!" { 6 } else { 0 };
+            let mut buf = BytesMut::from(&tx[skip..]);
+            for _ in 0..1000 {
+                if buf.is_empty() {
+                    break;
+                }
+                prop_assert!(Message::decode(&mut buf, &limits()).unwrap().is_some());
+            }
+        }
+    }
+}
