@@ -1,0 +1,1 @@
+//! `dtnd` configuration (TOML). Placeholder until the daemon helper's implementation lands.

@@ -1,0 +1,1 @@
+//! The node daemon: wires store, engine, adapters, agent and metrics. Placeholder.

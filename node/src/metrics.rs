@@ -1,0 +1,1 @@
+//! Prometheus text metrics over HTTP. Placeholder.
