@@ -91,6 +91,102 @@ pub struct Received {
     pub peer_node_id: Option<String>,
     /// The encoded bundle.
     pub bundle: bytes::Bytes,
+    /// Where the node answers whether it took custody of the bundle, when the convergence
+    /// layer can still acknowledge or refuse the transfer (TCPCL: the final XFER_ACK waits for
+    /// it). `None` for layers that acknowledged already or never do (UDP; LTP, whose red part
+    /// is acknowledged by the LTP engine itself).
+    pub custody: Option<CustodyAck>,
+}
+
+/// Why the node refuses a received bundle (mapped to RFC 9174 §5.2.4 XFER_REFUSE reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node's resources (store quota) are exhausted: "No Resources".
+    NoResources,
+    /// The bundle is not acceptable and must not be retried as is: "Not Acceptable".
+    NotAcceptable,
+    /// The node failed to keep the bundle (storage error, shutdown): "Retransmit".
+    Retransmit,
+}
+
+/// The node's answer about a received bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The bundle is safely stored (or consumed): acknowledge the transfer.
+    Accept,
+    /// Refuse the transfer.
+    Refuse(Refusal),
+}
+
+/// The node's handle for answering a [`Received`] bundle's custody question. The first answer
+/// counts; dropping every clone without answering means [`Refusal::Retransmit`].
+#[derive(Clone)]
+pub struct CustodyAck {
+    tx: std::sync::Arc<Mutex<Option<tokio::sync::oneshot::Sender<Verdict>>>>,
+}
+
+impl std::fmt::Debug for CustodyAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustodyAck").finish_non_exhaustive()
+    }
+}
+
+/// The adapter's side of a [`CustodyAck`]: resolves to the node's verdict.
+#[derive(Debug)]
+pub struct CustodyWait {
+    rx: tokio::sync::oneshot::Receiver<Verdict>,
+}
+
+impl CustodyAck {
+    /// A new acknowledgement handle and the future the adapter awaits.
+    pub fn new() -> (CustodyAck, CustodyWait) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            CustodyAck {
+                tx: std::sync::Arc::new(Mutex::new(Some(tx))),
+            },
+            CustodyWait { rx },
+        )
+    }
+
+    /// Answer with `verdict` (ignored if an answer was already given or nobody waits).
+    pub fn answer(&self, verdict: Verdict) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(verdict);
+        }
+    }
+
+    /// The bundle is in the store: acknowledge the transfer.
+    pub fn accept(&self) {
+        self.answer(Verdict::Accept);
+    }
+
+    /// Refuse the transfer for `reason`.
+    pub fn refuse(&self, reason: Refusal) {
+        self.answer(Verdict::Refuse(reason));
+    }
+}
+
+impl CustodyWait {
+    /// The verdict; [`Refusal::Retransmit`] if the node dropped the handle without answering.
+    pub async fn verdict(self) -> Verdict {
+        self.rx
+            .await
+            .unwrap_or(Verdict::Refuse(Refusal::Retransmit))
+    }
+}
+
+impl std::future::Future for CustodyWait {
+    type Output = Verdict;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Verdict> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Verdict::Refuse(Refusal::Retransmit)))
+    }
 }
 
 /// Channels through which an adapter reports to the node. `received` is bounded: an adapter
@@ -228,6 +324,25 @@ mod tests {
         assert_eq!(s.failures.get("timeout"), Some(&2));
         assert_eq!(s.failures.get("refused"), Some(&1));
         assert_eq!(s.bad_input, 1);
+    }
+
+    #[tokio::test]
+    async fn custody_ack_first_answer_counts_and_drop_means_retransmit() {
+        let (ack, wait) = CustodyAck::new();
+        let clone = ack.clone();
+        clone.refuse(Refusal::NoResources);
+        ack.accept();
+        assert_eq!(wait.await, Verdict::Refuse(Refusal::NoResources));
+
+        let (ack, wait) = CustodyAck::new();
+        ack.accept();
+        assert_eq!(wait.verdict().await, Verdict::Accept);
+
+        let (ack, wait) = CustodyAck::new();
+        let clone = ack.clone();
+        drop(ack);
+        drop(clone);
+        assert_eq!(wait.await, Verdict::Refuse(Refusal::Retransmit));
     }
 
     #[test]

@@ -550,6 +550,9 @@ impl Task {
                 from: PeerAddr::LtpEngine(from),
                 peer_node_id: None,
                 bundle,
+                // Known limit: LTP acknowledged the red part at the LTP layer (RFC 5326 §6.13)
+                // before the node stores the bundle; there is no later point to refuse it.
+                custody: None,
             };
             if self.channels.received.send(r).await.is_err() {
                 tracing::debug!("received channel closed");

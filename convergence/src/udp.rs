@@ -339,6 +339,8 @@ async fn recv_task(
                 from: PeerAddr::Socket(from),
                 peer_node_id: None,
                 bundle: Bytes::copy_from_slice(&buf[..n]),
+                // UDP has no acknowledgement to withhold.
+                custody: None,
             });
             break;
         }

@@ -5,7 +5,12 @@
 //! separate writer task (so a peer that is itself blocked writing can never deadlock us), runs the
 //! session's timers, and stops reading while a received bundle waits for room in the node's
 //! `received` channel (back-pressure). The final XFER_ACK of a transfer is released only after the
-//! node's channel has accepted the bundle.
+//! node's channel has accepted the bundle, and, with [`TcpclConfig::custody_acks`], only after the
+//! node has answered the bundle's [`CustodyAck`] (the bundle is in its store): `Accept` sends the
+//! final XFER_ACK, `Refuse` sends XFER_REFUSE instead (RFC 9174 §5.2.4; see
+//! [`Session::refuse_received`] for why a refusal after the last segment is allowed). While
+//! verdicts are pending the session keeps running (keepalives, outgoing transfers); it reads
+//! further input only while fewer than [`TcpclConfig::max_pending_custody`] verdicts are pending.
 //!
 //! Outgoing bundles are queued per peer address (bounded by [`TcpclConfig::max_queue`]); a peer
 //! task connects on demand (active role), reconnects with exponential backoff, and keeps the
@@ -24,11 +29,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
+use super::message::RefuseReason;
 use super::message::SessTermReason;
 use super::session::{CloseReason, Event, Role, Session, SessionConfig, TransferFailure};
 use crate::adapter::{
-    AdapterChannels, ConvergenceLayer, CounterSnapshot, Counters, FailureReason, Outcome,
-    OutcomeReport, PeerAddr, Received, SendError, TransferId,
+    AdapterChannels, ConvergenceLayer, CounterSnapshot, Counters, CustodyAck, CustodyWait,
+    FailureReason, Outcome, OutcomeReport, PeerAddr, Received, Refusal, SendError, TransferId,
+    Verdict,
 };
 
 /// Name of this convergence layer in [`Received::cla`].
@@ -71,6 +78,13 @@ pub struct TcpclConfig {
     pub term_timeout: Duration,
     /// Outgoing transfers in flight (sent, not fully acknowledged) per session.
     pub max_unacked: usize,
+    /// Attach a [`CustodyAck`] to every received bundle and hold its final XFER_ACK until the
+    /// node answers (a dropped handle refuses with "Retransmit"). Off: the final ack goes out
+    /// as soon as the `received` channel took the bundle.
+    pub custody_acks: bool,
+    /// Most received bundles per session waiting for the node's verdict before the session
+    /// stops reading (with `custody_acks`).
+    pub max_pending_custody: usize,
 }
 
 impl TcpclConfig {
@@ -94,6 +108,8 @@ impl TcpclConfig {
             setup_timeout: Duration::from_secs(10),
             term_timeout: Duration::from_secs(5),
             max_unacked: 64,
+            custody_acks: false,
+            max_pending_custody: 64,
         }
     }
 
@@ -416,6 +432,9 @@ async fn run_session(
     // Most bytes held by the session's parse buffer: one whole message at our limits.
     let max_buffered = usize::try_from(session.max_message_len()).unwrap_or(usize::MAX);
     let mut deliveries: VecDeque<(u64, Received)> = VecDeque::new();
+    // Bundles handed to the node whose verdict decides their final XFER_ACK, oldest first.
+    let mut verdicts: VecDeque<(u64, CustodyWait)> = VecDeque::new();
+    let max_pending = cfg.max_pending_custody.max(1);
     let mut in_flight: HashMap<u64, Job> = HashMap::new();
     let mut next_handle: u64 = 0;
     let mut left: Vec<Job> = Vec::new();
@@ -441,6 +460,7 @@ async fn run_session(
                         from: PeerAddr::Socket(peer),
                         peer_node_id: peer_node_id.clone(),
                         bundle,
+                        custody: None,
                     };
                     deliveries.push_back((transfer_id, received));
                 }
@@ -509,9 +529,11 @@ async fn run_session(
                 }
             }
         }
-        let can_read = deliveries.is_empty() && !session.is_closed() && {
-            session.buffered_input() <= max_buffered
-        };
+        let can_read = deliveries.is_empty()
+            && verdicts.len() < max_pending
+            && !session.is_closed()
+            && session.buffered_input() <= max_buffered;
+        let can_deliver = !deliveries.is_empty() && verdicts.len() < max_pending;
         let can_take = !shutting_down
             && session.can_send()
             && outgoing.as_ref().is_some_and(|(_, p)| p.is_empty());
@@ -533,13 +555,20 @@ async fn run_session(
                 }
                 Err(_) => writer_failed = true,
             },
-            permit = shared.channels.received.reserve(), if !deliveries.is_empty() => match permit {
+            permit = shared.channels.received.reserve(), if can_deliver => match permit {
                 Ok(permit) => {
-                    if let Some((transfer_id, r)) = deliveries.pop_front() {
+                    if let Some((transfer_id, mut r)) = deliveries.pop_front() {
                         shared.counters.record_in(r.bundle.len());
-                        permit.send(r);
-                        // The node has the bundle: only now does the final XFER_ACK go out.
-                        session.accept_received(transfer_id);
+                        if cfg.custody_acks {
+                            let (ack, wait) = CustodyAck::new();
+                            r.custody = Some(ack);
+                            permit.send(r);
+                            verdicts.push_back((transfer_id, wait));
+                        } else {
+                            permit.send(r);
+                            // The node has the bundle: only now does the final XFER_ACK go out.
+                            session.accept_received(transfer_id);
+                        }
                     }
                 }
                 Err(_) => {
@@ -547,6 +576,19 @@ async fn run_session(
                     session.terminate(SessTermReason::Unknown, Instant::now());
                 }
             },
+            verdict = async { match verdicts.front_mut() { Some((_, w)) => w.await, None => std::future::pending().await } }, if !verdicts.is_empty() => {
+                if let Some((transfer_id, _)) = verdicts.pop_front() {
+                    match verdict {
+                        // The bundle is in the node's store: the final XFER_ACK goes out now.
+                        Verdict::Accept => session.accept_received(transfer_id),
+                        Verdict::Refuse(why) => {
+                            let reason = refuse_reason(why);
+                            debug!(transfer_id, ?reason, "node refused a received bundle");
+                            session.refuse_received(transfer_id, reason);
+                        }
+                    }
+                }
+            }
             r = rd.read_buf(&mut rbuf), if can_read => match r {
                 Ok(0) | Err(_) => session.connection_lost(),
                 Ok(_) => session.handle_input_buf(&mut rbuf, Instant::now()),
@@ -582,6 +624,15 @@ async fn run_session(
     // Anything the session never reported (it reports every handle on close) is retried.
     left.extend(in_flight.into_values());
     left
+}
+
+/// RFC 9174 §5.2.4 reason for a node's refusal.
+fn refuse_reason(r: Refusal) -> RefuseReason {
+    match r {
+        Refusal::NoResources => RefuseReason::NoResources,
+        Refusal::NotAcceptable => RefuseReason::NotAcceptable,
+        Refusal::Retransmit => RefuseReason::Retransmit,
+    }
 }
 
 async fn wait_writer_dead(wtx: &mpsc::Sender<Bytes>) {

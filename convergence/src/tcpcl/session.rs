@@ -339,6 +339,36 @@ impl Session {
         self.maybe_finish_term();
     }
 
+    /// The node refuses the completely received bundle of `transfer_id`: its final XFER_ACK is
+    /// replaced by XFER_REFUSE with `reason`.
+    ///
+    /// RFC 9174 §5.2.4 lets a receiver refuse a transfer at any point while receiving it, and
+    /// notes that a refusal may cross the last segment on the wire; a transfer is complete for
+    /// the sender only once the final XFER_ACK covering its whole length arrives (§5.2.3). The
+    /// held final ack has not been sent, so refusing here is within the procedure: the sender
+    /// sees XFER_REFUSE for a transfer still awaiting its acknowledgement.
+    pub fn refuse_received(&mut self, transfer_id: u64, reason: RefuseReason) {
+        if let Some(pos) = self
+            .held_acks
+            .iter()
+            .position(|a| a.transfer_id == transfer_id)
+        {
+            self.held_acks.remove(pos);
+            if self.state != State::Closed {
+                self.push(Message::XferRefuse(XferRefuse {
+                    reason,
+                    transfer_id,
+                }));
+            }
+        }
+        self.maybe_finish_term();
+    }
+
+    /// Final acknowledgements held for the node's verdict.
+    pub fn held_acks(&self) -> usize {
+        self.held_acks.len()
+    }
+
     /// Starts session termination with `reason` (§6.1).
     pub fn terminate(&mut self, reason: SessTermReason, now: Instant) {
         match self.state {
