@@ -1,7 +1,11 @@
 //! The bundle processing engine: RFC 9171 §5 as a sans-IO state machine.
 //!
-//! API CONTRACT (fixed by the lead; the processing helper implements it, the daemon drives it).
-//! Bodies are placeholders until the implementation lands.
+//! API CONTRACT fixed by the lead (signatures); implemented in the submodules:
+//! [`reception`] (§5.6), dispatch and [`forwarding`] (§5.3, §5.4, §5.4.1, proactive
+//! fragmentation §5.8), [`delivery`] (§5.7, registrations, the echo service, administrative
+//! records addressed here), [`fragments`] (§5.9 reassembly), [`status_reports`] (§5.1, §6.1),
+//! [`expiry`] (§5.5 lifetime expiry by the store's expiry index, §5.10 deletion, timers), and
+//! [`meta`] (the metadata stored with each bundle).
 //!
 //! The engine takes inputs (bundles received from neighbours, application sends, registrations,
 //! acknowledgements, transfer outcomes, link state, the current DTN time) and produces
@@ -9,13 +13,16 @@
 //! deadline. It never reads a clock or a socket; it calls the [`Store`] synchronously and hands
 //! back [`Ticket`]s that the daemon awaits before acknowledging anything.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
 use bytes::Bytes;
 
+use crate::api::Priority;
 use crate::api::{
     AgentError, BundleIdent, Delivery, DtnMillis, NodeStats, RegistrationId, SendAccepted,
     SendRequest,
 };
-use crate::store::{Store, Ticket};
+use crate::store::{BundleKey, Store, Ticket};
 use convergence::{FailureReason, TransferId};
 
 /// Index of a neighbour in [`EngineConfig::neighbours`].
@@ -128,93 +135,657 @@ pub enum Reception {
     Discarded(String),
 }
 
+mod delivery;
+mod expiry;
+mod forwarding;
+mod fragments;
+mod meta;
+mod reception;
+mod stats;
+mod status_reports;
+
+use meta::{Kind, Meta};
+use status_reports::TokenBucket;
+
+/// Internal handle of a stored bundle (monotonic; its order is arrival order).
+type Id = u64;
+
+/// Lifetime of bundles this node generates itself (status reports): one day.
+const GENERATED_LIFETIME_MS: u64 = 86_400_000;
+/// Most expired bundles removed per `handle_timeout` call (the rest on the next call, which
+/// `poll_timeout` makes immediate).
+const EXPIRY_BATCH: usize = 1024;
+/// Interval of the delivered-id record pruning.
+const PRUNE_INTERVAL_MS: u64 = 60_000;
+/// Most partial bundles held by the reassembler.
+const MAX_PARTIAL_BUNDLES: usize = 4096;
+
+/// Where a stored bundle is in the engine (in memory only; rebuilt from [`Kind`] at restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Being dispatched (transient).
+    New,
+    /// No route or no link: waits in the store (RFC 9171 §5.4.1 contraindicated).
+    Waiting,
+    /// In a neighbour's queue.
+    Queued(NeighbourId),
+    /// Handed to a neighbour's adapter as `pending` transfers (several for fragments).
+    InFlight {
+        /// The neighbour.
+        neighbour: NeighbourId,
+        /// Transfers not yet reported.
+        pending: u32,
+        /// One of them failed.
+        failed: bool,
+        /// One failed because it was too large.
+        too_large: bool,
+    },
+    /// A transfer failed: re-routed at this time.
+    Retry(DtnMillis),
+    /// For a local endpoint without a registration (or with a full window).
+    LocalPending,
+    /// Pushed to a registration, not yet acknowledged.
+    Delivering {
+        /// The registration.
+        registration: RegistrationId,
+        /// The delivery token.
+        token: u64,
+    },
+    /// A fragment held for reassembly.
+    Fragment,
+}
+
+/// What the engine keeps in memory per stored bundle (small: the rest is in the metadata
+/// blob in the store).
+#[derive(Debug)]
+struct Entry {
+    key: BundleKey,
+    destination: bpv7::Eid,
+    size: u64,
+    expiry: DtnMillis,
+    received_ms: DtnMillis,
+    previous: Option<NeighbourId>,
+    priority: Priority,
+    kind: Kind,
+    state: State,
+}
+
+/// Runtime state of a neighbour.
+#[derive(Debug)]
+struct NeighbourState {
+    cfg: Neighbour,
+    /// Link usable (initially true: adapters connect on demand; `link_state` changes it).
+    up: bool,
+    /// Limit learnt from a `TooLarge` outcome.
+    learnt_max: Option<u64>,
+    /// Queues by priority (index: Bulk, Normal, Expedited), in arrival order.
+    queues: [BTreeSet<Id>; 3],
+    in_flight: usize,
+    bundles_out: u64,
+    bytes_out: u64,
+    failures: BTreeMap<&'static str, u64>,
+}
+
+impl NeighbourState {
+    fn max_size(&self) -> Option<u64> {
+        match (self.cfg.max_bundle_size.filter(|&m| m > 0), self.learnt_max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn queued(&self) -> usize {
+        self.queues.iter().map(|q| q.len()).sum()
+    }
+}
+
+/// A registration of an application endpoint.
+#[derive(Debug)]
+struct Registration {
+    endpoint: String,
+    /// Unacknowledged deliveries: token → bundle.
+    outstanding: HashMap<u64, Id>,
+}
+
+/// A parsed static route pattern.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl Pattern {
+    fn parse(s: &str) -> Pattern {
+        if s == "*" {
+            Pattern::Any
+        } else if let Some(p) = s.strip_suffix('*') {
+            Pattern::Prefix(p.to_string())
+        } else {
+            Pattern::Exact(s.to_string())
+        }
+    }
+    fn matches(&self, dest: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Prefix(p) => dest.starts_with(p.as_str()),
+            Pattern::Exact(e) => dest == e,
+        }
+    }
+}
+
+/// Counters of the engine (exported by [`BundleEngine::stats`]).
+#[derive(Debug, Default)]
+struct Counters {
+    received: u64,
+    originated: u64,
+    forwarded: u64,
+    delivered: u64,
+    expired: u64,
+    duplicate: u64,
+    reports_sent: u64,
+    reports_suppressed: u64,
+    admin_received: u64,
+    deleted: BTreeMap<&'static str, u64>,
+    discarded: BTreeMap<&'static str, u64>,
+    refused: BTreeMap<&'static str, u64>,
+}
+
 /// The bundle processing engine.
 #[derive(Debug)]
-pub struct BundleEngine {}
+pub struct BundleEngine {
+    node_id: bpv7::Eid,
+    store: Store,
+    neighbours: Vec<NeighbourState>,
+    /// Neighbour by its `ipn` node number (CGR next hops).
+    by_node_number: HashMap<u64, NeighbourId>,
+    routes: Vec<(Pattern, NeighbourId)>,
+    router: Option<crate::routing::Router>,
+    bookings: HashMap<Id, crate::routing::Booking>,
+    policy: StatusReportPolicy,
+    bucket: TokenBucket,
+    max_bundle_size: u64,
+    echo_service: Option<u64>,
+    default_hop_limit: u64,
+    retry_delay_ms: u64,
+    delivery_window: usize,
+
+    next_id: Id,
+    entries: HashMap<Id, Entry>,
+    by_key: HashMap<BundleKey, Id>,
+    waiting: BTreeSet<Id>,
+    retries: BTreeSet<(DtnMillis, Id)>,
+    transfers: HashMap<TransferId, (Id, NeighbourId, u64)>,
+    next_transfer: TransferId,
+
+    registrations: HashMap<RegistrationId, Registration>,
+    by_endpoint: HashMap<String, RegistrationId>,
+    /// Local bundles not pushed yet, by destination endpoint, in arrival order.
+    pending_local: HashMap<String, BTreeSet<Id>>,
+    next_token: u64,
+
+    reassembler: bpv7::Reassembler,
+    /// Stored fragments addressed here, by the key of the whole bundle.
+    fragment_groups: HashMap<BundleKey, Vec<Id>>,
+    /// The group of each stored fragment addressed here.
+    fragment_group_of: HashMap<Id, BundleKey>,
+    /// Groups to reassemble again from the store (after a quota refusal), and when.
+    reassembly_retry: BTreeMap<BundleKey, DtnMillis>,
+
+    /// Last creation time used and its sequence number (RFC 9171 §4.2.7).
+    last_creation: (DtnMillis, u64),
+    next_expiry: Option<DtnMillis>,
+    next_contact_change: Option<DtnMillis>,
+    next_prune: DtnMillis,
+    actions: VecDeque<Action>,
+    counters: Counters,
+}
 
 impl BundleEngine {
     /// An engine over `store`, resuming every bundle found in it (restart recovery).
-    pub fn new(_config: EngineConfig, _store: Store, _now: DtnMillis) -> Result<Self, AgentError> {
-        unimplemented!("processing helper")
+    ///
+    /// Reads only the metadata of stored bundles ([`Store::iter_meta`]), except for fragments
+    /// addressed to this node, which are read to rebuild the reassembler.
+    pub fn new(config: EngineConfig, store: Store, now: DtnMillis) -> Result<Self, AgentError> {
+        let mut by_node_number = HashMap::new();
+        for (i, n) in config.neighbours.iter().enumerate() {
+            if let Some(bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. }) = n.node_id {
+                by_node_number.entry(node).or_insert(NeighbourId(i));
+            }
+        }
+        for r in &config.routes {
+            if r.via.0 >= config.neighbours.len() {
+                return Err(AgentError::Invalid(format!(
+                    "route {} via unknown neighbour {}",
+                    r.pattern, r.via.0
+                )));
+            }
+        }
+        let max_reassembly = usize::try_from(config.max_reassembly_bytes).unwrap_or(usize::MAX);
+        let mut engine = BundleEngine {
+            node_id: config.node_id.node_id(),
+            store,
+            neighbours: config
+                .neighbours
+                .into_iter()
+                .map(|cfg| NeighbourState {
+                    cfg,
+                    up: true,
+                    learnt_max: None,
+                    queues: Default::default(),
+                    in_flight: 0,
+                    bundles_out: 0,
+                    bytes_out: 0,
+                    failures: BTreeMap::new(),
+                })
+                .collect(),
+            by_node_number,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (Pattern::parse(&r.pattern), r.via))
+                .collect(),
+            router: config.router,
+            bookings: HashMap::new(),
+            bucket: TokenBucket::new(config.status_reports.max_per_second, now),
+            policy: config.status_reports,
+            max_bundle_size: config.max_bundle_size,
+            echo_service: config.echo_service.filter(|&s| s != 0),
+            default_hop_limit: config.default_hop_limit,
+            retry_delay_ms: config.retry_delay_ms.max(1),
+            delivery_window: config.delivery_window.max(1),
+            next_id: 0,
+            entries: HashMap::new(),
+            by_key: HashMap::new(),
+            waiting: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            transfers: HashMap::new(),
+            next_transfer: 1,
+            registrations: HashMap::new(),
+            by_endpoint: HashMap::new(),
+            pending_local: HashMap::new(),
+            next_token: 1,
+            reassembler: bpv7::Reassembler::new(bpv7::ReassemblerConfig {
+                max_bytes: max_reassembly,
+                max_bundles: MAX_PARTIAL_BUNDLES,
+            }),
+            fragment_groups: HashMap::new(),
+            fragment_group_of: HashMap::new(),
+            reassembly_retry: BTreeMap::new(),
+            last_creation: (0, 0),
+            next_expiry: None,
+            next_contact_change: None,
+            next_prune: now,
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+        };
+        engine.recover(now)?;
+        Ok(engine)
     }
+
     /// RFC 9171 §5.6: a bundle received from a neighbour (`from`: the adapter's neighbour,
     /// if known; `peer_node_id`: the node ID the convergence layer learnt).
     pub fn receive(
         &mut self,
-        _from: Option<NeighbourId>,
-        _peer_node_id: Option<&str>,
-        _bundle: Bytes,
-        _now: DtnMillis,
+        from: Option<NeighbourId>,
+        peer_node_id: Option<&str>,
+        bundle: Bytes,
+        now: DtnMillis,
     ) -> Reception {
-        unimplemented!("processing helper")
+        self.receive_bundle(from, peer_node_id, bundle, now)
     }
+
     /// RFC 9171 §5.2: an application sends a bundle. Await the ticket before replying.
     pub fn send(
         &mut self,
-        _req: SendRequest,
-        _registration: Option<RegistrationId>,
-        _now: DtnMillis,
+        req: SendRequest,
+        registration: Option<RegistrationId>,
+        now: DtnMillis,
     ) -> Result<(SendAccepted, Ticket), AgentError> {
-        unimplemented!("processing helper")
+        self.send_bundle(req, registration, now)
     }
+
     /// Register an endpoint for `registration`; pending bundles for it are delivered.
     pub fn register(
         &mut self,
-        _registration: RegistrationId,
-        _endpoint: &str,
-        _now: DtnMillis,
+        registration: RegistrationId,
+        endpoint: &str,
+        now: DtnMillis,
     ) -> Result<(), AgentError> {
-        unimplemented!("processing helper")
+        self.register_endpoint(registration, endpoint, now)
     }
+
     /// End a registration; its unacknowledged deliveries wait for the endpoint's return.
-    pub fn unregister(&mut self, _registration: RegistrationId, _now: DtnMillis) {
-        unimplemented!("processing helper")
+    pub fn unregister(&mut self, registration: RegistrationId, now: DtnMillis) {
+        self.unregister_endpoint(registration, now)
     }
+
     /// The application acknowledged a delivery: record the identity as delivered and release
     /// the bundle. Returns the ticket of the delivered-id record.
     pub fn ack_delivery(
         &mut self,
-        _registration: RegistrationId,
-        _token: u64,
-        _now: DtnMillis,
+        registration: RegistrationId,
+        token: u64,
+        now: DtnMillis,
     ) -> Option<Ticket> {
-        unimplemented!("processing helper")
+        self.ack(registration, token, now)
     }
+
     /// The outcome of a `Transmit`.
     pub fn transfer_outcome(
         &mut self,
-        _transfer: TransferId,
-        _outcome: Result<(), FailureReason>,
-        _now: DtnMillis,
+        transfer: TransferId,
+        outcome: Result<(), FailureReason>,
+        now: DtnMillis,
     ) {
-        unimplemented!("processing helper")
+        self.outcome(transfer, outcome, now)
     }
+
     /// A neighbour's link went up or down (contacts, adapter state).
-    pub fn link_state(&mut self, _neighbour: NeighbourId, _up: bool, _now: DtnMillis) {
-        unimplemented!("processing helper")
+    pub fn link_state(&mut self, neighbour: NeighbourId, up: bool, now: DtnMillis) {
+        self.set_link(neighbour, up, now)
     }
-    /// Replace the contact-plan router (plan reload).
-    pub fn replace_router(&mut self, _router: Option<crate::routing::Router>, _now: DtnMillis) {
-        unimplemented!("processing helper")
+
+    /// Replace the contact-plan router (plan reload); waiting and queued bundles are routed
+    /// again.
+    pub fn replace_router(&mut self, router: Option<crate::routing::Router>, now: DtnMillis) {
+        // Bookings refer to the old plan's contacts: they are dropped with it.
+        self.bookings.clear();
+        self.router = router;
+        self.next_contact_change = self
+            .router
+            .as_ref()
+            .and_then(|r| r.next_contact_change(now));
+        for n in 0..self.neighbours.len() {
+            self.requeue_neighbour(NeighbourId(n), now);
+        }
+        self.reroute_waiting(now);
     }
+
     /// Run timers (expiry, retries, status-report tokens) due at `now`.
-    pub fn handle_timeout(&mut self, _now: DtnMillis) {
-        unimplemented!("processing helper")
+    pub fn handle_timeout(&mut self, now: DtnMillis) {
+        self.run_timers(now)
     }
+
     /// The next action, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
-        unimplemented!("processing helper")
+        self.actions.pop_front()
     }
+
     /// When [`BundleEngine::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<DtnMillis> {
-        unimplemented!("processing helper")
+        [
+            self.next_expiry,
+            self.retries.first().map(|(t, _)| *t),
+            self.next_contact_change,
+            self.reassembly_retry.values().min().copied(),
+            Some(self.next_prune),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
+
     /// Metrics of the engine and the store.
     pub fn stats(&self) -> NodeStats {
-        unimplemented!("processing helper")
+        self.collect_stats()
     }
+
     /// Identity of a stored bundle for logs.
-    pub fn describe(&self, _id: &BundleIdent) -> String {
-        unimplemented!("processing helper")
+    pub fn describe(&self, id: &BundleIdent) -> String {
+        let source = match id.source.parse::<bpv7::Eid>() {
+            Ok(s) => s,
+            Err(_) => return format!("{id} (bad source)"),
+        };
+        let bid = bpv7::BundleId {
+            source,
+            timestamp: bpv7::CreationTimestamp::new(id.creation_ms, id.sequence),
+            fragment: id.fragment,
+        };
+        match self
+            .by_key
+            .get(&BundleKey::from_id(&bid))
+            .and_then(|i| self.entries.get(i))
+        {
+            Some(e) => format!(
+                "{id} -> {} ({} bytes, {:?}, {:?}, expires {})",
+                e.destination, e.size, e.kind, e.state, e.expiry
+            ),
+            None => format!("{id} (not stored)"),
+        }
+    }
+
+    /// The node ID this engine runs as.
+    pub fn node_id(&self) -> &bpv7::Eid {
+        &self.node_id
+    }
+
+    /// Number of bundles held in the engine's index (for tests and memory figures).
+    pub fn bundle_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    // ---------------------------------------------------------------- shared helpers
+
+    /// Whether `eid` is an endpoint of this node (RFC 9171 §5.3: `ipn:N.*` for node N, any
+    /// `dtn://node/...` for node name `node`).
+    fn is_local(&self, eid: &bpv7::Eid) -> bool {
+        !eid.is_null() && eid.node_id() == self.node_id
+    }
+
+    /// Whether `eid` is this node's administrative endpoint (its node ID, RFC 9171 §4.2.5.2).
+    fn is_admin_endpoint(&self, eid: &bpv7::Eid) -> bool {
+        *eid == self.node_id
+    }
+
+    /// Whether `eid` is the echo service: `ipn:N.<echo>` or `dtn://node/echo`.
+    fn is_echo(&self, eid: &bpv7::Eid) -> bool {
+        let Some(svc) = self.echo_service else {
+            return false;
+        };
+        if !self.is_local(eid) {
+            return false;
+        }
+        match eid {
+            bpv7::Eid::Ipn { service, .. } | bpv7::Eid::Ipn3 { service, .. } => *service == svc,
+            bpv7::Eid::Dtn { demux, .. } => demux == "echo",
+            _ => false,
+        }
+    }
+
+    /// A fresh creation timestamp: `now` with a per-millisecond sequence number; never
+    /// repeats, also when the clock steps back (the last time is kept and the sequence grows)
+    /// and across restarts (seeded from the stored bundles created here).
+    fn next_timestamp(&mut self, now: DtnMillis) -> bpv7::CreationTimestamp {
+        let (last, seq) = self.last_creation;
+        self.last_creation = if now > last {
+            (now, 0)
+        } else {
+            (last, seq + 1)
+        };
+        bpv7::CreationTimestamp::new(self.last_creation.0, self.last_creation.1)
+    }
+
+    /// Add a stored bundle to the in-memory index.
+    fn add_entry(&mut self, key: BundleKey, meta: &Meta, size: u64, expiry: DtnMillis) -> Id {
+        let id = self.next_id;
+        self.next_id += 1;
+        let previous = meta.previous.as_ref().and_then(|p| self.neighbour_of(p));
+        if meta.source.node_id() == self.node_id {
+            let c = (meta.creation_ms, meta.sequence);
+            if c > self.last_creation {
+                self.last_creation = c;
+            }
+        }
+        self.by_key.insert(key.clone(), id);
+        self.entries.insert(
+            id,
+            Entry {
+                key,
+                destination: meta.destination.clone(),
+                size,
+                expiry,
+                received_ms: meta.received_ms,
+                previous,
+                priority: meta.priority,
+                kind: meta.kind,
+                state: State::New,
+            },
+        );
+        if self.next_expiry.is_none_or(|t| expiry < t) {
+            self.next_expiry = Some(expiry);
+        }
+        id
+    }
+
+    /// The neighbour whose node ID is `node` (or whose node ID is `node`'s node).
+    fn neighbour_of(&self, node: &bpv7::Eid) -> Option<NeighbourId> {
+        let n = node.node_id();
+        self.neighbours
+            .iter()
+            .position(|s| s.cfg.node_id.as_ref().map(|e| e.node_id()) == Some(n.clone()))
+            .map(NeighbourId)
+    }
+
+    /// Take a bundle out of every in-memory structure (not the store).
+    fn detach(&mut self, id: Id) -> Option<Entry> {
+        self.unlink(id);
+        self.forget_fragment(id);
+        let e = self.entries.remove(&id)?;
+        self.by_key.remove(&e.key);
+        if let Some(b) = self.bookings.remove(&id) {
+            if let Some(r) = self.router.as_mut() {
+                r.release(b);
+            }
+        }
+        Some(e)
+    }
+
+    /// Remove `id` from the structure its state puts it in; its state becomes `New`.
+    fn unlink(&mut self, id: Id) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let state = std::mem::replace(&mut e.state, State::New);
+        let priority = e.priority;
+        match state {
+            State::Waiting => {
+                self.waiting.remove(&id);
+            }
+            State::Queued(n) => {
+                self.neighbours[n.0].queues[prio_index(priority)].remove(&id);
+            }
+            State::Retry(t) => {
+                self.retries.remove(&(t, id));
+            }
+            State::LocalPending => {
+                let ep = e.destination.to_string();
+                if let Some(q) = self.pending_local.get_mut(&ep) {
+                    q.remove(&id);
+                    if q.is_empty() {
+                        self.pending_local.remove(&ep);
+                    }
+                }
+            }
+            State::Delivering {
+                registration,
+                token,
+            } => {
+                if let Some(r) = self.registrations.get_mut(&registration) {
+                    r.outstanding.remove(&token);
+                }
+            }
+            State::Fragment => e.state = State::Fragment,
+            State::New | State::InFlight { .. } => {}
+        }
+    }
+
+    /// Set a bundle's state (the caller has unlinked the old one).
+    fn set_state(&mut self, id: Id, state: State) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.state = state;
+        }
+    }
+
+    /// Remove a bundle from the store and the index (custody released).
+    fn release(&mut self, id: Id) -> Option<Entry> {
+        let e = self.detach(id)?;
+        if let Err(err) = self.store.remove(&e.key) {
+            tracing::warn!(%err, "store remove failed");
+        }
+        Some(e)
+    }
+
+    /// RFC 9171 §5.10: delete a stored bundle with `reason`, with a "deleted" status report
+    /// if requested.
+    fn delete(&mut self, id: Id, reason: bpv7::ReasonCode, now: DtnMillis) {
+        let meta = self.load_meta(id);
+        if self.release(id).is_none() {
+            return;
+        }
+        *self
+            .counters
+            .deleted
+            .entry(status_reports::reason_label(reason))
+            .or_default() += 1;
+        if let Some(m) = meta {
+            self.report(&m, status_reports::Report::Deleted, reason, now);
+        }
+    }
+
+    /// The metadata of a stored bundle.
+    fn load_meta(&self, id: Id) -> Option<Meta> {
+        let e = self.entries.get(&id)?;
+        match self.store.get_meta(&e.key) {
+            Ok(Some(rec)) => match Meta::decode(&rec.meta) {
+                Ok(m) => Some(m),
+                Err(err) => {
+                    tracing::warn!(%err, "stored metadata does not decode");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%err, "store read failed");
+                None
+            }
+        }
+    }
+
+    /// A stored bundle's bytes, decoded (validated at reception, so the primary CRC rule is
+    /// relaxed: a neighbour may have been allowed to omit it).
+    fn load_bundle(&self, id: Id) -> Option<bpv7::ParsedBundle> {
+        let e = self.entries.get(&id)?;
+        let bytes = match self.store.get(&e.key) {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::warn!(%err, "store read failed");
+                return None;
+            }
+        };
+        match bpv7::ParsedBundle::decode_with(bytes, &stored_decode_options()) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::warn!(%err, "stored bundle does not decode");
+                None
+            }
+        }
+    }
+}
+
+/// Decode options for bundles read back from the store (validated once at reception).
+fn stored_decode_options() -> bpv7::DecodeOptions {
+    bpv7::DecodeOptions {
+        require_primary_crc: false,
+        require_bundle_age: true,
+    }
+}
+
+/// Queue index of a priority.
+fn prio_index(p: Priority) -> usize {
+    match p {
+        Priority::Bulk => 0,
+        Priority::Normal => 1,
+        Priority::Expedited => 2,
     }
 }
