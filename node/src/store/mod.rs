@@ -2,7 +2,8 @@
 //! delivered, forwarded and confirmed, or deleted).
 //!
 //! API CONTRACT (fixed by the lead; the store helper implements it, the processing engine and
-//! the daemon use it). Bodies are placeholders until the implementation lands.
+//! the daemon use it). Implementation: `disk` (sled), `memory`, `commit` (tickets and group
+//! commit), `key` (the §5.1 identity encoding), `record` (on-disk layouts).
 //!
 //! - [`Store::open`] opens (or creates) the store; `Durability::Memory` keeps everything in
 //!   memory (tests, benchmarks).
@@ -20,12 +21,24 @@
 //!   identities delivered to applications until a given time, so nothing is delivered twice
 //!   after a restart.
 
+mod commit;
+mod disk;
+mod key;
+mod memory;
+mod record;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::api::DtnMillis;
+use commit::{GroupCommit, Tickets};
+use disk::DiskBackend;
+use memory::MemoryBackend;
+
+pub use key::MAX_KEY_LEN;
 
 /// How writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,16 +67,10 @@ pub struct StoreConfig {
     pub quota_bundles: u64,
 }
 
-/// The RFC 9171 §5.1 identity of a stored bundle, as a byte key.
+/// The RFC 9171 §5.1 identity of a stored bundle, as a byte key (encoding in `key.rs`;
+/// [`BundleKey::from_id`], [`BundleKey::to_id`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BundleKey(pub Box<[u8]>);
-
-impl BundleKey {
-    /// The key of a bundle identity.
-    pub fn from_id(_id: &bpv7::BundleId) -> BundleKey {
-        unimplemented!("store helper")
-    }
-}
 
 /// A write whose durability can be awaited with [`Store::persisted`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,92 +123,573 @@ pub enum StoreError {
     /// A stored record does not decode (corruption).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// `update_meta` / `replace_bundle` of a key that is not stored.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// Refuse a write that would take the store over its quota (DESIGN "bounded resources": the
+/// store refuses instead of growing; the caller turns this into back-pressure).
+fn check_quota(
+    bundles: u64,
+    bytes: u64,
+    add_bundles: u64,
+    add_bytes: u64,
+    quota: &Usage,
+) -> Result<(), StoreError> {
+    if bundles.saturating_add(add_bundles) > quota.quota_bundles {
+        return Err(StoreError::QuotaExceeded(format!(
+            "bundle count full: {bundles} of {} bundles held",
+            quota.quota_bundles
+        )));
+    }
+    if bytes.saturating_add(add_bytes) > quota.quota_bytes {
+        return Err(StoreError::QuotaExceeded(format!(
+            "byte quota full: {bytes} bytes held + {add_bytes} new > limit {} bytes",
+            quota.quota_bytes
+        )));
+    }
+    Ok(())
+}
+
+enum Backend {
+    Memory(MemoryBackend),
+    Disk(DiskBackend),
+}
+
+struct Inner {
+    /// Stopped (with a final flush) before the backend closes.
+    group: Option<GroupCommit>,
+    backend: Backend,
+    tickets: Arc<Tickets>,
+    durability: Durability,
+    quota: Usage,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stop the flusher (it flushes a last time), then flush whatever else is pending.
+        drop(self.group.take());
+        if let Backend::Disk(d) = &self.backend {
+            if let Err(e) = d.flush() {
+                tracing::error!(error = %e, "store: flush at close failed");
+            }
+        }
+    }
 }
 
 /// The bundle store (cheap to clone; clones share the database).
-#[derive(Clone, Debug)]
-pub struct Store {}
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("durability", &self.inner.durability)
+            .field("usage", &self.usage())
+            .finish()
+    }
+}
 
 impl Store {
     /// Open or create the store.
-    pub fn open(_config: &StoreConfig) -> Result<Store, StoreError> {
-        unimplemented!("store helper")
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let tickets = Arc::new(Tickets::new());
+        let quota = Usage {
+            quota_bundles: config.quota_bundles,
+            quota_bytes: config.quota_bytes,
+            ..Usage::default()
+        };
+        let (backend, group) = match config.durability {
+            Durability::Memory => (Backend::Memory(MemoryBackend::default()), None),
+            Durability::Sync => (Backend::Disk(DiskBackend::open(&config.path)?), None),
+            Durability::GroupCommit { max_delay } => {
+                let d = DiskBackend::open(&config.path)?;
+                let db = d.db();
+                let g = GroupCommit::start(max_delay, tickets.clone(), move || {
+                    db.flush()
+                        .map(|_| ())
+                        .map_err(|e| StoreError::Db(e.to_string()))
+                })?;
+                (Backend::Disk(d), Some(g))
+            }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                group,
+                backend,
+                tickets,
+                durability: config.durability,
+                quota,
+            }),
+        })
     }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Take a ticket for an applied write and start making it durable.
+    fn wrote(&self) -> Result<Ticket, StoreError> {
+        let t = self.inner.tickets.wrote();
+        match (&self.inner.backend, &self.inner.group) {
+            (Backend::Disk(d), None) => {
+                d.flush()?;
+                self.inner.tickets.flushed(t.0, Ok(()));
+            }
+            (_, Some(g)) => g.notify(),
+            (Backend::Memory(_), None) => {}
+        }
+        Ok(t)
+    }
+
     /// Store a new bundle (bytes as received or built), unless its key is already present.
     pub fn insert(
         &self,
-        _key: &BundleKey,
-        _expiry_ms: DtnMillis,
-        _meta: &[u8],
-        _bundle: &[u8],
+        key: &BundleKey,
+        expiry_ms: DtnMillis,
+        meta: &[u8],
+        bundle: &[u8],
     ) -> Result<InsertOutcome, StoreError> {
-        unimplemented!("store helper")
+        let q = &self.inner.quota;
+        let stored = match &self.inner.backend {
+            Backend::Memory(m) => m.insert(key, expiry_ms, meta, bundle, q)?,
+            Backend::Disk(d) => d.insert(key, expiry_ms, meta, bundle, q)?,
+        };
+        if stored {
+            Ok(InsertOutcome::Stored(self.wrote()?))
+        } else {
+            Ok(InsertOutcome::Duplicate)
+        }
     }
-    /// Replace a stored bundle's metadata blob.
-    pub fn update_meta(&self, _key: &BundleKey, _meta: &[u8]) -> Result<Ticket, StoreError> {
-        unimplemented!("store helper")
+
+    /// Replace a stored bundle's metadata blob ([`StoreError::NotFound`] if not stored).
+    pub fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<Ticket, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => m.update_meta(key, meta)?,
+            Backend::Disk(d) => d.update_meta(key, meta)?,
+        }
+        self.wrote()
     }
-    /// Replace a stored bundle's bytes (e.g. after proactive fragmentation), keeping its key.
-    pub fn replace_bundle(&self, _key: &BundleKey, _bundle: &[u8]) -> Result<Ticket, StoreError> {
-        unimplemented!("store helper")
+
+    /// Replace a stored bundle's bytes (e.g. after proactive fragmentation), keeping its key;
+    /// growth is checked against the byte quota ([`StoreError::NotFound`] if not stored).
+    pub fn replace_bundle(&self, key: &BundleKey, bundle: &[u8]) -> Result<Ticket, StoreError> {
+        let q = &self.inner.quota;
+        match &self.inner.backend {
+            Backend::Memory(m) => m.replace_bundle(key, bundle, q)?,
+            Backend::Disk(d) => d.replace_bundle(key, bundle, q)?,
+        }
+        self.wrote()
     }
+
     /// Remove a bundle (bytes, metadata, expiry index entry); `false` if it was not there.
-    pub fn remove(&self, _key: &BundleKey) -> Result<bool, StoreError> {
-        unimplemented!("store helper")
+    /// Durable like any write (`Sync`: before it returns; `GroupCommit`: by the next flush).
+    pub fn remove(&self, key: &BundleKey) -> Result<bool, StoreError> {
+        let removed = match &self.inner.backend {
+            Backend::Memory(m) => m.remove(key),
+            Backend::Disk(d) => d.remove(key)?,
+        };
+        if removed {
+            self.wrote()?;
+        }
+        Ok(removed)
     }
+
     /// A stored bundle's bytes.
-    pub fn get(&self, _key: &BundleKey) -> Result<Option<Bytes>, StoreError> {
-        unimplemented!("store helper")
+    pub fn get(&self, key: &BundleKey) -> Result<Option<Bytes>, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.get(key)),
+            Backend::Disk(d) => d.get(key),
+        }
     }
+
     /// A stored bundle's metadata.
-    pub fn get_meta(&self, _key: &BundleKey) -> Result<Option<MetaRecord>, StoreError> {
-        unimplemented!("store helper")
+    pub fn get_meta(&self, key: &BundleKey) -> Result<Option<MetaRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.get_meta(key)),
+            Backend::Disk(d) => d.get_meta(key),
+        }
     }
+
     /// Whether a bundle with this key is stored.
-    pub fn contains(&self, _key: &BundleKey) -> Result<bool, StoreError> {
-        unimplemented!("store helper")
+    pub fn contains(&self, key: &BundleKey) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.contains(key)),
+            Backend::Disk(d) => d.contains(key),
+        }
     }
-    /// Keys of up to `limit` bundles whose expiry is at or before `now`, from the expiry index.
-    pub fn expired(&self, _now: DtnMillis, _limit: usize) -> Result<Vec<BundleKey>, StoreError> {
-        unimplemented!("store helper")
+
+    /// Keys of up to `limit` bundles whose expiry is at or before `now`, from the expiry index
+    /// (RFC 9171 §4.2.2 lifetime; a range scan, never a scan of all bundles).
+    pub fn expired(&self, now: DtnMillis, limit: usize) -> Result<Vec<BundleKey>, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.expired(now, limit)),
+            Backend::Disk(d) => d.expired(now, limit),
+        }
     }
+
     /// The earliest expiry time in the store.
     pub fn next_expiry(&self) -> Result<Option<DtnMillis>, StoreError> {
-        unimplemented!("store helper")
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.next_expiry()),
+            Backend::Disk(d) => d.next_expiry(),
+        }
     }
-    /// Every stored bundle's metadata (restart recovery), without reading bundle bytes.
+
+    /// Every stored bundle's metadata (restart recovery), without reading bundle bytes. A
+    /// record that does not decode is an `Err(Corrupt)` item; iteration continues after it.
     pub fn iter_meta(&self) -> impl Iterator<Item = Result<MetaRecord, StoreError>> + '_ {
-        std::iter::empty()
+        let it: Box<dyn Iterator<Item = Result<MetaRecord, StoreError>> + '_> =
+            match &self.inner.backend {
+                Backend::Memory(m) => Box::new(m.all_meta().into_iter().map(Ok)),
+                Backend::Disk(d) => Box::new(d.iter_meta()),
+            };
+        it
     }
-    /// Remember that the bundle `key` was delivered to an application, until `keep_until`.
+
+    /// Remember that the bundle `key` was delivered to an application, until `keep_until`
+    /// (RFC 9171 §5.1 identity; a later record for the same key replaces the earlier one).
     pub fn record_delivered(
         &self,
-        _key: &BundleKey,
-        _keep_until: DtnMillis,
+        key: &BundleKey,
+        keep_until: DtnMillis,
     ) -> Result<Ticket, StoreError> {
-        unimplemented!("store helper")
+        match &self.inner.backend {
+            Backend::Memory(m) => m.record_delivered(key, keep_until),
+            Backend::Disk(d) => d.record_delivered(key, keep_until)?,
+        }
+        self.wrote()
     }
+
     /// Whether `key` was delivered (and the record has not been pruned).
-    pub fn was_delivered(&self, _key: &BundleKey) -> Result<bool, StoreError> {
-        unimplemented!("store helper")
+    pub fn was_delivered(&self, key: &BundleKey) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.was_delivered(key)),
+            Backend::Disk(d) => d.was_delivered(key),
+        }
     }
+
     /// Drop delivered-id records kept until before `now`; returns how many.
-    pub fn prune_delivered(&self, _now: DtnMillis) -> Result<usize, StoreError> {
-        unimplemented!("store helper")
+    pub fn prune_delivered(&self, now: DtnMillis) -> Result<usize, StoreError> {
+        let n = match &self.inner.backend {
+            Backend::Memory(m) => m.prune_delivered(now),
+            Backend::Disk(d) => d.prune_delivered(now)?,
+        };
+        if n > 0 {
+            self.wrote()?;
+        }
+        Ok(n)
     }
+
     /// Use against the quota.
     pub fn usage(&self) -> Usage {
-        unimplemented!("store helper")
+        let (bundles, bytes) = match &self.inner.backend {
+            Backend::Memory(m) => m.counts(),
+            Backend::Disk(d) => d.counts(),
+        };
+        Usage {
+            bundles,
+            bytes,
+            ..self.inner.quota
+        }
     }
-    /// Resolves when the write that returned `ticket` is durable.
+
+    /// Resolves when the write that returned `ticket` is durable (at once for `Memory` and
+    /// `Sync`; after the next group flush for `GroupCommit`). Needs no store clone alive.
     pub fn persisted(
         &self,
-        _ticket: Ticket,
+        ticket: Ticket,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        async { unimplemented!("store helper") }
+        let wait = self
+            .inner
+            .group
+            .is_some()
+            .then(|| self.inner.tickets.wait(ticket));
+        async move {
+            match wait {
+                Some(w) => w.await,
+                None => Ok(()),
+            }
+        }
     }
+
     /// Flush everything now (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        unimplemented!("store helper")
+        if let Backend::Disk(d) = &self.inner.backend {
+            let seq = self.inner.tickets.last();
+            let r = d.flush();
+            let failed = r.as_ref().err().map(|e| StoreError::Db(e.to_string()));
+            self.inner.tickets.flushed(seq, failed.map_or(Ok(()), Err));
+            r?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bpv7::{BundleId, CreationTimestamp, Eid};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(name: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "dtn-store-{}-{}-{name}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn key(n: u64) -> BundleKey {
+        BundleKey::from_id(&BundleId {
+            source: Eid::Ipn {
+                node: 7,
+                service: 1,
+            },
+            timestamp: CreationTimestamp::new(1000, n),
+            fragment: None,
+        })
+    }
+
+    fn config(dir: &TempDir, durability: Durability) -> StoreConfig {
+        StoreConfig {
+            path: dir.0.clone(),
+            durability,
+            quota_bytes: 10_000,
+            quota_bundles: 10,
+        }
+    }
+
+    const GROUP: Durability = Durability::GroupCommit {
+        max_delay: Duration::from_millis(2),
+    };
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), f).await })
+            .expect("persisted within 10 s")
+    }
+
+    fn exercise(s: &Store) {
+        let k1 = key(1);
+        let t = match s.insert(&k1, 500, b"meta1", b"bundle-one").unwrap() {
+            InsertOutcome::Stored(t) => t,
+            InsertOutcome::Duplicate => panic!("fresh key reported duplicate"),
+        };
+        block_on(s.persisted(t)).unwrap();
+        assert_eq!(
+            s.insert(&k1, 500, b"x", b"y").unwrap(),
+            InsertOutcome::Duplicate
+        );
+        assert!(s.contains(&k1).unwrap());
+        assert_eq!(s.get(&k1).unwrap().unwrap(), &b"bundle-one"[..]);
+        let m = s.get_meta(&k1).unwrap().unwrap();
+        assert_eq!((m.expiry_ms, m.size, &m.meta[..]), (500, 10, &b"meta1"[..]));
+        s.insert(&key(2), 100, b"m2", b"22").unwrap();
+        s.insert(&key(3), 900, b"m3", b"333").unwrap();
+        assert_eq!(s.next_expiry().unwrap(), Some(100));
+        assert_eq!(s.expired(99, 10).unwrap(), vec![]);
+        assert_eq!(s.expired(500, 10).unwrap(), vec![key(2), key(1)]);
+        assert_eq!(s.expired(u64::MAX, 1).unwrap(), vec![key(2)]);
+        assert_eq!(s.expired(u64::MAX, 10).unwrap().len(), 3);
+        let u = s.usage();
+        assert_eq!((u.bundles, u.bytes, u.quota_bundles), (3, 15, 10));
+
+        let t = s.update_meta(&k1, b"meta1-b").unwrap();
+        block_on(s.persisted(t)).unwrap();
+        assert_eq!(&s.get_meta(&k1).unwrap().unwrap().meta[..], b"meta1-b");
+        assert!(matches!(
+            s.update_meta(&key(99), b"x"),
+            Err(StoreError::NotFound(_))
+        ));
+        s.replace_bundle(&k1, b"frag").unwrap();
+        assert_eq!(s.get(&k1).unwrap().unwrap(), &b"frag"[..]);
+        let m = s.get_meta(&k1).unwrap().unwrap();
+        assert_eq!(
+            (m.expiry_ms, m.size, &m.meta[..]),
+            (500, 4, &b"meta1-b"[..])
+        );
+        assert_eq!(s.usage().bytes, 9);
+
+        let mut all: Vec<MetaRecord> = s.iter_meta().map(|r| r.unwrap()).collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(all.len(), 3);
+
+        assert!(s.remove(&key(2)).unwrap());
+        assert!(!s.remove(&key(2)).unwrap());
+        assert_eq!(s.get(&key(2)).unwrap(), None);
+        assert_eq!(s.next_expiry().unwrap(), Some(500));
+        assert_eq!(s.usage().bundles, 2);
+        assert_eq!(s.usage().bytes, 7);
+
+        // Delivered-id record.
+        assert!(!s.was_delivered(&key(5)).unwrap());
+        s.record_delivered(&key(5), 1000).unwrap();
+        s.record_delivered(&key(6), 2000).unwrap();
+        s.record_delivered(&key(5), 3000).unwrap(); // extended
+        assert!(s.was_delivered(&key(5)).unwrap());
+        assert_eq!(s.prune_delivered(2000).unwrap(), 0);
+        assert_eq!(s.prune_delivered(2001).unwrap(), 1);
+        assert!(!s.was_delivered(&key(6)).unwrap());
+        assert!(s.was_delivered(&key(5)).unwrap());
+        assert_eq!(s.prune_delivered(u64::MAX).unwrap(), 1);
+        assert!(!s.was_delivered(&key(5)).unwrap());
+        s.flush().unwrap();
+    }
+
+    #[test]
+    fn memory_store_works() {
+        let d = TempDir::new("mem");
+        exercise(&Store::open(&config(&d, Durability::Memory)).unwrap());
+        assert!(!d.0.exists(), "memory store touched the disk");
+    }
+
+    #[test]
+    fn sync_store_works_and_reopens() {
+        let d = TempDir::new("sync");
+        {
+            let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+            exercise(&s);
+        }
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        let u = s.usage();
+        assert_eq!((u.bundles, u.bytes), (2, 7));
+        assert_eq!(s.get(&key(1)).unwrap().unwrap(), &b"frag"[..]);
+        assert_eq!(s.expired(u64::MAX, 10).unwrap(), vec![key(1), key(3)]);
+    }
+
+    #[test]
+    fn group_store_works_and_reopens() {
+        let d = TempDir::new("group");
+        {
+            let s = Store::open(&config(&d, GROUP)).unwrap();
+            let clone = s.clone();
+            exercise(&clone);
+            drop(clone);
+            s.record_delivered(&key(8), 77).unwrap();
+        }
+        let s = Store::open(&config(&d, GROUP)).unwrap();
+        assert_eq!(s.usage().bundles, 2);
+        assert!(s.was_delivered(&key(8)).unwrap());
+    }
+
+    #[test]
+    fn persisted_outlives_the_store() {
+        let d = TempDir::new("outlive");
+        let s = Store::open(&config(&d, GROUP)).unwrap();
+        let InsertOutcome::Stored(t) = s.insert(&key(1), 1, b"", b"x").unwrap() else {
+            panic!("duplicate")
+        };
+        let fut = s.persisted(t);
+        drop(s); // final flush publishes the ticket
+        block_on(fut).unwrap();
+    }
+
+    #[test]
+    fn group_commit_resolves_many_waiters_on_a_runtime() {
+        let d = TempDir::new("waiters");
+        let s = Store::open(&config(&d, GROUP)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..10u64 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let InsertOutcome::Stored(t) = s.insert(&key(i), 1, b"", b"x").unwrap() else {
+                        panic!("duplicate")
+                    };
+                    tokio::time::timeout(Duration::from_secs(10), s.persisted(t))
+                        .await
+                        .expect("persisted within 10 s")
+                        .unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn quota_refuses_with_a_clear_message() {
+        let d = TempDir::new("quota");
+        for dur in [Durability::Memory, Durability::Sync] {
+            let s = Store::open(&config(&d, dur)).unwrap();
+            for i in 0..10 {
+                s.insert(&key(i), 1, b"", b"x").unwrap();
+            }
+            let e = s.insert(&key(10), 1, b"", b"x").unwrap_err();
+            assert!(matches!(e, StoreError::QuotaExceeded(_)));
+            assert!(e.to_string().contains("10 of 10 bundles"), "{e}");
+            s.remove(&key(0)).unwrap();
+            let e = s.insert(&key(11), 1, b"", &[0u8; 9_992]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("byte quota full: 9 bytes held + 9992 new > limit 10000"),
+                "{e}"
+            );
+            s.insert(&key(11), 1, b"", &[0u8; 9_991]).unwrap();
+            assert!(matches!(
+                s.replace_bundle(&key(11), &[0u8; 9_992]),
+                Err(StoreError::QuotaExceeded(_))
+            ));
+            assert_eq!(s.usage().bytes, 10_000);
+            drop(s);
+            let _ = std::fs::remove_dir_all(&d.0);
+        }
+    }
+
+    #[test]
+    fn corrupt_meta_is_an_error_not_a_panic() {
+        let d = TempDir::new("corrupt");
+        {
+            let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+            s.insert(&key(1), 1, b"meta", b"abc").unwrap();
+            s.insert(&key(2), 2, b"meta", b"defg").unwrap();
+        }
+        {
+            let db = sled::open(&d.0).unwrap();
+            let t = db.open_tree("store").unwrap();
+            let mut k = vec![b'M'];
+            k.extend_from_slice(&key(1).0);
+            let mut v = t.get(&k).unwrap().unwrap().to_vec();
+            v.pop(); // meta length no longer matches
+            t.insert(k, v).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert_eq!((s.usage().bundles, s.usage().bytes), (2, 7));
+        assert!(matches!(s.get_meta(&key(1)), Err(StoreError::Corrupt(_))));
+        let items: Vec<_> = s.iter_meta().collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items.iter().filter(|r| r.is_err()).count(), 1);
+        // The corrupt bundle can still be removed, and the counters stay exact.
+        assert!(s.remove(&key(1)).unwrap());
+        assert_eq!((s.usage().bundles, s.usage().bytes), (1, 4));
     }
 }
