@@ -132,6 +132,9 @@ impl BundleEngine {
                 }
             }
         }
+        if let Err(err) = self.store.prune_delivered(now) {
+            tracing::warn!(%err, "delivered-id pruning failed");
+        }
         self.next_expiry = self
             .store
             .next_expiry()

@@ -414,7 +414,7 @@ impl BundleEngine {
             last_creation: (0, 0),
             next_expiry: None,
             next_contact_change: None,
-            next_prune: now,
+            next_prune: now.saturating_add(PRUNE_INTERVAL_MS),
             actions: VecDeque::new(),
             counters: Counters::default(),
         };
