@@ -158,7 +158,7 @@ impl BundleEngine {
             .get(&registration)?
             .outstanding
             .get(&token)?;
-        let meta = self.load_meta(id);
+        let meta = self.meta_if(id, BundleFlags::REPORT_DELIVERY);
         let e = self.entries.get(&id)?;
         let ticket = match self.store.record_delivered(&e.key, e.expiry) {
             Ok(t) => t,

@@ -77,12 +77,7 @@ impl BundleEngine {
         let dest = e.destination.clone();
         let dest_node = dest.node_id();
         let (size, expiry, prev) = (e.size, e.expiry, e.previous);
-        // The fragment flag is not kept in memory: read it only when it matters.
-        let any_limit = self.neighbours.iter().any(|n| n.max_size().is_some());
-        let must_not_fragment = any_limit
-            && self
-                .load_meta(id)
-                .is_some_and(|m| BundleFlags(m.flags).contains(BundleFlags::MUST_NOT_FRAGMENT));
+        let must_not_fragment = e.has_flag(BundleFlags::MUST_NOT_FRAGMENT);
         let mut too_large = false;
         // 1. CGR.
         if let bpv7::Eid::Ipn { node, .. } = &dest {
@@ -390,7 +385,7 @@ impl BundleEngine {
 
     /// §5.4 step 5: every transfer confirmed: "forwarded" report, custody released.
     fn forwarded(&mut self, id: Id, now: DtnMillis) {
-        let meta = self.load_meta(id);
+        let meta = self.meta_if(id, BundleFlags::REPORT_FORWARDING);
         // The booked volume is consumed: forget the booking without releasing it.
         self.bookings.remove(&id);
         self.release(id);

@@ -205,9 +205,17 @@ struct Entry {
     expiry: DtnMillis,
     received_ms: DtnMillis,
     previous: Option<NeighbourId>,
+    /// Bundle processing control flags (RFC 9171 §4.2.3; all defined bits fit in 32).
+    flags: u32,
     priority: Priority,
     kind: Kind,
     state: State,
+}
+
+impl Entry {
+    fn has_flag(&self, f: bpv7::BundleFlags) -> bool {
+        u64::from(self.flags) & f.bits() == f.bits()
+    }
 }
 
 /// Runtime state of a neighbour.
@@ -626,6 +634,7 @@ impl BundleEngine {
                 expiry,
                 received_ms: meta.received_ms,
                 previous,
+                flags: meta.flags as u32,
                 priority: meta.priority,
                 kind: meta.kind,
                 state: State::New,
@@ -718,7 +727,7 @@ impl BundleEngine {
     /// RFC 9171 §5.10: delete a stored bundle with `reason`, with a "deleted" status report
     /// if requested.
     fn delete(&mut self, id: Id, reason: bpv7::ReasonCode, now: DtnMillis) {
-        let meta = self.load_meta(id);
+        let meta = self.meta_if(id, bpv7::BundleFlags::REPORT_DELETION);
         if self.release(id).is_none() {
             return;
         }
@@ -729,6 +738,16 @@ impl BundleEngine {
             .or_default() += 1;
         if let Some(m) = meta {
             self.report(&m, status_reports::Report::Deleted, reason, now);
+        }
+    }
+
+    /// The metadata of a stored bundle if it has `flag` set (a report is requested), without
+    /// a store read otherwise.
+    fn meta_if(&self, id: Id, flag: bpv7::BundleFlags) -> Option<Meta> {
+        if self.entries.get(&id)?.has_flag(flag) {
+            self.load_meta(id)
+        } else {
+            None
         }
     }
 
