@@ -578,18 +578,19 @@ impl RawConfig {
                 c.store.path = PathBuf::from(p);
             }
             if let Some(d) = &s.durability {
-                c.store.durability =
-                    match d.get_ref().as_str() {
-                        "sync" => DurabilityMode::Sync,
-                        "group" => DurabilityMode::Group,
-                        "memory" => DurabilityMode::Memory,
-                        other => return err(
+                c.store.durability = match d.get_ref().as_str() {
+                    "sync" => DurabilityMode::Sync,
+                    "group" => DurabilityMode::Group,
+                    "memory" => DurabilityMode::Memory,
+                    other => {
+                        return err(
                             d.span(),
                             format!(
                                 "durability {other:?}: expected \"sync\", \"group\" or \"memory\""
                             ),
-                        ),
-                    };
+                        )
+                    }
+                };
             }
             if let Some(g) = &s.group_commit {
                 c.store.group_commit = duration(g)?;

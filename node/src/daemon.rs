@@ -1,1 +1,1120 @@
-//! The node daemon: wires store, engine, adapters, agent and metrics. Placeholder.
+//! The node daemon: wires the store, the RFC 9171 §5 bundle engine, the convergence-layer
+//! adapters (RFC 9174 TCPCLv4, UDP, RFC 5326 LTP), the agent servers and the metrics server.
+//!
+//! [`Node::start`] opens the store, builds the [`BundleEngine`], starts the adapters and
+//! servers, and spawns ONE core task that owns the engine. The core task `select!`s over agent
+//! commands, bundles received by the adapters, transfer outcomes, the engine's next deadline
+//! and shutdown; after every input it drains the engine's actions (transmit to an adapter,
+//! deliver to a registration). Nothing is global: several nodes run in one process.
+//!
+//! Custody (RFC 9171 §5 "retention"; DESIGN.md principle 4): a bundle accepted from an
+//! application is acknowledged (the agent's reply) and a bundle received over TCPCL is
+//! acknowledged (the final XFER_ACK, through [`convergence::adapter::CustodyAck`]) only after
+//! [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks, never
+//! in the core loop. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources".
+//! Known limit: LTP acknowledges the red part at the LTP layer before the node stores the
+//! bundle (the LTP adapter gives no custody handle), and UDP has no acknowledgement at all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use convergence::adapter::{CustodyAck, Refusal};
+use convergence::ltp_adapter::{LtpAdapter, LtpAdapterConfig, SpanPolicy};
+use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
+use convergence::udp::{UdpAdapter, UdpConfig};
+use convergence::{
+    AdapterChannels, ConvergenceLayer, CounterSnapshot, FailureReason, Outcome, OutcomeReport,
+    PeerAddr, Received, SendError,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    AgentCommand, AgentError, Delivery, DtnMillis, Metric, MetricKind, NodeHandle, NodeInfo,
+    NodeStats, RegistrationId,
+};
+use crate::config::{Config, DurabilityMode, Link};
+use crate::processing::{
+    Action, BundleEngine, EngineConfig, Neighbour, NeighbourId, Reception, StaticRoute,
+    StatusReportPolicy,
+};
+use crate::store::{Durability, Store, StoreConfig};
+
+// INTERIM: the agent helper's `crate::agent::server` has not landed yet; this shim has its
+// signatures (binds nothing itself, serves no frames) so the daemon builds. Replace with
+// `use crate::agent::server as agent_server;` once it lands.
+mod agent_server {
+    use crate::api::NodeHandle;
+
+    /// Agent server limits (same fields as `crate::agent::server::AgentServerConfig`).
+    #[allow(dead_code)]
+    pub struct AgentServerConfig {
+        pub max_frame: usize,
+        pub max_clients: usize,
+        pub delivery_buffer: usize,
+    }
+
+    impl Default for AgentServerConfig {
+        fn default() -> Self {
+            AgentServerConfig {
+                max_frame: (64 << 20) + (64 << 10),
+                max_clients: 256,
+                delivery_buffer: 64,
+            }
+        }
+    }
+
+    pub async fn serve_tcp(
+        _listener: tokio::net::TcpListener,
+        _node: NodeHandle,
+        _config: AgentServerConfig,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        tracing::warn!("agent server not available in this build");
+        let _ = shutdown.wait_for(|v| *v).await;
+    }
+
+    pub async fn serve_unix(
+        _listener: tokio::net::UnixListener,
+        _node: NodeHandle,
+        _config: AgentServerConfig,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        tracing::warn!("agent server not available in this build");
+        let _ = shutdown.wait_for(|v| *v).await;
+    }
+}
+
+/// Milliseconds between the Unix epoch and the DTN epoch 2000-01-01T00:00:00Z (RFC 9171 §4.2.6).
+pub const DTN_EPOCH_UNIX_MS: u64 = 946_684_800_000;
+/// Hop limit put in bundles created by this node.
+pub const DEFAULT_HOP_LIMIT: u64 = 64;
+/// Wait before a bundle whose transfer failed is routed again.
+pub const RETRY_DELAY_MS: u64 = 1000;
+/// Capacity of the agent command channel.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Capacity of the channel of bundles received by the adapters (back-pressure beyond).
+pub const RECEIVED_QUEUE: usize = 1024;
+/// Capacity of the channel of transfer outcomes.
+pub const OUTCOME_QUEUE: usize = 4096;
+/// Largest agent frame beyond the bundle size limit (headers of a send request).
+pub const AGENT_FRAME_OVERHEAD: usize = 64 * 1024;
+
+/// The current DTN time: milliseconds since 2000-01-01T00:00:00Z (RFC 9171 §4.2.6), from the
+/// system clock (0 before the DTN epoch).
+pub fn dtn_now() -> DtnMillis {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    unix.saturating_sub(DTN_EPOCH_UNIX_MS)
+}
+
+/// The addresses a running node actually bound (the `dtnd ready` line's JSON object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Addresses {
+    /// The node ID.
+    pub node_id: String,
+    /// Agent protocol TCP listener.
+    pub agent: Option<SocketAddr>,
+    /// Agent protocol Unix socket.
+    pub unix: Option<PathBuf>,
+    /// Metrics HTTP listener.
+    pub metrics: Option<SocketAddr>,
+    /// TCPCL listener.
+    pub tcpcl: Option<SocketAddr>,
+    /// UDP convergence layer socket.
+    pub udp: Option<SocketAddr>,
+    /// LTP engine socket.
+    pub ltp: Option<SocketAddr>,
+}
+
+impl Addresses {
+    /// The JSON object of the ready line (`{"node_id":...,"agent":"127.0.0.1:4550",...}`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// How the core reaches one neighbour.
+#[derive(Clone, Debug)]
+enum Target {
+    Tcpcl(SocketAddr),
+    Udp(SocketAddr),
+    Ltp(u64),
+}
+
+/// The running adapters.
+#[derive(Clone, Default)]
+struct Adapters {
+    tcpcl: Option<Arc<TcpclAdapter>>,
+    udp: Option<Arc<UdpAdapter>>,
+    ltp: Option<Arc<LtpAdapter>>,
+}
+
+impl Adapters {
+    fn shutdown(&self) {
+        if let Some(a) = &self.tcpcl {
+            a.shutdown();
+        }
+        if let Some(a) = &self.udp {
+            a.shutdown();
+        }
+        if let Some(a) = &self.ltp {
+            a.shutdown();
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, CounterSnapshot)> {
+        let mut v = Vec::new();
+        if let Some(a) = &self.tcpcl {
+            v.push((a.name(), a.counters()));
+        }
+        if let Some(a) = &self.udp {
+            v.push((a.name(), a.counters()));
+        }
+        if let Some(a) = &self.ltp {
+            v.push((a.name(), a.counters()));
+        }
+        v
+    }
+}
+
+/// A running node (see the module docs).
+pub struct Node {
+    addresses: Addresses,
+    handle: NodeHandle,
+    shutdown_tx: watch::Sender<bool>,
+    core: Option<JoinHandle<()>>,
+    servers: Vec<JoinHandle<()>>,
+    adapters: Adapters,
+    store: Store,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_config(config: &Config) -> StoreConfig {
+    StoreConfig {
+        path: config.store.path.clone(),
+        durability: match config.store.durability {
+            DurabilityMode::Sync => Durability::Sync,
+            DurabilityMode::Group => Durability::GroupCommit {
+                max_delay: config.store.group_commit,
+            },
+            DurabilityMode::Memory => Durability::Memory,
+        },
+        quota_bytes: config.store.quota_bytes,
+        quota_bundles: config.store.quota_bundles,
+    }
+}
+
+fn send_failure(e: SendError) -> FailureReason {
+    match e {
+        SendError::QueueFull => FailureReason::Refused("adapter queue full".into()),
+        SendError::UnknownPeer(p) => FailureReason::Unreachable(format!("unknown peer {p:?}")),
+        SendError::TooLarge { size, limit } => FailureReason::TooLarge { size, limit },
+        SendError::Shutdown => FailureReason::Shutdown,
+    }
+}
+
+impl Node {
+    /// Starts a node: store, engine, adapters, agent and metrics servers, core task. Every
+    /// listener is bound when this returns (see [`Node::addresses`]).
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let node_eid: bpv7::Eid = config
+            .node_id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("node_id {:?}: {e}", config.node_id))?;
+        let store_cfg = store_config(&config);
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
+            .await
+            .context("store open task")?
+            .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
+
+        let (received_tx, received_rx) = mpsc::channel(RECEIVED_QUEUE);
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
+        let channels = AdapterChannels {
+            received: received_tx,
+            outcomes: outcomes_tx,
+        };
+        let max_bundle = usize::try_from(config.limits.max_bundle_size).unwrap_or(usize::MAX);
+        let mut adapters = Adapters::default();
+        let started = Self::start_adapters(&config, &channels, max_bundle, &mut adapters).await;
+        drop(channels);
+        if let Err(e) = started {
+            adapters.shutdown();
+            if let Some(l) = &adapters.ltp {
+                l.ltp().shutdown().await;
+            }
+            return Err(e);
+        }
+
+        // Neighbours as the engine sees them, and how the core reaches them.
+        let mut neighbours = Vec::new();
+        let mut targets = Vec::new();
+        for n in &config.neighbours {
+            let node_id: bpv7::Eid = n
+                .node
+                .parse()
+                .map_err(|e| anyhow::anyhow!("neighbour {} node {:?}: {e}", n.name, n.node))?;
+            let (target, reliable) = match &n.link {
+                Link::Tcpcl(a) => (Target::Tcpcl(*a), true),
+                Link::Udp(a) => (Target::Udp(*a), false),
+                Link::Ltp(l) => (Target::Ltp(l.engine), !l.green),
+            };
+            let link_max = match &n.link {
+                Link::Udp(_) => Some(convergence::udp::MAX_UDP_PAYLOAD as u64),
+                _ => None,
+            };
+            let configured = (n.max_bundle_size > 0).then_some(n.max_bundle_size);
+            let max_bundle_size = match (configured, link_max) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            neighbours.push(Neighbour {
+                name: n.name.clone(),
+                node_id: Some(node_id.node_id()),
+                max_bundle_size,
+                reliable,
+                max_in_flight: config.limits.max_in_flight,
+                accept_primary_without_crc: n.accept_primary_without_crc,
+            });
+            targets.push(target);
+        }
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let via = config.neighbours.iter().position(|n| n.name == r.via)?;
+                Some(StaticRoute {
+                    pattern: r.dest.clone(),
+                    via: NeighbourId(via),
+                })
+            })
+            .collect();
+        let engine_config = EngineConfig {
+            node_id: node_eid.clone(),
+            neighbours,
+            routes,
+            router: None,
+            status_reports: StatusReportPolicy {
+                enabled: config.status_reports.enabled,
+                max_per_second: config.status_reports.max_per_second,
+            },
+            max_bundle_size: config.limits.max_bundle_size,
+            max_reassembly_bytes: config.limits.max_reassembly_bytes,
+            echo_service: config.echo_service,
+            default_hop_limit: DEFAULT_HOP_LIMIT,
+            retry_delay_ms: RETRY_DELAY_MS,
+            delivery_window: config.limits.delivery_window,
+        };
+        let engine_store = store.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            BundleEngine::new(engine_config, engine_store, dtn_now())
+        })
+        .await
+        .context("engine start task")?;
+        let engine = match engine {
+            Ok(e) => e,
+            Err(e) => {
+                adapters.shutdown();
+                return Err(anyhow::anyhow!("starting the bundle engine: {e}"));
+            }
+        };
+
+        // Listeners of the agent and metrics servers.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = NodeHandle::new(cmd_tx);
+        let mut servers = Vec::new();
+        let agent_cfg = || agent_server::AgentServerConfig {
+            max_frame: max_bundle.saturating_add(AGENT_FRAME_OVERHEAD),
+            delivery_buffer: config.limits.delivery_window.max(1),
+            ..Default::default()
+        };
+        let bound = async {
+            let mut agent = None;
+            if let Some(addr) = config.agent.tcp {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the agent TCP listener {addr}"))?;
+                agent = Some(l.local_addr()?);
+                servers.push(tokio::spawn(agent_server::serve_tcp(
+                    l,
+                    handle.clone(),
+                    agent_cfg(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            if let Some(path) = &config.agent.unix {
+                // A socket file left by a previous run that is not answering is replaced.
+                if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let l = tokio::net::UnixListener::bind(path)
+                    .with_context(|| format!("binding the agent Unix socket {}", path.display()))?;
+                servers.push(tokio::spawn(agent_server::serve_unix(
+                    l,
+                    handle.clone(),
+                    agent_cfg(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            let mut metrics = None;
+            if let Some(addr) = config.metrics {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?;
+                metrics = Some(l.local_addr()?);
+                servers.push(tokio::spawn(crate::metrics::serve(
+                    l,
+                    handle.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            anyhow::Ok((agent, metrics))
+        }
+        .await;
+        let (agent, metrics) = match bound {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = shutdown_tx.send(true);
+                adapters.shutdown();
+                if let Some(l) = &adapters.ltp {
+                    l.ltp().shutdown().await;
+                }
+                return Err(e);
+            }
+        };
+
+        let addresses = Addresses {
+            node_id: config.node_id.clone(),
+            agent,
+            unix: config.agent.unix.clone(),
+            metrics,
+            tcpcl: adapters.tcpcl.as_ref().and_then(|a| a.local_addr()),
+            udp: adapters.udp.as_ref().map(|a| a.local_addr()),
+            ltp: adapters.ltp.as_ref().map(|a| a.ltp().local_addr()),
+        };
+
+        let mut by_addr = HashMap::new();
+        let mut by_node = Vec::new();
+        for (i, (n, t)) in config.neighbours.iter().zip(&targets).enumerate() {
+            let key = match t {
+                Target::Tcpcl(a) => (convergence::tcpcl::driver::CLA_NAME, PeerAddr::Socket(*a)),
+                Target::Udp(a) => (convergence::udp::NAME, PeerAddr::Socket(*a)),
+                Target::Ltp(e) => (convergence::ltp_adapter::NAME, PeerAddr::LtpEngine(*e)),
+            };
+            by_addr.insert(key, NeighbourId(i));
+            if let Ok(eid) = n.node.parse::<bpv7::Eid>() {
+                by_node.push((eid.node_id(), NeighbourId(i)));
+            }
+        }
+        let core = Core {
+            engine,
+            store: store.clone(),
+            targets,
+            adapters: adapters.clone(),
+            by_addr,
+            by_node,
+            registrations: HashMap::new(),
+            next_registration: 1,
+            info: NodeInfo {
+                node_id: config.node_id.clone(),
+                version: format!("dtnd {}", env!("CARGO_PKG_VERSION")),
+                neighbours: config.neighbours.iter().map(|n| n.name.clone()).collect(),
+                registrations: Vec::new(),
+            },
+        };
+        let core = tokio::spawn(core.run(cmd_rx, received_rx, outcomes_rx, shutdown_rx));
+        info!(node_id = %config.node_id, addresses = %addresses.to_json(), "node started");
+        Ok(Node {
+            addresses,
+            handle,
+            shutdown_tx,
+            core: Some(core),
+            servers,
+            adapters,
+            store,
+        })
+    }
+
+    async fn start_adapters(
+        config: &Config,
+        channels: &AdapterChannels,
+        max_bundle: usize,
+        adapters: &mut Adapters,
+    ) -> anyhow::Result<()> {
+        let has = |f: fn(&Link) -> bool| config.neighbours.iter().any(|n| f(&n.link));
+        if config.tcpcl_listen.is_some() || has(|l| matches!(l, Link::Tcpcl(_))) {
+            let mut t = TcpclConfig::new(config.node_id.clone(), config.tcpcl_listen);
+            t.transfer_mru = config.limits.max_bundle_size;
+            t.max_bundle_len = max_bundle;
+            t.max_queue = t.max_queue.max(config.limits.max_in_flight);
+            t.custody_acks = true;
+            let a = TcpclAdapter::start(t, channels.clone())
+                .await
+                .with_context(|| format!("starting TCPCL (listen {:?})", config.tcpcl_listen))?;
+            adapters.tcpcl = Some(a);
+        }
+        if let Some(bind) = config.udp_listen {
+            let mut u = UdpConfig {
+                bind,
+                ..UdpConfig::default()
+            };
+            u.send_queue = u.send_queue.max(config.limits.max_in_flight);
+            for n in &config.neighbours {
+                if let (Link::Udp(a), Some(p)) = (&n.link, &n.emulation) {
+                    u.emulation.push((*a, p.clone()));
+                }
+            }
+            let a = UdpAdapter::bind(u, channels.clone())
+                .await
+                .with_context(|| format!("binding UDP {bind}"))?;
+            adapters.udp = Some(a);
+        }
+        if let Some(ltp) = &config.ltp {
+            let mut ecfg = ltp::EngineConfig {
+                max_block_size: (config.limits.max_bundle_size.max(1 << 20)).saturating_mul(2),
+                ..Default::default()
+            };
+            ecfg.seed = ltp.engine_id ^ dtn_now();
+            let mut engine = ltp::Engine::new(ltp.engine_id, ecfg);
+            let mut driver = ltp::driver::DriverConfig::new(ltp.listen);
+            let mut policies = Vec::new();
+            for n in &config.neighbours {
+                let Link::Ltp(l) = &n.link else { continue };
+                let span = ltp::SpanConfig {
+                    max_segment_size: l.segment_size,
+                    max_export_sessions: l.window,
+                    owlt_outbound: l.owlt,
+                    owlt_inbound: l.owlt,
+                    rate_limit: (l.rate > 0).then_some(l.rate),
+                    ..Default::default()
+                };
+                engine.add_span(l.engine, span);
+                driver.spans.push((l.engine, l.addr));
+                if let Some(p) = &n.emulation {
+                    driver.impairment = Some(Box::new(convergence::emulation::LtpImpairment::new(
+                        p.clone(),
+                        l.engine,
+                        std::time::Instant::now(),
+                    )));
+                }
+                policies.push(SpanPolicy {
+                    engine: l.engine,
+                    green: l.green,
+                    aggregation_size: l.aggregation_size,
+                    aggregation_time: l.aggregation_time,
+                });
+            }
+            let acfg = LtpAdapterConfig {
+                spans: policies,
+                max_bundle_size: max_bundle,
+                ..Default::default()
+            };
+            let a =
+                LtpAdapter::spawn(engine, driver, acfg, channels.clone()).with_context(|| {
+                    format!("starting LTP engine {} on {}", ltp.engine_id, ltp.listen)
+                })?;
+            adapters.ltp = Some(a);
+        }
+        Ok(())
+    }
+
+    /// The addresses the node bound.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// A handle for agent commands (what the agent servers use).
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, stops the adapters and the core, and flushes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown_tx.send(true);
+        self.adapters.shutdown();
+        if let Some(core) = self.core.take() {
+            if let Err(e) = core.await {
+                warn!("core task ended abnormally: {e}");
+            }
+        }
+        for s in self.servers.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(5), s).await {
+                Ok(_) => {}
+                Err(_) => debug!("a server did not stop in time"),
+            }
+        }
+        if let Some(l) = &self.adapters.ltp {
+            l.ltp().shutdown().await;
+        }
+        if let Some(path) = &self.addresses.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .context("store flush task")?
+            .context("flushing the store")?;
+        info!(node_id = %self.addresses.node_id, "node stopped");
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A node dropped without `shutdown` still stops its tasks (the store is flushed by
+        // its own group commit).
+        let _ = self.shutdown_tx.send(true);
+        self.adapters.shutdown();
+    }
+}
+
+/// The core task: owns the engine (see the module docs).
+struct Core {
+    engine: BundleEngine,
+    store: Store,
+    targets: Vec<Target>,
+    adapters: Adapters,
+    by_addr: HashMap<(&'static str, PeerAddr), NeighbourId>,
+    by_node: Vec<(bpv7::Eid, NeighbourId)>,
+    registrations: HashMap<RegistrationId, (String, mpsc::Sender<Delivery>)>,
+    next_registration: RegistrationId,
+    info: NodeInfo,
+}
+
+/// Most inputs of one kind handled before the core drains the engine's actions again.
+const BATCH: usize = 64;
+
+impl Core {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<AgentCommand>,
+        mut received: mpsc::Receiver<Received>,
+        mut outcomes: mpsc::Receiver<OutcomeReport>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.drain_actions();
+            let deadline = self.engine.poll_timeout().map(|t| {
+                let now = dtn_now();
+                tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now))
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|v| *v) => break,
+                Some(o) = outcomes.recv() => {
+                    self.outcome(o);
+                    for _ in 1..BATCH {
+                        let Ok(o) = outcomes.try_recv() else { break };
+                        self.outcome(o);
+                    }
+                }
+                Some(cmd) = commands.recv() => {
+                    self.command(cmd);
+                    for _ in 1..BATCH {
+                        let Ok(c) = commands.try_recv() else { break };
+                        self.command(c);
+                    }
+                }
+                Some(r) = received.recv() => {
+                    self.received(r);
+                    for _ in 1..BATCH {
+                        let Ok(r) = received.try_recv() else { break };
+                        self.received(r);
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.engine.handle_timeout(dtn_now());
+                }
+            }
+        }
+        // Answer what is still queued so that no client waits forever.
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            refuse_command(cmd);
+        }
+        self.registrations.clear();
+        debug!("core task stopped");
+    }
+
+    fn neighbour_of(&self, r: &Received) -> Option<NeighbourId> {
+        if let Some(n) = self.by_addr.get(&(r.cla, r.from.clone())) {
+            return Some(*n);
+        }
+        let peer: bpv7::Eid = r.peer_node_id.as_deref()?.parse().ok()?;
+        let peer = peer.node_id();
+        self.by_node
+            .iter()
+            .find(|(eid, _)| *eid == peer)
+            .map(|(_, n)| *n)
+    }
+
+    fn received(&mut self, r: Received) {
+        let from = self.neighbour_of(&r);
+        let Received {
+            peer_node_id,
+            bundle,
+            custody,
+            from: addr,
+            cla,
+        } = r;
+        let reception = self
+            .engine
+            .receive(from, peer_node_id.as_deref(), bundle, dtn_now());
+        match reception {
+            Reception::Accepted(ticket) => {
+                if let Some(ack) = custody {
+                    let wait = self.store.persisted(ticket);
+                    tokio::spawn(async move {
+                        match wait.await {
+                            Ok(()) => ack.accept(),
+                            Err(e) => {
+                                warn!("store did not persist a received bundle: {e}");
+                                ack.refuse(Refusal::Retransmit);
+                            }
+                        }
+                    });
+                }
+            }
+            Reception::Consumed => answer(custody, None),
+            Reception::Discarded(why) => {
+                debug!(%cla, from = ?addr, "discarded a received bundle: {why}");
+                answer(custody, None);
+            }
+            Reception::Refused(why) => {
+                debug!(%cla, from = ?addr, "refused a received bundle: {why}");
+                answer(custody, Some(Refusal::NoResources));
+            }
+        }
+    }
+
+    fn outcome(&mut self, o: OutcomeReport) {
+        let result = match o.outcome {
+            Outcome::Transferred => Ok(()),
+            Outcome::Failed(r) => Err(r),
+        };
+        self.engine.transfer_outcome(o.id, result, dtn_now());
+    }
+
+    fn command(&mut self, cmd: AgentCommand) {
+        let now = dtn_now();
+        match cmd {
+            AgentCommand::Register {
+                endpoint,
+                deliveries,
+                reply,
+            } => {
+                let id = self.next_registration;
+                self.next_registration += 1;
+                // The sender must be known before the engine queues pending deliveries.
+                self.registrations
+                    .insert(id, (endpoint.clone(), deliveries));
+                match self.engine.register(id, &endpoint, now) {
+                    Ok(()) => {
+                        let _ = reply.send(Ok(id));
+                    }
+                    Err(e) => {
+                        self.registrations.remove(&id);
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            AgentCommand::Unregister {
+                registration,
+                reply,
+            } => {
+                if self.registrations.remove(&registration).is_some() {
+                    self.engine.unregister(registration, now);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(AgentError::UnknownRegistration(registration)));
+                }
+            }
+            AgentCommand::Send { request, reply } => match self.engine.send(request, None, now) {
+                Ok((accepted, ticket)) => {
+                    let wait = self.store.persisted(ticket);
+                    tokio::spawn(async move {
+                        let r = wait
+                            .await
+                            .map(|()| accepted)
+                            .map_err(|e| AgentError::Storage(e.to_string()));
+                        let _ = reply.send(r);
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            AgentCommand::Ack {
+                registration,
+                token,
+            } => {
+                // The delivered-id record is written with group commit; nothing waits on it.
+                let _ = self.engine.ack_delivery(registration, token, now);
+            }
+            AgentCommand::Info { reply } => {
+                let mut info = self.info.clone();
+                let mut regs: Vec<String> = self
+                    .registrations
+                    .values()
+                    .map(|(e, _)| e.clone())
+                    .collect();
+                regs.sort();
+                info.registrations = regs;
+                let _ = reply.send(info);
+            }
+            AgentCommand::Stats { reply } => {
+                let mut stats = self.engine.stats();
+                adapter_metrics(&self.adapters.counters(), &mut stats);
+                match self.adapters.ltp.as_ref().map(|l| l.ltp().clone()) {
+                    Some(ltp) => {
+                        // The LTP driver answers asynchronously: finish in a small task.
+                        tokio::spawn(async move {
+                            if let Ok(s) = ltp.stats().await {
+                                ltp_metrics(&s, &mut stats);
+                            }
+                            let _ = reply.send(stats);
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(stats);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        // Bounded: each action is either handed off or turned into an outcome the engine
+        // handles by scheduling a retry later, never by a new immediate transmit loop.
+        let mut budget = 100_000usize;
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Transmit {
+                    neighbour,
+                    transfer,
+                    bundle,
+                    urgent,
+                } => {
+                    if let Err(e) = self.transmit(neighbour, transfer, bundle, urgent) {
+                        debug!(?neighbour, transfer, "adapter refused a bundle: {e}");
+                        self.engine
+                            .transfer_outcome(transfer, Err(send_failure(e)), dtn_now());
+                    }
+                }
+                Action::Deliver {
+                    registration,
+                    delivery,
+                } => match self.registrations.get(&registration) {
+                    Some((endpoint, tx)) => {
+                        if let Err(e) = tx.try_send(delivery) {
+                            // The bundle stays in the store unacknowledged; it is pushed again
+                            // when the endpoint registers anew.
+                            warn!(%endpoint, registration, "delivery channel unavailable: {e}");
+                        }
+                    }
+                    None => debug!(registration, "delivery for a registration that is gone"),
+                },
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    fn transmit(
+        &self,
+        neighbour: NeighbourId,
+        transfer: u64,
+        bundle: Bytes,
+        urgent: bool,
+    ) -> Result<(), SendError> {
+        let Some(target) = self.targets.get(neighbour.0) else {
+            return Err(SendError::UnknownPeer(PeerAddr::LtpEngine(0)));
+        };
+        match target {
+            Target::Tcpcl(a) => match &self.adapters.tcpcl {
+                Some(t) => t.send(&PeerAddr::Socket(*a), transfer, bundle),
+                None => Err(SendError::Shutdown),
+            },
+            Target::Udp(a) => match &self.adapters.udp {
+                Some(u) => u.send(&PeerAddr::Socket(*a), transfer, bundle),
+                None => Err(SendError::Shutdown),
+            },
+            Target::Ltp(e) => match &self.adapters.ltp {
+                Some(l) if urgent => l.send_urgent(&PeerAddr::LtpEngine(*e), transfer, bundle),
+                Some(l) => l.send(&PeerAddr::LtpEngine(*e), transfer, bundle),
+                None => Err(SendError::Shutdown),
+            },
+        }
+    }
+}
+
+fn answer(custody: Option<CustodyAck>, refusal: Option<Refusal>) {
+    if let Some(ack) = custody {
+        match refusal {
+            None => ack.accept(),
+            Some(r) => ack.refuse(r),
+        }
+    }
+}
+
+fn refuse_command(cmd: AgentCommand) {
+    match cmd {
+        AgentCommand::Register { reply, .. } => {
+            let _ = reply.send(Err(AgentError::ShuttingDown));
+        }
+        AgentCommand::Unregister { reply, .. } => {
+            let _ = reply.send(Err(AgentError::ShuttingDown));
+        }
+        AgentCommand::Send { reply, .. } => {
+            let _ = reply.send(Err(AgentError::ShuttingDown));
+        }
+        AgentCommand::Ack { .. } | AgentCommand::Info { .. } | AgentCommand::Stats { .. } => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn push(
+    stats: &mut NodeStats,
+    name: &str,
+    help: &str,
+    kind: MetricKind,
+    labels: &[(&str, &str)],
+    value: u64,
+) {
+    stats.metrics.push(Metric {
+        name: name.into(),
+        help: help.into(),
+        kind,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        value: value as f64,
+    });
+}
+
+/// Adds the convergence-layer adapters' counters (`dtn_cla_*{cla}`).
+fn adapter_metrics(adapters: &[(&'static str, CounterSnapshot)], stats: &mut NodeStats) {
+    use MetricKind::Counter;
+    for (cla, c) in adapters {
+        let l = [("cla", *cla)];
+        push(
+            stats,
+            "dtn_cla_bundles_received_total",
+            "Bundles received by a convergence layer.",
+            Counter,
+            &l,
+            c.bundles_in,
+        );
+        push(
+            stats,
+            "dtn_cla_bundles_sent_total",
+            "Bundles transferred by a convergence layer.",
+            Counter,
+            &l,
+            c.bundles_out,
+        );
+        push(
+            stats,
+            "dtn_cla_bytes_received_total",
+            "Bundle bytes received by a convergence layer.",
+            Counter,
+            &l,
+            c.bytes_in,
+        );
+        push(
+            stats,
+            "dtn_cla_bytes_sent_total",
+            "Bundle bytes transferred by a convergence layer.",
+            Counter,
+            &l,
+            c.bytes_out,
+        );
+        push(
+            stats,
+            "dtn_cla_bad_input_total",
+            "Malformed or oversized input discarded by a convergence layer.",
+            Counter,
+            &l,
+            c.bad_input,
+        );
+        for (reason, n) in &c.failures {
+            push(
+                stats,
+                "dtn_cla_failures_total",
+                "Failed transfers by convergence layer and reason.",
+                Counter,
+                &[("cla", cla), ("reason", reason)],
+                *n,
+            );
+        }
+    }
+}
+
+/// Adds the LTP engine's metrics (`dtn_ltp_*`).
+fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
+    use MetricKind::{Counter, Gauge};
+    let e = &s.engine;
+    let open_export = e
+        .export_sessions_opened
+        .saturating_sub(e.export_sessions_completed + e.export_sessions_cancelled);
+    let open_import = e
+        .import_sessions_opened
+        .saturating_sub(e.import_sessions_completed + e.import_sessions_cancelled);
+    push(
+        stats,
+        "dtn_ltp_sessions_open",
+        "LTP sessions open.",
+        Gauge,
+        &[("direction", "export")],
+        open_export,
+    );
+    push(
+        stats,
+        "dtn_ltp_sessions_open",
+        "LTP sessions open.",
+        Gauge,
+        &[("direction", "import")],
+        open_import,
+    );
+    push(
+        stats,
+        "dtn_ltp_retransmissions_total",
+        "LTP retransmissions by kind.",
+        Counter,
+        &[("kind", "data")],
+        e.data_segments_retransmitted,
+    );
+    push(
+        stats,
+        "dtn_ltp_retransmissions_total",
+        "LTP retransmissions by kind.",
+        Counter,
+        &[("kind", "checkpoint")],
+        e.checkpoints_retransmitted,
+    );
+    push(
+        stats,
+        "dtn_ltp_retransmissions_total",
+        "LTP retransmissions by kind.",
+        Counter,
+        &[("kind", "report")],
+        e.reports_retransmitted,
+    );
+    push(
+        stats,
+        "dtn_ltp_sessions_cancelled_total",
+        "LTP sessions cancelled.",
+        Counter,
+        &[("direction", "export")],
+        e.export_sessions_cancelled,
+    );
+    push(
+        stats,
+        "dtn_ltp_sessions_cancelled_total",
+        "LTP sessions cancelled.",
+        Counter,
+        &[("direction", "import")],
+        e.import_sessions_cancelled,
+    );
+    push(
+        stats,
+        "dtn_ltp_segments_sent_total",
+        "LTP segments sent.",
+        Counter,
+        &[],
+        e.segments_sent,
+    );
+    push(
+        stats,
+        "dtn_ltp_segments_received_total",
+        "LTP segments received.",
+        Counter,
+        &[],
+        e.segments_received,
+    );
+    push(
+        stats,
+        "dtn_ltp_segments_malformed_total",
+        "LTP datagrams that failed to decode.",
+        Counter,
+        &[],
+        e.segments_malformed,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtn_time_is_after_2020() {
+        // 2020-01-01 is 631,152,000 s after the DTN epoch.
+        assert!(dtn_now() > 631_152_000_000);
+    }
+
+    #[test]
+    fn ready_json_shape() {
+        let a = Addresses {
+            node_id: "ipn:1.0".into(),
+            agent: Some("127.0.0.1:4550".parse().unwrap()),
+            unix: None,
+            metrics: Some("127.0.0.1:9550".parse().unwrap()),
+            tcpcl: Some("127.0.0.1:4556".parse().unwrap()),
+            udp: None,
+            ltp: None,
+        };
+        assert_eq!(
+            a.to_json(),
+            r#"{"node_id":"ipn:1.0","agent":"127.0.0.1:4550","unix":null,"metrics":"127.0.0.1:9550","tcpcl":"127.0.0.1:4556","udp":null,"ltp":null}"#
+        );
+    }
+
+    #[test]
+    fn adapter_counters_become_labelled_metrics() {
+        let mut c = CounterSnapshot {
+            bundles_in: 3,
+            ..Default::default()
+        };
+        c.failures.insert("timeout".into(), 2);
+        let mut s = NodeStats::default();
+        adapter_metrics(&[("tcpcl", c)], &mut s);
+        assert_eq!(s.total("dtn_cla_bundles_received_total"), Some(3.0));
+        assert_eq!(s.total("dtn_cla_failures_total"), Some(2.0));
+        let f = s
+            .metrics
+            .iter()
+            .find(|m| m.name == "dtn_cla_failures_total")
+            .unwrap();
+        assert!(f.labels.contains(&("reason".into(), "timeout".into())));
+    }
+}

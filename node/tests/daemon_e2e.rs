@@ -1,0 +1,440 @@
+//! In-process nodes (memory or sled stores, every listener on 127.0.0.1 port 0 or a port
+//! reserved just before) exchanging bundles through `NodeHandle` agent commands over TCPCL,
+//! UDP and LTP; store-and-forward while a neighbour is down; custody refusal at the quota;
+//! restart with pending bundles; the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use node::api::{AgentCommand, Delivery, NodeHandle, Priority, SendRequest, StatusRequests};
+use node::config::{Config, DurabilityMode, Link, LtpLink, LtpSection, NeighbourConfig};
+use node::daemon::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A port free right now (bound and released), for configurations that need a peer's address
+/// before the peer runs.
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn config(node: u64) -> Config {
+    let mut c = Config::for_test(&format!("ipn:{node}.0"));
+    c.agent.tcp = None;
+    c.metrics = None;
+    c
+}
+
+fn neighbour(name: &str, node: u64, link: Link) -> NeighbourConfig {
+    NeighbourConfig {
+        name: name.into(),
+        node: format!("ipn:{node}.0"),
+        link,
+        max_bundle_size: 0,
+        accept_primary_without_crc: false,
+        emulation: None,
+    }
+}
+
+fn ltp_link(engine: u64, addr: SocketAddr) -> Link {
+    Link::Ltp(LtpLink {
+        engine,
+        addr,
+        owlt: Duration::ZERO,
+        rate: 0,
+        green: false,
+        segment_size: 1400,
+        window: 8,
+        aggregation_size: 65536,
+        aggregation_time: Duration::from_millis(5),
+    })
+}
+
+fn request(dest: &str, payload: Bytes) -> SendRequest {
+    SendRequest {
+        source: None,
+        destination: dest.into(),
+        payload,
+        lifetime_ms: 3_600_000,
+        priority: Priority::Normal,
+        report_to: None,
+        requests: StatusRequests::default(),
+        no_fragment: false,
+    }
+}
+
+async fn send(h: &NodeHandle, dest: &str, payload: Bytes) {
+    timeout(
+        WAIT,
+        h.request(|reply| AgentCommand::Send {
+            request: request(dest, payload),
+            reply,
+        }),
+    )
+    .await
+    .expect("send answered in time")
+    .expect("node running")
+    .expect("send accepted");
+}
+
+async fn register(h: &NodeHandle, endpoint: &str) -> (u64, mpsc::Receiver<Delivery>) {
+    let (tx, rx) = mpsc::channel(64);
+    let id = h
+        .request(|reply| AgentCommand::Register {
+            endpoint: endpoint.into(),
+            deliveries: tx,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    (id, rx)
+}
+
+async fn stats_total(h: &NodeHandle, name: &str) -> f64 {
+    let s = h
+        .request(|reply| AgentCommand::Stats { reply })
+        .await
+        .unwrap();
+    s.total(name).unwrap_or(0.0)
+}
+
+fn payload(i: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Receives `expected.len()` deliveries, acknowledges each, and checks they are exactly the
+/// expected payloads (any order), then that nothing more arrives.
+async fn receive_all(
+    h: &NodeHandle,
+    reg: u64,
+    rx: &mut mpsc::Receiver<Delivery>,
+    expected: &[Bytes],
+) {
+    let mut got: Vec<Bytes> = Vec::new();
+    while got.len() < expected.len() {
+        let d = timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} bundles arrived", got.len(), expected.len()))
+            .expect("registration open");
+        h.command(AgentCommand::Ack {
+            registration: reg,
+            token: d.token,
+        })
+        .await
+        .unwrap();
+        got.push(d.payload);
+    }
+    let mut a: Vec<&[u8]> = got.iter().map(|b| &b[..]).collect();
+    let mut b: Vec<&[u8]> = expected.iter().map(|b| &b[..]).collect();
+    a.sort();
+    b.sort();
+    assert!(a == b, "received payloads differ from those sent");
+    assert!(
+        timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a bundle was delivered twice"
+    );
+}
+
+fn mixed(n: usize) -> Vec<Bytes> {
+    let sizes = [10usize, 1000, 70_000, 1 << 20];
+    (0..n).map(|i| payload(i, sizes[i % sizes.len()])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcpcl_line_of_three() {
+    let c = Node::start(config(3)).await.unwrap();
+    let mut bc = config(2);
+    bc.neighbours
+        .push(neighbour("c", 3, Link::Tcpcl(c.addresses().tcpcl.unwrap())));
+    let b = Node::start(bc).await.unwrap();
+    let mut ac = config(1);
+    ac.neighbours
+        .push(neighbour("b", 2, Link::Tcpcl(b.addresses().tcpcl.unwrap())));
+    ac.routes.push(node::config::RouteConfig {
+        dest: "ipn:3.*".into(),
+        via: "b".into(),
+    });
+    let a = Node::start(ac).await.unwrap();
+
+    let (reg, mut rx) = register(&c.handle(), "ipn:3.1").await;
+    let sent = mixed(12);
+    for p in &sent {
+        send(&a.handle(), "ipn:3.1", p.clone()).await;
+    }
+    receive_all(&c.handle(), reg, &mut rx, &sent).await;
+    assert!(stats_total(&b.handle(), "dtn_bundles_forwarded_total").await >= 12.0);
+    assert!(stats_total(&b.handle(), "dtn_cla_bundles_received_total").await >= 12.0);
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_pair() {
+    let mut bc = config(2);
+    bc.udp_listen = Some(any());
+    bc.tcpcl_listen = None;
+    let b = Node::start(bc).await.unwrap();
+    let mut ac = config(1);
+    ac.udp_listen = Some(any());
+    ac.tcpcl_listen = None;
+    ac.neighbours
+        .push(neighbour("b", 2, Link::Udp(b.addresses().udp.unwrap())));
+    let a = Node::start(ac).await.unwrap();
+    assert!(a.addresses().tcpcl.is_none());
+    let (reg, mut rx) = register(&b.handle(), "ipn:2.9").await;
+    let sent: Vec<Bytes> = (0..10).map(|i| payload(i, 10 + i * 500)).collect();
+    for p in &sent {
+        send(&a.handle(), "ipn:2.9", p.clone()).await;
+    }
+    receive_all(&b.handle(), reg, &mut rx, &sent).await;
+    assert!(stats_total(&a.handle(), "dtn_cla_bundles_sent_total").await >= 10.0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ltp_line_of_three() {
+    let (pa, pb, pc) = (free_udp(), free_udp(), free_udp());
+    let ltp = |engine, listen| {
+        Some(LtpSection {
+            engine_id: engine,
+            listen,
+        })
+    };
+    let mut cc = config(3);
+    cc.ltp = ltp(3, pc);
+    cc.neighbours.push(neighbour("b", 2, ltp_link(2, pb)));
+    let mut bc = config(2);
+    bc.ltp = ltp(2, pb);
+    bc.neighbours.push(neighbour("a", 1, ltp_link(1, pa)));
+    bc.neighbours.push(neighbour("c", 3, ltp_link(3, pc)));
+    let mut ac = config(1);
+    ac.ltp = ltp(1, pa);
+    ac.neighbours.push(neighbour("b", 2, ltp_link(2, pb)));
+    ac.routes.push(node::config::RouteConfig {
+        dest: "ipn:3.*".into(),
+        via: "b".into(),
+    });
+    let c = Node::start(cc).await.unwrap();
+    let b = Node::start(bc).await.unwrap();
+    let a = Node::start(ac).await.unwrap();
+    assert_eq!(a.addresses().ltp, Some(pa));
+
+    let (reg, mut rx) = register(&c.handle(), "ipn:3.1").await;
+    let sent = mixed(8);
+    for p in &sent {
+        send(&a.handle(), "ipn:3.1", p.clone()).await;
+    }
+    receive_all(&c.handle(), reg, &mut rx, &sent).await;
+    // The relay reports its LTP engine.
+    let s = b
+        .handle()
+        .request(|reply| AgentCommand::Stats { reply })
+        .await
+        .unwrap();
+    assert!(s.total("dtn_ltp_sessions_open").is_some());
+    assert!(s.total("dtn_ltp_retransmissions_total").is_some());
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_wait_while_the_neighbour_is_down() {
+    let b_addr = free_tcp();
+    let mut ac = config(1);
+    ac.neighbours.push(neighbour("b", 2, Link::Tcpcl(b_addr)));
+    let a = Node::start(ac).await.unwrap();
+    let sent: Vec<Bytes> = (0..3).map(|i| payload(i, 100)).collect();
+    for p in &sent {
+        send(&a.handle(), "ipn:2.4", p.clone()).await;
+    }
+    // The neighbour is down: the bundles wait in A's store.
+    assert_eq!(stats_total(&a.handle(), "dtn_store_bundles").await, 3.0);
+    let mut bc = config(2);
+    bc.tcpcl_listen = Some(b_addr);
+    let b = Node::start(bc).await.unwrap();
+    let (reg, mut rx) = register(&b.handle(), "ipn:2.4").await;
+    receive_all(&b.handle(), reg, &mut rx, &sent).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_store_refuses_tcpcl_transfers() {
+    let mut bc = config(2);
+    bc.store.quota_bundles = 1;
+    let b = Node::start(bc).await.unwrap();
+    let mut ac = config(1);
+    ac.neighbours
+        .push(neighbour("b", 2, Link::Tcpcl(b.addresses().tcpcl.unwrap())));
+    ac.routes.push(node::config::RouteConfig {
+        dest: "*".into(),
+        via: "b".into(),
+    });
+    let a = Node::start(ac).await.unwrap();
+    // Nobody is registered at B: the first bundle fills its store, the next are refused.
+    for i in 0..3 {
+        send(&a.handle(), "ipn:2.1", payload(i, 100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let refused = b
+            .handle()
+            .request(|reply| AgentCommand::Stats { reply })
+            .await
+            .unwrap();
+        let failures = a
+            .handle()
+            .request(|reply| AgentCommand::Stats { reply })
+            .await
+            .unwrap();
+        let cla_refused: f64 = failures
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.name == "dtn_cla_failures_total"
+                    && m.labels.contains(&("reason".into(), "refused".into()))
+            })
+            .map(|m| m.value)
+            .sum();
+        if refused.total("dtn_bundles_refused_total").unwrap_or(0.0) >= 2.0 && cla_refused >= 2.0 {
+            assert_eq!(refused.total("dtn_store_bundles"), Some(1.0));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal seen: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The refused bundles stay in A's store for a later attempt.
+    assert_eq!(stats_total(&a.handle(), "dtn_store_bundles").await, 2.0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("dtnd-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_pending_bundles() {
+    let dir = temp_dir("restart");
+    let mut cfg = config(1);
+    cfg.store.durability = DurabilityMode::Group;
+    cfg.store.path = dir.join("store");
+    cfg.tcpcl_listen = None;
+    let a = Node::start(cfg.clone()).await.unwrap();
+    for i in 0..5 {
+        send(&a.handle(), "ipn:1.20", payload(i, 300)).await;
+    }
+    a.shutdown().await.unwrap();
+    // Restarted, the node still holds the five bundles and delivers them once registered.
+    let a = Node::start(cfg).await.unwrap();
+    assert_eq!(stats_total(&a.handle(), "dtn_store_bundles").await, 5.0);
+    let (reg, mut rx) = register(&a.handle(), "ipn:1.20").await;
+    let sent: Vec<Bytes> = (0..5).map(|i| payload(i, 300)).collect();
+    receive_all(&a.handle(), reg, &mut rx, &sent).await;
+    a.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_node_stats() {
+    let mut cfg = config(1);
+    cfg.metrics = Some(any());
+    let a = Node::start(cfg).await.unwrap();
+    send(&a.handle(), "ipn:1.3", Bytes::from_static(b"hello")).await;
+    let addr = a.addresses().metrics.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("# TYPE dtn_store_bundles gauge"), "{out}");
+    assert!(out.contains("dtn_store_bundles 1\n"), "{out}");
+    assert!(
+        out.contains("dtn_cla_bundles_received_total{cla=\"tcpcl\"} 0"),
+        "{out}"
+    );
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_and_registration_errors() {
+    let a = Node::start(config(1)).await.unwrap();
+    let h = a.handle();
+    let (reg, _rx) = register(&h, "ipn:1.5").await;
+    let info = h
+        .request(|reply| AgentCommand::Info { reply })
+        .await
+        .unwrap();
+    assert_eq!(info.node_id, "ipn:1.0");
+    assert_eq!(info.registrations, vec!["ipn:1.5".to_string()]);
+    let r = h
+        .request(|reply| AgentCommand::Unregister {
+            registration: reg + 100,
+            reply,
+        })
+        .await
+        .unwrap();
+    assert!(r.is_err());
+    h.request(|reply| AgentCommand::Unregister {
+        registration: reg,
+        reply,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let bad = h
+        .request(|reply| AgentCommand::Send {
+            request: request("not an eid", Bytes::from_static(b"x")),
+            reply,
+        })
+        .await
+        .unwrap();
+    assert!(bad.is_err());
+    a.shutdown().await.unwrap();
+    // After shutdown the handle reports it.
+    assert!(h
+        .request(|reply| AgentCommand::Info { reply })
+        .await
+        .is_err());
+}
