@@ -704,3 +704,65 @@ fn primary_without_crc_only_from_a_lenient_neighbour() {
         Reception::Accepted(_)
     ));
 }
+
+#[test]
+fn cgr_route_waits_for_the_contact_then_forwards() {
+    use node::routing::{ContactPlan, PlanOptions, Router};
+    let plan = ContactPlan::parse_ion(
+        "a contact +10 +3600 1 2 1000000\na contact +10 +3600 2 1 1000000\na range +0 +3600 1 2 1\n",
+        "plan.rc",
+        &PlanOptions::new(T0),
+    )
+    .unwrap();
+    let mut a = config(1, &[("b", 2)]);
+    a.router = Some(Router::new(1, plan));
+    let b = config(2, &[("a", 1)]);
+    let mut net = Net::new(vec![
+        (a, memory_store(1000, 1 << 30)),
+        (b, memory_store(1000, 1 << 30)),
+    ]);
+    net.link(0, 0, 1, 0);
+    net.engines[1].register(1, "ipn:2.1", net.now).unwrap();
+    net.engines[0]
+        .send(request("ipn:2.1", b"cgr"), None, net.now)
+        .unwrap();
+    net.run();
+    assert!(net.sent.is_empty(), "the contact starts in 10 s");
+    assert_eq!(net.metric(0, "dtn_bundles_waiting"), 1.0);
+    assert_eq!(net.engines[0].poll_timeout(), Some(T0 + 10_000));
+    net.advance_to(T0 + 10_000);
+    assert_eq!(net.delivered_to(1).len(), 1);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Arbitrary bytes from a neighbour never panic the engine and never touch the store.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut e = node::processing::BundleEngine::new(config(2, &[("a", 1)]), memory_store(100, 1 << 20), T0).unwrap();
+            let r = e.receive(Some(NeighbourId(0)), None, Bytes::from(bytes), T0);
+            prop_assert!(matches!(r, Reception::Discarded(_)));
+        }
+
+        /// A valid bundle with bytes flipped is either discarded or processed, never a panic.
+        #[test]
+        fn mutated_bundles_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), dest in 1u64..4) {
+            let mut e = node::processing::BundleEngine::new(config(2, &[("a", 1), ("c", 3)]), memory_store(100, 1 << 20), T0).unwrap();
+            e.register(1, "ipn:2.1", T0).unwrap();
+            let mut raw = raw_bundle(10, 0, &format!("ipn:{dest}.1")).to_vec();
+            let i = pos.index(raw.len());
+            raw[i] = val;
+            let _ = e.receive(Some(NeighbourId(0)), None, Bytes::from(raw), T0);
+            for _ in 0..100 {
+                if e.poll_action().is_none() {
+                    break;
+                }
+            }
+            e.handle_timeout(T0 + 10_000_000);
+        }
+    }
+}

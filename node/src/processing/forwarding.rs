@@ -5,7 +5,8 @@
 //!
 //! Route selection, first eligible candidate wins:
 //! 1. Contact Graph Routing (if a router is configured; `ipn` destinations), with the contact
-//!    volume booked for the bundle (released if the transfer fails);
+//!    volume booked for the bundle (released if the transfer fails); when the best route's
+//!    first contact has not started yet, the bundle waits for it (routed again at the start);
 //! 2. a neighbour whose node ID is the destination's node (direct delivery, an implicit most
 //!    specific route);
 //! 3. the static routes in configuration order.
@@ -93,6 +94,11 @@ impl BundleEngine {
                 .as_mut()
                 .and_then(|r| r.route(*node, size, expiry, now, &exclude));
             if let Some(route) = route {
+                // The best route starts with a contact that has not begun: wait for it (the
+                // contact's start is a timer: waiting bundles are routed again then).
+                if route.first_contact.is_some_and(|k| k.start > now) {
+                    return Decision::Wait;
+                }
                 if let Some(&n) = self.by_node_number.get(&route.next_hop) {
                     match self.eligible(n, size, must_not_fragment) {
                         Ok(()) => {
