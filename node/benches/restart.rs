@@ -90,6 +90,96 @@ fn build(path: &std::path::Path, n: usize) {
     std::fs::write(path.join("COMPLETE"), n.to_string()).unwrap();
 }
 
+/// Bundles per second through one relay engine (receive → Transmit → Transferred), 1 KiB
+/// payloads, with the given store; and the bpv7 decode + forward + concat reference.
+fn relay(store: Store, label: &str, count: usize) {
+    let mut cfg = engine_config();
+    cfg.neighbours = vec![
+        Neighbour {
+            name: "a".into(),
+            node_id: Some("ipn:1.0".parse().unwrap()),
+            max_bundle_size: None,
+            reliable: true,
+            max_in_flight: 64,
+            accept_primary_without_crc: false,
+        },
+        Neighbour {
+            name: "c".into(),
+            node_id: Some("ipn:3.0".parse().unwrap()),
+            max_bundle_size: None,
+            reliable: true,
+            max_in_flight: 64,
+            accept_primary_without_crc: false,
+        },
+    ];
+    cfg.node_id = "ipn:2.0".parse().unwrap();
+    let mut engine = BundleEngine::new(cfg, store, T0).expect("engine");
+    let bundles: Vec<Bytes> = (0..count)
+        .map(|i| {
+            bpv7::BundleBuilder::new(
+                bpv7::Eid::ipn(1, 1),
+                bpv7::Eid::ipn(3, 1),
+                bpv7::CreationTimestamp::new(T0, i as u64),
+                3_600_000,
+            )
+            .hop_count(32, 1)
+            .payload(vec![0x33u8; 1024])
+            .build()
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let mut forwarded = 0usize;
+    for b in &bundles {
+        engine.receive(Some(NeighbourId(0)), None, b.clone(), T0 + 1);
+        while let Some(a) = engine.poll_action() {
+            if let node::processing::Action::Transmit { transfer, .. } = a {
+                engine.transfer_outcome(transfer, Ok(()), T0 + 1);
+                forwarded += 1;
+            }
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    assert_eq!(forwarded, count);
+    println!(
+        "  relay engine, {label:<28}: {:>9.0} bundles/s ({count} bundles of 1 KiB)",
+        count as f64 / el
+    );
+}
+
+fn relay_reference(count: usize) {
+    let b = bpv7::BundleBuilder::new(
+        bpv7::Eid::ipn(1, 1),
+        bpv7::Eid::ipn(3, 1),
+        bpv7::CreationTimestamp::new(T0, 0),
+        3_600_000,
+    )
+    .hop_count(32, 1)
+    .payload(vec![0x33u8; 1024])
+    .build()
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let params = bpv7::ForwardParams {
+        previous_node: Some(bpv7::Eid::ipn(2, 0)),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut total = 0usize;
+    for _ in 0..count {
+        let p = bpv7::ParsedBundle::decode(b.clone()).unwrap();
+        total += p.forward(&params).unwrap().concat().len();
+    }
+    let el = t.elapsed().as_secs_f64();
+    assert!(total > 0);
+    println!(
+        "  reference bpv7 decode+forward+concat   : {:>9.0} bundles/s",
+        count as f64 / el
+    );
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_BUNDLES")
         .ok()
@@ -100,6 +190,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let path = std::env::temp_dir().join(format!("dtn-restart-bench-{n}"));
+    let relay_n: usize = std::env::var("BENCH_RELAY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
     let complete = std::fs::read_to_string(path.join("COMPLETE")).ok();
     if complete.as_deref() != Some(n.to_string().as_str()) {
         build(&path, n);
@@ -167,4 +261,22 @@ fn main() {
         after.saturating_sub(opened) as f64 * 1024.0 / n as f64,
         after.saturating_sub(before) as f64 * 1024.0 / n as f64
     );
+    if relay_n > 0 {
+        println!("relay throughput (engine only, no convergence layer):");
+        relay_reference(relay_n);
+        let mem = Store::open(&StoreConfig {
+            path: path.join("unused"),
+            durability: Durability::Memory,
+            quota_bytes: 1 << 40,
+            quota_bundles: 10_000_000,
+        })
+        .unwrap();
+        relay(mem, "memory store", relay_n);
+        let dir = std::env::temp_dir().join(format!("dtn-relay-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let durable = Store::open(&store_config(&dir)).unwrap();
+        relay(durable.clone(), "sled, group commit 5 ms", relay_n);
+        drop(durable);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
