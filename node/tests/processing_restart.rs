@@ -181,3 +181,28 @@ fn durable_store_restart_resumes_pending_bundles() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn acknowledged_but_not_removed_is_not_delivered_again() {
+    // A crash between the delivered-id record and the removal leaves both in the store.
+    let store = memory_store(1000, 1 << 30);
+    let mut e = BundleEngine::new(config(3, &[("b", 2)]), store.clone(), T0).unwrap();
+    let bundle = bpv7::BundleBuilder::new(
+        bpv7::Eid::ipn(1, 1),
+        bpv7::Eid::ipn(3, 1),
+        bpv7::CreationTimestamp::new(T0, 42),
+        3_600_000,
+    )
+    .payload(&b"once"[..])
+    .build()
+    .unwrap();
+    e.receive(Some(NeighbourId(0)), None, bundle.to_bytes().unwrap(), T0);
+    drop(e);
+    let key = node::store::BundleKey::from_id(&bundle.id());
+    store.record_delivered(&key, T0 + 3_600_000).unwrap();
+    assert_eq!(store.usage().bundles, 1);
+    let mut e = BundleEngine::new(config(3, &[("b", 2)]), store.clone(), T0 + 5).unwrap();
+    e.register(1, "ipn:3.1", T0 + 5).unwrap();
+    assert!(deliveries(&drain(&mut e)).is_empty());
+    assert_eq!(store.usage().bundles, 0);
+}

@@ -88,7 +88,7 @@ impl BundleEngine {
     }
 
     /// Push pending bundles to `registration` up to the delivery window.
-    fn pump_registration(&mut self, registration: RegistrationId, now: DtnMillis) {
+    pub(super) fn pump_registration(&mut self, registration: RegistrationId, now: DtnMillis) {
         loop {
             let Some(reg) = self.registrations.get(&registration) else {
                 return;

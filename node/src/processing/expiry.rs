@@ -87,6 +87,11 @@ impl BundleEngine {
                 }
             }
         }
+        // Deliveries that expired freed window space.
+        let regs: Vec<_> = self.registrations.keys().copied().collect();
+        for r in regs {
+            self.pump_registration(r, now);
+        }
         self.next_expiry = if full {
             Some(now)
         } else {
@@ -119,6 +124,14 @@ impl BundleEngine {
                 }
             };
             let kind = meta.kind;
+            // Acknowledged by the application but not yet removed when the node stopped:
+            // the delivered-id record wins (exactly once).
+            if kind == Kind::Local && self.store.was_delivered(&rec.key).unwrap_or(false) {
+                if let Err(err) = self.store.remove(&rec.key) {
+                    tracing::warn!(%err, "store remove failed");
+                }
+                continue;
+            }
             let id = self.add_entry(rec.key.clone(), &meta, rec.size, rec.expiry_ms);
             match kind {
                 Kind::Forward => forward.push(id),

@@ -27,6 +27,10 @@ use super::{prio_index, Action, BundleEngine, Id, NeighbourId, State};
 use crate::api::{DtnMillis, Priority};
 use convergence::{FailureReason, TransferId};
 
+/// Most bytes forwarding adds to a stored bundle (a previous node block and wider hop count
+/// and bundle age values), for the size check of unfragmentable bundles.
+const FORWARD_GROWTH: u64 = 64;
+
 /// Why a neighbour cannot take a bundle now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ineligible {
@@ -52,7 +56,8 @@ impl BundleEngine {
         if !s.up {
             return Err(Ineligible::Down);
         }
-        if must_not_fragment && s.max_size().is_some_and(|m| size > m) {
+        // The stored size plus what forwarding adds (previous node block, wider counters).
+        if must_not_fragment && s.max_size().is_some_and(|m| size + FORWARD_GROWTH > m) {
             return Err(Ineligible::TooLarge);
         }
         Ok(())
@@ -279,8 +284,11 @@ impl BundleEngine {
                 match fragment_bytes(&pieces[0], max) {
                     Ok(f) => pieces = f,
                     Err(bpv7::Error::MustNotFragment) => {
-                        self.set_state(id, State::New);
-                        self.route(id, now);
+                        // Grew past the link's limit in forwarding: try again later (routing
+                        // now would choose the same link).
+                        let t = now.saturating_add(self.retry_delay_ms);
+                        self.retries.insert((t, id));
+                        self.set_state(id, State::Retry(t));
                         return;
                     }
                     Err(err) => {
