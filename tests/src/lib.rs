@@ -1057,6 +1057,7 @@ pub fn bpsend_all(
     sizes: &[usize],
     workers: usize,
     timeout: Duration,
+    progress: Option<&std::sync::atomic::AtomicUsize>,
 ) -> usize {
     let deadline = Instant::now() + timeout;
     let retries = std::sync::atomic::AtomicUsize::new(0);
@@ -1068,7 +1069,12 @@ pub fn bpsend_all(
                     let data = payload(i as u32, len);
                     loop {
                         match bpsend(agent, dest, &data) {
-                            Ok(_) => break,
+                            Ok(_) => {
+                                if let Some(p) = progress {
+                                    p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                break;
+                            }
                             Err(e) => {
                                 assert!(
                                     Instant::now() < deadline,
@@ -1228,6 +1234,71 @@ pub fn check_exactly_once(received: &[Received], sizes: &[usize]) -> Result<(), 
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// Counters of refused or discarded input: `dtn_cla_bad_input_total`,
+/// `dtn_bundles_discarded_total` and `dtn_bundles_refused_total`, summed over labels.
+pub fn bad_input_count(m: &Metrics) -> f64 {
+    m.sum("dtn_cla_bad_input_total")
+        + m.sum("dtn_bundles_discarded_total")
+        + m.sum("dtn_bundles_refused_total")
+}
+
+/// Asserts that nothing more is delivered to `eid` at `agent` within `quiet` (run after every
+/// expected bundle arrived: a duplicate would show up here).
+pub fn assert_nothing_more(agent: &str, eid: &str, quiet: Duration) {
+    let out = bprecv_json(agent, eid, 1, quiet).wait(quiet + Duration::from_secs(30));
+    let extra = parse_bprecv_json(&out.stdout).unwrap_or_default();
+    assert!(
+        extra.is_empty() && !out.success(),
+        "a further bundle was delivered to {eid} after all expected ones (duplicate): {:?}",
+        extra
+            .iter()
+            .map(|r| check_payload(&r.payload))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The issue-5 end-to-end scenario: a line A–B–C over `cl`, `n` bundles of mixed sizes
+/// (`large` of them 1–10 MiB) sent with `bpsend` at A to `ipn:3.5`, received with `bprecv`
+/// at C; every bundle must arrive byte-identical exactly once.
+pub fn line_transfer(test: &str, cl: LineCl, n: usize, large: usize) {
+    let dir = TempDir::new(test);
+    let nodes = start_line(dir.path(), cl, "group");
+    let mut rng = SplitMix(seed(test));
+    let sizes = mixed_sizes(&mut rng, n, large);
+    let total: usize = sizes.iter().sum();
+    let started = Instant::now();
+    let recv = bprecv_json(&nodes[2].agent(), "ipn:3.5", n, Duration::from_secs(300));
+    let retries = bpsend_all(
+        &nodes[0].agent(),
+        "ipn:3.5",
+        &sizes,
+        4,
+        Duration::from_secs(240),
+        None,
+    );
+    let sent_in = started.elapsed();
+    let out = recv.wait(Duration::from_secs(320));
+    let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{test}: {n} bundles, {total} bytes: sent in {sent_in:?} ({retries} bpsend retries), \
+         {} received in {:?}",
+        received.len(),
+        started.elapsed()
+    );
+    if let Err(e) = check_exactly_once(&received, &sizes) {
+        panic!(
+            "{test}: {e}\nbprecv: {:?} {}\n--- a ---\n{}\n--- b ---\n{}\n--- c ---\n{}",
+            out.status,
+            out.stderr,
+            nodes[0].log_tail(),
+            nodes[1].log_tail(),
+            nodes[2].log_tail()
+        );
+    }
+    assert!(out.success(), "bprecv failed: {}", out.stderr);
+    assert_nothing_more(&nodes[2].agent(), "ipn:3.5", Duration::from_secs(2));
 }
 
 #[cfg(test)]
