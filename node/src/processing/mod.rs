@@ -808,3 +808,149 @@ fn prio_index(p: Priority) -> usize {
         Priority::Expedited => 2,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, StoreConfig};
+
+    fn engine(node: &str) -> BundleEngine {
+        let store = Store::open(&StoreConfig {
+            path: std::env::temp_dir().join("unused"),
+            durability: Durability::Memory,
+            quota_bytes: 1 << 20,
+            quota_bundles: 100,
+        })
+        .unwrap();
+        let cfg = EngineConfig {
+            node_id: node.parse().unwrap(),
+            neighbours: Vec::new(),
+            routes: Vec::new(),
+            router: None,
+            status_reports: StatusReportPolicy {
+                enabled: true,
+                max_per_second: 10,
+            },
+            max_bundle_size: 1 << 20,
+            max_reassembly_bytes: 1 << 20,
+            echo_service: Some(7),
+            default_hop_limit: 16,
+            retry_delay_ms: 1000,
+            delivery_window: 4,
+        };
+        BundleEngine::new(cfg, store, 1_000).unwrap()
+    }
+
+    #[test]
+    fn route_patterns() {
+        assert!(Pattern::parse("*").matches("dtn://x/y"));
+        let p = Pattern::parse("ipn:3.*");
+        assert!(p.matches("ipn:3.7") && p.matches("ipn:3.0"));
+        assert!(!p.matches("ipn:30.1") && !p.matches("ipn:4.3"));
+        let d = Pattern::parse("dtn://n3/*");
+        assert!(d.matches("dtn://n3/app") && !d.matches("dtn://n33/app"));
+        let e = Pattern::parse("ipn:3.7");
+        assert!(e.matches("ipn:3.7") && !e.matches("ipn:3.70"));
+    }
+
+    #[test]
+    fn local_admin_and_echo_endpoints() {
+        let e = engine("ipn:5.0");
+        let p = |s: &str| s.parse::<bpv7::Eid>().unwrap();
+        assert!(e.is_local(&p("ipn:5.0")) && e.is_local(&p("ipn:5.99")));
+        assert!(!e.is_local(&p("ipn:6.1")) && !e.is_local(&p("dtn:none")));
+        assert!(e.is_admin_endpoint(&p("ipn:5.0")) && !e.is_admin_endpoint(&p("ipn:5.1")));
+        assert!(e.is_echo(&p("ipn:5.7")) && !e.is_echo(&p("ipn:6.7")));
+        let d = engine("dtn://node1/");
+        assert!(d.is_local(&p("dtn://node1/app/x")) && !d.is_local(&p("dtn://node2/app")));
+        assert!(d.is_echo(&p("dtn://node1/echo")) && !d.is_echo(&p("dtn://node1/echo2")));
+        assert!(d.is_admin_endpoint(&p("dtn://node1/")));
+    }
+
+    #[test]
+    fn creation_timestamps_never_repeat() {
+        let mut e = engine("ipn:5.0");
+        let a = e.next_timestamp(2_000);
+        let b = e.next_timestamp(2_000);
+        let c = e.next_timestamp(1_500); // clock stepped back
+        let d = e.next_timestamp(2_001);
+        assert_eq!((a.time.0, a.sequence), (2_000, 0));
+        assert_eq!((b.time.0, b.sequence), (2_000, 1));
+        assert_eq!((c.time.0, c.sequence), (2_000, 2));
+        assert_eq!((d.time.0, d.sequence), (2_001, 0));
+    }
+
+    #[test]
+    fn registration_rules() {
+        let mut e = engine("ipn:5.0");
+        assert!(matches!(
+            e.register(1, "ipn:6.1", 1_000),
+            Err(AgentError::Invalid(_))
+        ));
+        assert!(matches!(
+            e.register(1, "bad eid", 1_000),
+            Err(AgentError::Invalid(_))
+        ));
+        e.register(1, "ipn:5.1", 1_000).unwrap();
+        e.register(1, "ipn:5.1", 1_000).unwrap(); // idempotent
+        assert!(matches!(
+            e.register(2, "ipn:5.1", 1_000),
+            Err(AgentError::AlreadyRegistered(_))
+        ));
+        assert!(matches!(
+            e.register(3, "ipn:5.7", 1_000),
+            Err(AgentError::AlreadyRegistered(_))
+        ));
+        e.unregister(1, 1_000);
+        e.register(2, "ipn:5.1", 1_000).unwrap();
+    }
+
+    #[test]
+    fn send_validates_the_request() {
+        let mut e = engine("ipn:5.0");
+        let req = |dest: &str| SendRequest {
+            source: None,
+            destination: dest.into(),
+            payload: Bytes::from_static(b"x"),
+            lifetime_ms: 1000,
+            priority: Priority::Normal,
+            report_to: None,
+            requests: Default::default(),
+            no_fragment: false,
+        };
+        assert!(matches!(
+            e.send(req("nope"), None, 2_000),
+            Err(AgentError::Invalid(_))
+        ));
+        assert!(matches!(
+            e.send(req("dtn:none"), None, 2_000),
+            Err(AgentError::Invalid(_))
+        ));
+        let mut r = req("ipn:6.1");
+        r.source = Some("ipn:9.1".into());
+        assert!(matches!(
+            e.send(r, None, 2_000),
+            Err(AgentError::Invalid(_))
+        ));
+        let mut r = req("ipn:6.1");
+        r.lifetime_ms = 0;
+        assert!(matches!(
+            e.send(r, None, 2_000),
+            Err(AgentError::Invalid(_))
+        ));
+        let mut r = req("ipn:6.1");
+        r.payload = Bytes::from(vec![0u8; (1 << 20) + 1]);
+        assert!(matches!(
+            e.send(r, None, 2_000),
+            Err(AgentError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            e.send(req("ipn:6.1"), Some(77), 2_000),
+            Err(AgentError::UnknownRegistration(77))
+        ));
+        let (acc, _) = e.send(req("ipn:6.1"), None, 2_000).unwrap();
+        assert_eq!(acc.id.source, "ipn:5.0");
+        assert_eq!(e.bundle_count(), 1);
+        assert!(e.describe(&acc.id).contains("ipn:6.1"));
+    }
+}
