@@ -76,8 +76,13 @@ fn ensure_built() -> &'static Result<PathBuf, String> {
     })
 }
 
-/// Path of the workspace binary `name` (built on first use if missing).
+/// Path of the workspace binary `name` (the workspace binaries are built once, on first use,
+/// if one is missing).
 pub fn bin(name: &str) -> PathBuf {
+    let p = profile_dir().join(name);
+    if p.exists() {
+        return p;
+    }
     match ensure_built() {
         Ok(dir) => {
             let p = dir.join(name);
