@@ -156,7 +156,9 @@ fn durable_store_restart_resumes_pending_bundles() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = StoreConfig {
         path: dir.clone(),
-        durability: Durability::Sync,
+        durability: Durability::GroupCommit {
+            max_delay: std::time::Duration::from_millis(5),
+        },
         quota_bytes: 1 << 30,
         quota_bundles: 1000,
     };

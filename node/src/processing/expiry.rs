@@ -23,6 +23,7 @@ impl BundleEngine {
             self.set_state(id, State::New);
             self.route(id, now);
         }
+        self.end_pauses(now);
         // A contact started or ended: route the waiting bundles again.
         if self.next_contact_change.is_some_and(|t| t <= now) {
             self.next_contact_change = self

@@ -12,7 +12,9 @@
 //! 3. the static routes in configuration order.
 //!
 //! The neighbour the bundle came from is never chosen unless it is the destination node. A
-//! candidate is eligible when its link is up and it can carry the bundle: a bundle larger
+//! candidate is eligible when its link is up, it is not paused after a failed transfer (a
+//! failure pauses the neighbour for `retry_delay_ms`: its queue goes back to routing and
+//! waiting bundles are routed again when the pause ends), and it can carry the bundle: a bundle larger
 //! than the link's maximum bundle size is fragmented (§5.8) unless it must not be; such a
 //! bundle cannot use that link. When no candidate is eligible the bundle waits, except when
 //! the only obstacle is size: then no route from here can carry it and it is deleted with
@@ -51,9 +53,10 @@ impl BundleEngine {
         n: NeighbourId,
         size: u64,
         must_not_fragment: bool,
+        now: DtnMillis,
     ) -> Result<(), Ineligible> {
         let s = &self.neighbours[n.0];
-        if !s.up {
+        if !s.usable(now) {
             return Err(Ineligible::Down);
         }
         // The stored size plus what forwarding adds (previous node block, wider counters).
@@ -105,7 +108,7 @@ impl BundleEngine {
                     return Decision::Wait;
                 }
                 if let Some(&n) = self.by_node_number.get(&route.next_hop) {
-                    match self.eligible(n, size, must_not_fragment) {
+                    match self.eligible(n, size, must_not_fragment, now) {
                         Ok(()) => {
                             if let Some(r) = self.router.as_mut() {
                                 match r.book(&route, size) {
@@ -133,14 +136,14 @@ impl BundleEngine {
             if !self.allowed(n, prev, &dest_node) {
                 continue;
             }
-            match self.eligible(n, size, must_not_fragment) {
+            match self.eligible(n, size, must_not_fragment, now) {
                 Ok(()) => return Decision::Queue(n, None),
                 Err(Ineligible::TooLarge) => too_large = true,
                 Err(Ineligible::Down) => {}
             }
         }
         // Only links too small for an unfragmentable bundle, none down: nowhere to go.
-        if too_large && self.neighbours.iter().all(|n| n.up) {
+        if too_large && self.neighbours.iter().all(|n| n.usable(now)) {
             Decision::Unroutable
         } else {
             Decision::Wait
@@ -209,6 +212,20 @@ impl BundleEngine {
         }
     }
 
+    /// Neighbours whose failure pause ended at `now`: route the waiting bundles again.
+    pub(super) fn end_pauses(&mut self, now: DtnMillis) {
+        let mut any = false;
+        for s in &mut self.neighbours {
+            if s.paused_until.is_some_and(|t| t <= now) {
+                s.paused_until = None;
+                any = true;
+            }
+        }
+        if any {
+            self.reroute_waiting(now);
+        }
+    }
+
     /// A link went up (route waiting bundles) or down (its queue goes back to routing;
     /// transfers in flight are reported by the adapter).
     pub(super) fn set_link(&mut self, n: NeighbourId, up: bool, now: DtnMillis) {
@@ -222,6 +239,9 @@ impl BundleEngine {
             return;
         }
         s.up = up;
+        if up {
+            s.paused_until = None;
+        }
         tracing::debug!(neighbour = %s.cfg.name, up, "link state");
         if up {
             self.reroute_waiting(now);
@@ -235,7 +255,7 @@ impl BundleEngine {
     pub(super) fn pump(&mut self, n: NeighbourId, now: DtnMillis) {
         loop {
             let s = &mut self.neighbours[n.0];
-            if !s.up || s.in_flight >= s.cfg.max_in_flight.max(1) {
+            if !s.usable(now) || s.in_flight >= s.cfg.max_in_flight.max(1) {
                 return;
             }
             let Some(id) = s.queues.iter_mut().rev().find_map(|q| q.pop_first()) else {
@@ -338,6 +358,7 @@ impl BundleEngine {
         };
         let s = &mut self.neighbours[n.0];
         s.in_flight = s.in_flight.saturating_sub(1);
+        let was_usable = s.usable(now);
         let mut failed_now = false;
         let mut too_large_now = false;
         match &outcome {
@@ -354,8 +375,17 @@ impl BundleEngine {
                     s.learnt_max = Some(s.learnt_max.map_or(limit, |m| m.min(limit)));
                     too_large_now = true;
                 }
+                if !too_large_now {
+                    // Pause the neighbour for the retry delay: one failure costs one probe
+                    // per delay, not a retry of every queued bundle.
+                    s.paused_until = Some(now.saturating_add(self.retry_delay_ms));
+                }
                 tracing::debug!(neighbour = %s.cfg.name, reason = ?r, "transfer failed");
             }
+        }
+        if was_usable && !self.neighbours[n.0].usable(now) {
+            // Its queue goes back to routing (other routes, or waiting for the pause to end).
+            self.requeue_neighbour(n, now);
         }
         if let Some(e) = self.entries.get_mut(&id) {
             if let State::InFlight {
@@ -384,13 +414,10 @@ impl BundleEngine {
                             r.release(b);
                         }
                     }
-                    if too_large {
-                        self.route(id, now);
-                    } else {
-                        let t = now.saturating_add(self.retry_delay_ms);
-                        self.retries.insert((t, id));
-                        self.set_state(id, State::Retry(t));
-                    }
+                    // Routed again: with the learnt size limit after TooLarge, or, after
+                    // another failure, around the neighbour paused below (another route, or
+                    // waiting until the pause ends).
+                    self.route(id, now);
                 }
             }
         }

@@ -226,6 +226,8 @@ struct NeighbourState {
     up: bool,
     /// Limit learnt from a `TooLarge` outcome.
     learnt_max: Option<u64>,
+    /// Not used until then after a failed transfer.
+    paused_until: Option<DtnMillis>,
     /// Queues by priority (index: Bulk, Normal, Expedited), in arrival order.
     queues: [BTreeSet<Id>; 3],
     in_flight: usize,
@@ -240,6 +242,9 @@ impl NeighbourState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+    fn usable(&self, now: DtnMillis) -> bool {
+        self.up && self.paused_until.is_none_or(|t| t <= now)
     }
     fn queued(&self) -> usize {
         self.queues.iter().map(|q| q.len()).sum()
@@ -379,6 +384,7 @@ impl BundleEngine {
                     cfg,
                     up: true,
                     learnt_max: None,
+                    paused_until: None,
                     queues: Default::default(),
                     in_flight: 0,
                     bundles_out: 0,
@@ -526,6 +532,7 @@ impl BundleEngine {
             self.retries.first().map(|(t, _)| *t),
             self.next_contact_change,
             self.reassembly_retry.values().min().copied(),
+            self.neighbours.iter().filter_map(|n| n.paused_until).min(),
             Some(self.next_prune),
         ]
         .into_iter()
