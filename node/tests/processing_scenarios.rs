@@ -766,3 +766,34 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_dead_neighbour_is_probed_once_per_retry_delay_not_per_bundle() {
+    let mut net = line();
+    net.engines[2].register(1, "ipn:3.5", net.now).unwrap();
+    net.cut.insert((0, 0), true);
+    for i in 0..40u8 {
+        net.engines[0]
+            .send(request("ipn:3.5", &[i]), None, net.now)
+            .unwrap();
+    }
+    net.run();
+    // At most one window (max_in_flight 8) was tried; the rest wait for the pause to end.
+    assert_eq!(net.sent.len(), 8);
+    assert_eq!(net.metric(0, "dtn_bundles_waiting"), 40.0);
+    net.advance_to(T0 + 1000);
+    assert_eq!(net.sent.len(), 16);
+    net.cut.clear();
+    net.advance_to(T0 + 2000);
+    // All at C: the delivery window (16) is pushed, the rest wait for acknowledgements.
+    assert_eq!(net.stores[2].usage().bundles, 40);
+    assert_eq!(net.delivered_to(2).len(), 16);
+    assert_eq!(net.stores[0].usage().bundles, 0);
+    for _ in 0..3 {
+        let before = net.deliveries.len();
+        net.ack_all();
+        net.deliveries.drain(..before);
+    }
+    assert_eq!(net.stores[2].usage().bundles, 0);
+    assert_eq!(net.metric(2, "dtn_bundles_delivered_total"), 40.0);
+}
