@@ -73,7 +73,12 @@ impl BundleEngine {
         raw: Bytes,
         now: DtnMillis,
     ) -> Reception {
-        let from = from.filter(|n| n.0 < self.neighbours.len());
+        // The adapter's neighbour, else the one whose node ID the convergence layer learnt.
+        let from = from.filter(|n| n.0 < self.neighbours.len()).or_else(|| {
+            peer_node_id
+                .and_then(|s| s.parse::<bpv7::Eid>().ok())
+                .and_then(|e| self.neighbour_of(&e))
+        });
         if raw.len() as u64 > self.max_bundle_size {
             self.count_discard("too_large");
             return Reception::Discarded(format!(
