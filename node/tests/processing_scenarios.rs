@@ -797,3 +797,29 @@ fn a_dead_neighbour_is_probed_once_per_retry_delay_not_per_bundle() {
     assert_eq!(net.stores[2].usage().bundles, 0);
     assert_eq!(net.metric(2, "dtn_bundles_delivered_total"), 40.0);
 }
+
+#[test]
+fn reports_to_the_admin_endpoint_are_consumed_and_counted() {
+    let mut net = line();
+    net.engines[2].register(1, "ipn:3.5", net.now).unwrap();
+    // Source (and report-to) is A's node ID, i.e. its administrative endpoint; no one is
+    // registered there.
+    let mut r = request("ipn:3.5", b"report me");
+    r.requests = StatusRequests {
+        received: true,
+        forwarded: true,
+        delivered: true,
+        deleted: false,
+    };
+    net.engines[0].send(r, None, net.now).unwrap();
+    net.run();
+    net.ack_all();
+    // forwarded at A (the source reports its own forwarding too, §5.4 step 5), received +
+    // forwarded at B, received + delivered at C.
+    assert_eq!(net.metric(0, "dtn_admin_records_received_total"), 5.0);
+    assert_eq!(net.metric(0, "dtn_status_reports_sent_total"), 1.0);
+    assert_eq!(net.stores[0].usage().bundles, 0, "consumed, not stored");
+    assert!(net.delivered_to(0).is_empty());
+    assert_eq!(net.metric(1, "dtn_status_reports_sent_total"), 2.0);
+    assert_eq!(net.metric(2, "dtn_status_reports_sent_total"), 2.0);
+}
