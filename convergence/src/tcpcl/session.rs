@@ -703,6 +703,7 @@ impl Session {
                 }
                 // §4.7/§5.2.5.1: a transfer longer than our transfer MRU is refused up front.
                 Ok(Some(total)) if total > self.config.transfer_mru => {
+                    self.bad_input(format!("transfer length {total} over our transfer MRU"));
                     self.refuse(seg.transfer_id, RefuseReason::NoResources);
                     return;
                 }
@@ -738,6 +739,7 @@ impl Session {
         // the peer's transfer MRU and sends larger transfers).
         if new_len > transfer_mru {
             let id = inc.transfer_id;
+            self.bad_input(format!("transfer {id} grows past our transfer MRU {transfer_mru}"));
             self.refuse(id, RefuseReason::NoResources);
             if seg.is_end() {
                 self.refused_incoming = None;
