@@ -739,7 +739,9 @@ impl Session {
         // the peer's transfer MRU and sends larger transfers).
         if new_len > transfer_mru {
             let id = inc.transfer_id;
-            self.bad_input(format!("transfer {id} grows past our transfer MRU {transfer_mru}"));
+            self.bad_input(format!(
+                "transfer {id} grows past our transfer MRU {transfer_mru}"
+            ));
             self.refuse(id, RefuseReason::NoResources);
             if seg.is_end() {
                 self.refused_incoming = None;
