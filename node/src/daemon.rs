@@ -104,6 +104,8 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const RECEIVED_QUEUE: usize = 1024;
 /// Capacity of the channel of transfer outcomes.
 pub const OUTCOME_QUEUE: usize = 4096;
+/// Transfers in flight per TCPCL session, and received bundles awaiting their custody verdict.
+pub const TCPCL_WINDOW: usize = 1024;
 /// Largest agent frame beyond the bundle size limit (headers of a send request).
 pub const AGENT_FRAME_OVERHEAD: usize = 64 * 1024;
 
@@ -465,6 +467,10 @@ impl Node {
             t.max_bundle_len = max_bundle;
             t.max_queue = t.max_queue.max(config.limits.max_in_flight);
             t.custody_acks = true;
+            // Custody acks wait for the store's group commit: keep enough transfers in flight
+            // per session (both directions) to fill a commit interval.
+            t.max_pending_custody = TCPCL_WINDOW;
+            t.max_unacked = TCPCL_WINDOW;
             let a = TcpclAdapter::start(t, channels.clone())
                 .await
                 .with_context(|| format!("starting TCPCL (listen {:?})", config.tcpcl_listen))?;
