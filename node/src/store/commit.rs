@@ -99,11 +99,12 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Start the thread; `flush` is called with no lock held.
+    /// Start the thread; `flush` is called with no lock held and returns the last ticket it
+    /// made durable (read when its flush began).
     pub(super) fn start(
         max_delay: Duration,
         tickets: Arc<Tickets>,
-        flush: impl Fn() -> Result<(), StoreError> + Send + 'static,
+        flush: impl Fn() -> Result<u64, StoreError> + Send + 'static,
     ) -> Result<GroupCommit, StoreError> {
         let shared = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
         let s = shared.clone();
@@ -128,7 +129,7 @@ fn run(
     max_delay: Duration,
     shared: &(Mutex<Signal>, Condvar),
     tickets: &Tickets,
-    flush: impl Fn() -> Result<(), StoreError>,
+    flush: impl Fn() -> Result<u64, StoreError>,
 ) {
     let (lock, cv) = shared;
     let mut flushed = 0u64;
@@ -139,22 +140,35 @@ fn run(
             while !g.stop && tickets.last() == flushed {
                 g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }
-            g.stop
-        };
-        if !stop {
-            // At most one flush per max_delay: the writes of the interval share it.
+            // At most one flush per max_delay: the writes of the interval share it. A stop
+            // request ends the wait (the final flush follows).
             if let Some(t) = last_start {
                 let next = t + max_delay;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
+                loop {
+                    let now = Instant::now();
+                    if g.stop || now >= next {
+                        break;
+                    }
+                    g = cv
+                        .wait_timeout(g, next - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
-        }
-        let seq = tickets.last();
+            g.stop
+        };
         last_start = Some(Instant::now());
-        tickets.flushed(seq, flush());
-        flushed = seq;
+        match flush() {
+            Ok(seq) => {
+                tickets.flushed(seq, Ok(()));
+                flushed = seq;
+            }
+            Err(e) => {
+                // Sticky: every waiter fails from now on; do not spin on the failure.
+                tickets.flushed(0, Err(e));
+                flushed = tickets.last();
+            }
+        }
         if stop {
             return;
         }

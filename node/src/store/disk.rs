@@ -16,10 +16,18 @@
 //!
 //! Sorted keys keep each key space contiguous on disk: a restart reads only the `M` pages,
 //! never bundle bytes. Usage counters are rebuilt from `M` at open (exact by construction).
-//! All writers hold one lock for the read-check-write of an insert and the usage counters.
+//!
+//! **Write-back buffer (group commit).** In `GroupCommit` mode writes go to an in-memory
+//! overlay (`mem`) that the commit thread applies to sled as ONE batch per flush, then fsyncs.
+//! A bundle inserted and removed within one commit window (a relay forwarding at once) never
+//! touches sled. Reads look at `mem`, then the batch being applied, then sled. The overlay is
+//! bounded ([`MAX_PENDING_OPS`], [`MAX_PENDING_BYTES`]); a writer that finds it full applies it
+//! itself (back-pressure). In `Sync` mode writes go straight to sled.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use sled::Batch;
@@ -38,6 +46,10 @@ const P_DELIVERED: u8 = b'D';
 const P_DELIVERED_IDX: u8 = b'd';
 /// Delivered records pruned per batch.
 const PRUNE_CHUNK: usize = 1024;
+/// Most buffered operations before a writer applies the buffer itself.
+pub const MAX_PENDING_OPS: usize = 256 * 1024;
+/// Most buffered value bytes before a writer applies the buffer itself.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
@@ -50,22 +62,68 @@ fn pk(prefix: u8, key: &BundleKey) -> Vec<u8> {
     v
 }
 
-#[derive(Default)]
-struct Counters {
-    bundles: u64,
-    bytes: u64,
+/// A buffered write.
+#[derive(Clone, Debug)]
+struct Pending {
+    /// `Some` = put, `None` = delete.
+    value: Option<Bytes>,
+    /// The key is absent below this layer: deleting it drops the entry.
+    fresh: bool,
 }
 
-/// The sled database and the writers' lock.
+type Overlay = BTreeMap<Vec<u8>, Pending>;
+
+#[derive(Default)]
+struct State {
+    bundles: u64,
+    bytes: u64,
+    /// Buffered writes (GroupCommit only).
+    mem: Overlay,
+    mem_bytes: usize,
+    /// The batch being applied to sled (still visible to reads until applied).
+    applying: Arc<Overlay>,
+    /// A batch failed to apply: the overlay is no longer trustworthy; writes are refused.
+    broken: bool,
+}
+
+impl State {
+    /// The buffered state of `k`: `Some(Some(v))` put, `Some(None)` deleted, `None` not
+    /// buffered (look in sled).
+    fn overlay_get(&self, k: &[u8]) -> Option<Option<Bytes>> {
+        self.mem
+            .get(k)
+            .or_else(|| self.applying.get(k))
+            .map(|p| p.value.clone())
+    }
+}
+
+/// One write operation's changes, applied atomically.
+#[derive(Default)]
+struct Changes(Vec<(Vec<u8>, Option<Bytes>, bool)>);
+
+impl Changes {
+    fn put(&mut self, k: Vec<u8>, v: impl Into<Bytes>, fresh: bool) {
+        self.0.push((k, Some(v.into()), fresh));
+    }
+    fn del(&mut self, k: Vec<u8>) {
+        self.0.push((k, None, false));
+    }
+}
+
+/// The sled database, the write-back buffer and the writers' lock.
 pub(super) struct DiskBackend {
     db: sled::Db,
     tree: sled::Tree,
-    writer: Mutex<Counters>,
+    buffered: bool,
+    state: Mutex<State>,
+    /// Serializes batch application (commit thread, `flush`, writers under back-pressure).
+    apply: Mutex<()>,
 }
 
 impl DiskBackend {
-    /// Open (or create) the database at `path` and rebuild the usage counters.
-    pub(super) fn open(path: &Path) -> Result<DiskBackend, StoreError> {
+    /// Open (or create) the database at `path` and rebuild the usage counters; `buffered`
+    /// selects the write-back buffer (group commit).
+    pub(super) fn open(path: &Path, buffered: bool) -> Result<DiskBackend, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -74,19 +132,19 @@ impl DiskBackend {
             .open()
             .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
         let tree = db.open_tree("store").map_err(db_err)?;
-        let mut c = Counters::default();
+        let mut st = State::default();
         let mut corrupt = 0u64;
         for r in tree.scan_prefix([P_META]) {
             let (k, v) = r.map_err(db_err)?;
             let key = BundleKey(k[1..].into());
-            c.bundles += 1;
+            st.bundles += 1;
             match meta_expiry_size(&key, &v) {
-                Ok((_, size)) => c.bytes += size,
+                Ok((_, size)) => st.bytes += size,
                 Err(_) => {
                     // Count the bytes actually held so `remove` keeps the counters exact.
                     corrupt += 1;
                     if let Some(b) = tree.get(pk(P_BUNDLE, &key)).map_err(db_err)? {
-                        c.bytes += b.len() as u64;
+                        st.bytes += b.len() as u64;
                     }
                 }
             }
@@ -97,31 +155,141 @@ impl DiskBackend {
                 "store: corrupt meta records (iter_meta reports them)"
             );
         }
-        tracing::debug!(bundles = c.bundles, bytes = c.bytes, path = %path.display(), "store opened");
+        tracing::debug!(bundles = st.bundles, bytes = st.bytes, path = %path.display(), "store opened");
         Ok(DiskBackend {
             db,
             tree,
-            writer: Mutex::new(c),
+            buffered,
+            state: Mutex::new(st),
+            apply: Mutex::new(()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Counters> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current value of `k` (buffer, then sled), with the state lock held.
+    fn lookup(&self, st: &State, k: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        match st.overlay_get(k) {
+            Some(v) => Ok(v),
+            None => Ok(self.tree.get(k).map_err(db_err)?.map(Bytes::from_owner)),
+        }
+    }
+
+    /// The current value of `k` for a reader (the lock is not held while sled is read: a
+    /// key not in the buffer at that moment has its newest state in sled).
+    fn read(&self, k: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        if let Some(v) = self.lock().overlay_get(k) {
+            return Ok(v);
+        }
+        Ok(self.tree.get(k).map_err(db_err)?.map(Bytes::from_owner))
+    }
+
+    /// Apply one operation's changes atomically: into the buffer, or as one sled batch.
+    /// Returns whether the buffer is over its bounds (the caller then applies it).
+    fn commit(&self, st: &mut State, ch: Changes) -> Result<bool, StoreError> {
+        if st.broken {
+            return Err(StoreError::Db(
+                "an earlier write to disk failed; the store refuses writes".into(),
+            ));
+        }
+        if !self.buffered {
+            let mut b = Batch::default();
+            for (k, v, _) in ch.0 {
+                match v {
+                    Some(v) => b.insert(k, v.as_ref()),
+                    None => b.remove(k),
+                }
+            }
+            self.tree.apply_batch(b).map_err(db_err)?;
+            return Ok(false);
+        }
+        for (k, value, fresh) in ch.0 {
+            let size = value.as_ref().map_or(0, |v| v.len()) + k.len();
+            match st.mem.get_mut(&k) {
+                Some(p) if value.is_none() && p.fresh => {
+                    // Created in this window and deleted again: nothing reaches sled.
+                    let old = p.value.as_ref().map_or(0, |v| v.len()) + k.len();
+                    st.mem_bytes = st.mem_bytes.saturating_sub(old);
+                    st.mem.remove(&k);
+                }
+                Some(p) => {
+                    let old = p.value.as_ref().map_or(0, |v| v.len());
+                    p.value = value;
+                    st.mem_bytes = st.mem_bytes.saturating_sub(old) + size - k.len();
+                }
+                None => {
+                    st.mem_bytes += size;
+                    st.mem.insert(k, Pending { value, fresh });
+                }
+            }
+        }
+        Ok(st.mem.len() > MAX_PENDING_OPS || st.mem_bytes > MAX_PENDING_BYTES)
+    }
+
+    /// Apply the write-back buffer to sled as one atomic batch. `seq` is called with the
+    /// state lock held at the moment the buffer is taken; its value is returned.
+    pub(super) fn apply_pending(&self, seq: impl FnOnce() -> u64) -> Result<u64, StoreError> {
+        let _a = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        let (batch, s) = {
+            let mut st = self.lock();
+            let s = seq();
+            if st.broken {
+                return Err(StoreError::Db("an earlier write to disk failed".into()));
+            }
+            if st.mem.is_empty() {
+                return Ok(s);
+            }
+            let m = std::mem::take(&mut st.mem);
+            st.mem_bytes = 0;
+            st.applying = Arc::new(m);
+            (st.applying.clone(), s)
+        };
+        let mut b = Batch::default();
+        for (k, p) in batch.iter() {
+            match &p.value {
+                Some(v) => b.insert(k.as_slice(), v.as_ref()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        match self.tree.apply_batch(b) {
+            Ok(()) => {
+                self.lock().applying = Arc::new(Overlay::new());
+                Ok(s)
+            }
+            Err(e) => {
+                // The batch stays visible to reads; nothing more is accepted.
+                self.lock().broken = true;
+                Err(db_err(e))
+            }
+        }
+    }
+
+    /// After a write: apply the buffer if it is over its bounds.
+    fn relieve(&self, over: bool) -> Result<(), StoreError> {
+        if over {
+            tracing::debug!("store: write-back buffer full, applying it inline");
+            self.apply_pending(|| 0)?;
+        }
+        Ok(())
     }
 
     /// Size and expiry of a stored bundle; a corrupt meta record falls back to the bytes'
     /// length (expiry unknown: `None`).
-    fn size_of(&self, key: &BundleKey) -> Result<Option<(Option<DtnMillis>, u64)>, StoreError> {
-        let Some(m) = self.tree.get(pk(P_META, key)).map_err(db_err)? else {
+    fn size_of(
+        &self,
+        st: &State,
+        key: &BundleKey,
+    ) -> Result<Option<(Option<DtnMillis>, u64)>, StoreError> {
+        let Some(m) = self.lookup(st, &pk(P_META, key))? else {
             return Ok(None);
         };
         match meta_expiry_size(key, &m) {
             Ok((e, s)) => Ok(Some((Some(e), s))),
             Err(_) => {
                 let len = self
-                    .tree
-                    .get(pk(P_BUNDLE, key))
-                    .map_err(db_err)?
+                    .lookup(st, &pk(P_BUNDLE, key))?
                     .map_or(0, |b| b.len() as u64);
                 Ok(Some((None, len)))
             }
@@ -137,35 +305,39 @@ impl DiskBackend {
         usage: &Usage,
     ) -> Result<bool, StoreError> {
         let meta_v = encode_meta(expiry_ms, bundle.len() as u64, meta)?;
-        let mut c = self.lock();
         let mk = pk(P_META, key);
-        if self.tree.contains_key(&mk).map_err(db_err)? {
-            return Ok(false);
-        }
-        check_quota(c.bundles, c.bytes, 1, bundle.len() as u64, usage)?;
-        let mut b = Batch::default();
-        b.insert(pk(P_BUNDLE, key), bundle);
-        b.insert(mk, meta_v);
-        b.insert(time_key(&[P_EXPIRY], expiry_ms, &key.0), &[]);
-        self.tree.apply_batch(b).map_err(db_err)?;
-        c.bundles += 1;
-        c.bytes += bundle.len() as u64;
+        let over = {
+            let mut st = self.lock();
+            if self.lookup(&st, &mk)?.is_some() {
+                return Ok(false);
+            }
+            check_quota(st.bundles, st.bytes, 1, bundle.len() as u64, usage)?;
+            // The meta record is absent, so (batches being atomic) are the bytes and the
+            // index entry: all three are fresh.
+            let mut ch = Changes::default();
+            ch.put(pk(P_BUNDLE, key), Bytes::copy_from_slice(bundle), true);
+            ch.put(mk, meta_v, true);
+            ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
+            let over = self.commit(&mut st, ch)?;
+            st.bundles += 1;
+            st.bytes += bundle.len() as u64;
+            over
+        };
+        self.relieve(over)?;
         Ok(true)
     }
 
     pub(super) fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<(), StoreError> {
-        let _c = self.lock();
-        let mk = pk(P_META, key);
-        let old = self
-            .tree
-            .get(&mk)
-            .map_err(db_err)?
-            .ok_or_else(|| not_found(key))?;
-        let (expiry, size) = meta_expiry_size(key, &old)?;
-        self.tree
-            .insert(mk, encode_meta(expiry, size, meta)?)
-            .map_err(db_err)?;
-        Ok(())
+        let over = {
+            let mut st = self.lock();
+            let mk = pk(P_META, key);
+            let old = self.lookup(&st, &mk)?.ok_or_else(|| not_found(key))?;
+            let (expiry, size) = meta_expiry_size(key, &old)?;
+            let mut ch = Changes::default();
+            ch.put(mk, encode_meta(expiry, size, meta)?, false);
+            self.commit(&mut st, ch)?
+        };
+        self.relieve(over)
     }
 
     pub(super) fn replace_bundle(
@@ -174,60 +346,82 @@ impl DiskBackend {
         bundle: &[u8],
         usage: &Usage,
     ) -> Result<(), StoreError> {
-        let mut c = self.lock();
-        let mk = pk(P_META, key);
-        let old = self
-            .tree
-            .get(&mk)
-            .map_err(db_err)?
-            .ok_or_else(|| not_found(key))?;
-        let rec = decode_meta(key, &old)?;
-        let new = bundle.len() as u64;
-        if new > rec.size {
-            check_quota(c.bundles, c.bytes, 0, new - rec.size, usage)?;
-        }
-        let mut b = Batch::default();
-        b.insert(pk(P_BUNDLE, key), bundle);
-        b.insert(mk, encode_meta(rec.expiry_ms, new, &rec.meta)?);
-        self.tree.apply_batch(b).map_err(db_err)?;
-        c.bytes = c.bytes - rec.size + new;
-        Ok(())
+        let over = {
+            let mut st = self.lock();
+            let mk = pk(P_META, key);
+            let old = self.lookup(&st, &mk)?.ok_or_else(|| not_found(key))?;
+            let rec = decode_meta(key, &old)?;
+            let new = bundle.len() as u64;
+            if new > rec.size {
+                check_quota(st.bundles, st.bytes, 0, new - rec.size, usage)?;
+            }
+            let mut ch = Changes::default();
+            ch.put(pk(P_BUNDLE, key), Bytes::copy_from_slice(bundle), false);
+            ch.put(mk, encode_meta(rec.expiry_ms, new, &rec.meta)?, false);
+            let over = self.commit(&mut st, ch)?;
+            st.bytes = st.bytes - rec.size + new;
+            over
+        };
+        self.relieve(over)
     }
 
     pub(super) fn remove(&self, key: &BundleKey) -> Result<bool, StoreError> {
-        let mut c = self.lock();
-        let Some((expiry, size)) = self.size_of(key)? else {
-            return Ok(false);
+        let over = {
+            let mut st = self.lock();
+            let Some((expiry, size)) = self.size_of(&st, key)? else {
+                return Ok(false);
+            };
+            let mut ch = Changes::default();
+            ch.del(pk(P_BUNDLE, key));
+            ch.del(pk(P_META, key));
+            if let Some(e) = expiry {
+                ch.del(time_key(&[P_EXPIRY], e, &key.0));
+            }
+            let over = self.commit(&mut st, ch)?;
+            st.bundles = st.bundles.saturating_sub(1);
+            st.bytes = st.bytes.saturating_sub(size);
+            over
         };
-        let mut b = Batch::default();
-        b.remove(pk(P_BUNDLE, key));
-        b.remove(pk(P_META, key));
-        if let Some(e) = expiry {
-            b.remove(time_key(&[P_EXPIRY], e, &key.0));
-        }
-        self.tree.apply_batch(b).map_err(db_err)?;
-        c.bundles = c.bundles.saturating_sub(1);
-        c.bytes = c.bytes.saturating_sub(size);
+        self.relieve(over)?;
         Ok(true)
     }
 
     pub(super) fn get(&self, key: &BundleKey) -> Result<Option<Bytes>, StoreError> {
-        Ok(self
-            .tree
-            .get(pk(P_BUNDLE, key))
-            .map_err(db_err)?
-            .map(Bytes::from_owner))
+        self.read(&pk(P_BUNDLE, key))
     }
 
     pub(super) fn get_meta(&self, key: &BundleKey) -> Result<Option<MetaRecord>, StoreError> {
-        match self.tree.get(pk(P_META, key)).map_err(db_err)? {
+        match self.read(&pk(P_META, key))? {
             Some(v) => decode_meta(key, &v).map(Some),
             None => Ok(None),
         }
     }
 
     pub(super) fn contains(&self, key: &BundleKey) -> Result<bool, StoreError> {
-        self.tree.contains_key(pk(P_META, key)).map_err(db_err)
+        Ok(self.read(&pk(P_META, key))?.is_some())
+    }
+
+    /// Entries with keys in `[lo, hi)`: sled merged with the write-back buffer.
+    fn range(&self, lo: Vec<u8>, hi: Vec<u8>) -> MergeIter {
+        let over: BTreeMap<Vec<u8>, Option<Bytes>> = {
+            let st = self.lock();
+            let bounds = (Bound::Included(lo.clone()), Bound::Excluded(hi.clone()));
+            let mut o: BTreeMap<Vec<u8>, Option<Bytes>> = st
+                .applying
+                .range::<Vec<u8>, _>(bounds.clone())
+                .map(|(k, p)| (k.clone(), p.value.clone()))
+                .collect();
+            o.extend(
+                st.mem
+                    .range::<Vec<u8>, _>(bounds)
+                    .map(|(k, p)| (k.clone(), p.value.clone())),
+            );
+            o
+        };
+        MergeIter {
+            sled: self.tree.range(lo..hi).peekable(),
+            over: over.into_iter().peekable(),
+        }
     }
 
     /// RFC 9171 §4.2.2: bundles whose lifetime has passed, by a range scan of the index.
@@ -236,23 +430,22 @@ impl DiskBackend {
         now: DtnMillis,
         limit: usize,
     ) -> Result<Vec<BundleKey>, StoreError> {
-        let start = vec![P_EXPIRY];
-        let range = match now.checked_add(1) {
-            Some(end) => self.tree.range(start..time_key(&[P_EXPIRY], end, &[])),
-            None => self.tree.range(start..vec![P_EXPIRY + 1]),
+        let hi = match now.checked_add(1) {
+            Some(end) => time_key(&[P_EXPIRY], end, &[]),
+            None => vec![P_EXPIRY + 1],
         };
         let mut out = Vec::new();
-        for r in range.take(limit) {
-            let (k, _) = r.map_err(db_err)?;
+        for r in self.range(vec![P_EXPIRY], hi).take(limit) {
+            let (k, _) = r?;
             out.push(split_time_key(&k[1..])?.1);
         }
         Ok(out)
     }
 
     pub(super) fn next_expiry(&self) -> Result<Option<DtnMillis>, StoreError> {
-        match self.tree.scan_prefix([P_EXPIRY]).next() {
+        match self.range(vec![P_EXPIRY], vec![P_EXPIRY + 1]).next() {
             Some(r) => {
-                let (k, _) = r.map_err(db_err)?;
+                let (k, _) = r?;
                 Ok(Some(split_time_key(&k[1..])?.0))
             }
             None => Ok(None),
@@ -260,8 +453,8 @@ impl DiskBackend {
     }
 
     pub(super) fn iter_meta(&self) -> impl Iterator<Item = Result<MetaRecord, StoreError>> + '_ {
-        self.tree.scan_prefix([P_META]).map(|r| {
-            let (k, v) = r.map_err(db_err)?;
+        self.range(vec![P_META], vec![P_META + 1]).map(|r| {
+            let (k, v) = r?;
             decode_meta(&BundleKey(k[1..].into()), &v)
         })
     }
@@ -271,45 +464,54 @@ impl DiskBackend {
         key: &BundleKey,
         keep_until: DtnMillis,
     ) -> Result<(), StoreError> {
-        let _c = self.lock();
-        let dk = pk(P_DELIVERED, key);
-        let mut b = Batch::default();
-        if let Some(old) = self.tree.get(&dk).map_err(db_err)? {
-            if let Ok(old) = decode_u64("delivered record", &old) {
-                b.remove(time_key(&[P_DELIVERED_IDX], old, &key.0));
+        let over = {
+            let mut st = self.lock();
+            let dk = pk(P_DELIVERED, key);
+            let mut ch = Changes::default();
+            if let Some(old) = self.lookup(&st, &dk)? {
+                if let Ok(old) = decode_u64("delivered record", &old) {
+                    ch.del(time_key(&[P_DELIVERED_IDX], old, &key.0));
+                }
             }
-        }
-        b.insert(dk, &keep_until.to_be_bytes());
-        b.insert(time_key(&[P_DELIVERED_IDX], keep_until, &key.0), &[]);
-        self.tree.apply_batch(b).map_err(db_err)
+            ch.put(dk, keep_until.to_be_bytes().to_vec(), false);
+            ch.put(
+                time_key(&[P_DELIVERED_IDX], keep_until, &key.0),
+                Bytes::new(),
+                false,
+            );
+            self.commit(&mut st, ch)?
+        };
+        self.relieve(over)
     }
 
     pub(super) fn was_delivered(&self, key: &BundleKey) -> Result<bool, StoreError> {
-        self.tree.contains_key(pk(P_DELIVERED, key)).map_err(db_err)
+        Ok(self.read(&pk(P_DELIVERED, key))?.is_some())
     }
 
     pub(super) fn prune_delivered(&self, now: DtnMillis) -> Result<usize, StoreError> {
-        let _c = self.lock();
-        let end = time_key(&[P_DELIVERED_IDX], now, &[]);
+        let hi = time_key(&[P_DELIVERED_IDX], now, &[]);
         let mut total = 0;
         loop {
-            let mut b = Batch::default();
+            let mut ch = Changes::default();
             let mut n = 0;
             for r in self
-                .tree
-                .range(vec![P_DELIVERED_IDX]..end.clone())
+                .range(vec![P_DELIVERED_IDX], hi.clone())
                 .take(PRUNE_CHUNK)
             {
-                let (k, _) = r.map_err(db_err)?;
+                let (k, _) = r?;
                 let (_, key) = split_time_key(&k[1..])?;
-                b.remove(k);
-                b.remove(pk(P_DELIVERED, &key));
+                ch.del(k);
+                ch.del(pk(P_DELIVERED, &key));
                 n += 1;
             }
             if n == 0 {
                 return Ok(total);
             }
-            self.tree.apply_batch(b).map_err(db_err)?;
+            let over = {
+                let mut st = self.lock();
+                self.commit(&mut st, ch)?
+            };
+            self.relieve(over)?;
             total += n;
             if n < PRUNE_CHUNK {
                 return Ok(total);
@@ -317,18 +519,76 @@ impl DiskBackend {
         }
     }
 
+    /// Buffered operations (tests).
+    #[cfg(test)]
+    pub(super) fn pending_ops(&self) -> usize {
+        self.lock().mem.len()
+    }
+
+    /// Entries in sled itself, bypassing the buffer (tests).
+    #[cfg(test)]
+    pub(super) fn sled_len(&self) -> usize {
+        self.tree.len()
+    }
+
     pub(super) fn counts(&self) -> (u64, u64) {
-        let c = self.lock();
-        (c.bundles, c.bytes)
+        let st = self.lock();
+        (st.bundles, st.bytes)
     }
 
-    /// Flush everything written so far to disk (fsync).
-    pub(super) fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(db_err)
+    /// Make everything written so far durable: apply the buffer, then sled's flush. `seq`
+    /// is read when the buffer is taken; returns it.
+    pub(super) fn flush(&self, seq: impl FnOnce() -> u64) -> Result<u64, StoreError> {
+        let s = self.apply_pending(seq)?;
+        self.db.flush().map_err(db_err)?;
+        Ok(s)
     }
+}
 
-    /// The database handle (for the group-commit thread).
-    pub(super) fn db(&self) -> sled::Db {
-        self.db.clone()
+/// Sled entries merged with a snapshot of the buffer (the buffer wins on equal keys;
+/// buffered deletions hide sled entries).
+struct MergeIter {
+    sled: std::iter::Peekable<sled::Iter>,
+    over: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<Bytes>>>,
+}
+
+impl Iterator for MergeIter {
+    type Item = Result<(Vec<u8>, Bytes), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let sled_key = match self.sled.peek() {
+                Some(Ok((k, _))) => Some(k.as_ref()),
+                Some(Err(_)) => {
+                    let e = self.sled.next()?.err()?;
+                    return Some(Err(db_err(e)));
+                }
+                None => None,
+            };
+            let over_key = self.over.peek().map(|(k, _)| k.as_slice());
+            let take_over = match (sled_key, over_key) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(s), Some(o)) => {
+                    if s == o {
+                        // Shadowed by the buffer.
+                        self.sled.next();
+                        true
+                    } else {
+                        o < s
+                    }
+                }
+            };
+            if take_over {
+                let (k, v) = self.over.next()?;
+                match v {
+                    Some(v) => return Some(Ok((k, v))),
+                    None => continue,
+                }
+            }
+            let (k, v) = self.sled.next()?.ok()?;
+            return Some(Ok((k.to_vec(), Bytes::from_owner(v))));
+        }
     }
 }

@@ -154,7 +154,7 @@ fn check_quota(
 
 enum Backend {
     Memory(MemoryBackend),
-    Disk(DiskBackend),
+    Disk(Arc<DiskBackend>),
 }
 
 struct Inner {
@@ -171,7 +171,7 @@ impl Drop for Inner {
         // Stop the flusher (it flushes a last time), then flush whatever else is pending.
         drop(self.group.take());
         if let Backend::Disk(d) = &self.backend {
-            if let Err(e) = d.flush() {
+            if let Err(e) = d.flush(|| 0) {
                 tracing::error!(error = %e, "store: flush at close failed");
             }
         }
@@ -204,15 +204,15 @@ impl Store {
         };
         let (backend, group) = match config.durability {
             Durability::Memory => (Backend::Memory(MemoryBackend::default()), None),
-            Durability::Sync => (Backend::Disk(DiskBackend::open(&config.path)?), None),
+            Durability::Sync => (
+                Backend::Disk(Arc::new(DiskBackend::open(&config.path, false)?)),
+                None,
+            ),
             Durability::GroupCommit { max_delay } => {
-                let d = DiskBackend::open(&config.path)?;
-                let db = d.db();
-                let g = GroupCommit::start(max_delay, tickets.clone(), move || {
-                    db.flush()
-                        .map(|_| ())
-                        .map_err(|e| StoreError::Db(e.to_string()))
-                })?;
+                let d = Arc::new(DiskBackend::open(&config.path, true)?);
+                let (d2, t2) = (d.clone(), tickets.clone());
+                let g =
+                    GroupCommit::start(max_delay, tickets.clone(), move || d2.flush(|| t2.last()))?;
                 (Backend::Disk(d), Some(g))
             }
         };
@@ -237,8 +237,7 @@ impl Store {
         let t = self.inner.tickets.wrote();
         match (&self.inner.backend, &self.inner.group) {
             (Backend::Disk(d), None) => {
-                d.flush()?;
-                self.inner.tickets.flushed(t.0, Ok(()));
+                d.flush(|| t.0)?;
             }
             (_, Some(g)) => g.notify(),
             (Backend::Memory(_), None) => {}
@@ -420,11 +419,14 @@ impl Store {
     /// Flush everything now (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         if let Backend::Disk(d) = &self.inner.backend {
-            let seq = self.inner.tickets.last();
-            let r = d.flush();
-            let failed = r.as_ref().err().map(|e| StoreError::Db(e.to_string()));
-            self.inner.tickets.flushed(seq, failed.map_or(Ok(()), Err));
-            r?;
+            let tickets = &self.inner.tickets;
+            match d.flush(|| tickets.last()) {
+                Ok(seq) => tickets.flushed(seq, Ok(())),
+                Err(e) => {
+                    tickets.flushed(0, Err(StoreError::Db(e.to_string())));
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -491,13 +493,21 @@ pub(crate) mod tests {
             .expect("persisted within 10 s")
     }
 
+    /// Await a ticket; with `BUFFERED` nothing flushes on its own, so flush first.
+    fn wait_persisted(s: &Store, t: Ticket) {
+        if s.durability() == BUFFERED {
+            s.flush().unwrap();
+        }
+        block_on(s.persisted(t)).unwrap();
+    }
+
     fn exercise(s: &Store) {
         let k1 = key(1);
         let t = match s.insert(&k1, 500, b"meta1", b"bundle-one").unwrap() {
             InsertOutcome::Stored(t) => t,
             InsertOutcome::Duplicate => panic!("fresh key reported duplicate"),
         };
-        block_on(s.persisted(t)).unwrap();
+        wait_persisted(s, t);
         assert_eq!(
             s.insert(&k1, 500, b"x", b"y").unwrap(),
             InsertOutcome::Duplicate
@@ -517,7 +527,7 @@ pub(crate) mod tests {
         assert_eq!((u.bundles, u.bytes, u.quota_bundles), (3, 15, 10));
 
         let t = s.update_meta(&k1, b"meta1-b").unwrap();
-        block_on(s.persisted(t)).unwrap();
+        wait_persisted(s, t);
         assert_eq!(&s.get_meta(&k1).unwrap().unwrap().meta[..], b"meta1-b");
         assert!(matches!(
             s.update_meta(&key(99), b"x"),
@@ -592,6 +602,116 @@ pub(crate) mod tests {
         let s = Store::open(&config(&d, GROUP)).unwrap();
         assert_eq!(s.usage().bundles, 2);
         assert!(s.was_delivered(&key(8)).unwrap());
+    }
+
+    /// A commit window so long that everything stays in the write-back buffer until `flush`.
+    const BUFFERED: Durability = Durability::GroupCommit {
+        max_delay: Duration::from_secs(3600),
+    };
+
+    fn disk(s: &Store) -> &DiskBackend {
+        match &s.inner.backend {
+            Backend::Disk(d) => d,
+            Backend::Memory(_) => panic!("not a disk store"),
+        }
+    }
+
+    #[test]
+    fn buffered_store_works_and_reopens() {
+        let d = TempDir::new("buffered");
+        {
+            let s = Store::open(&config(&d, BUFFERED)).unwrap();
+            exercise(&s); // ends with flush()
+            assert_eq!(disk(&s).pending_ops(), 0);
+            s.insert(&key(100), 5, b"", b"first").unwrap();
+            let t = match s.insert(&key(101), 5, b"", b"second").unwrap() {
+                InsertOutcome::Stored(t) => t,
+                InsertOutcome::Duplicate => panic!(),
+            };
+            assert!(disk(&s).pending_ops() > 0);
+            let wait = s.persisted(t);
+            drop(s); // the last clone: the final flush makes the ticket durable
+            block_on(wait).unwrap();
+        }
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        assert_eq!((s.usage().bundles, s.usage().bytes), (4, 18));
+        assert_eq!(s.get(&key(1)).unwrap().unwrap(), &b"frag"[..]);
+        assert_eq!(
+            s.expired(u64::MAX, 10).unwrap(),
+            vec![key(100), key(101), key(1), key(3)]
+        );
+    }
+
+    #[test]
+    fn insert_then_remove_in_one_window_never_reaches_sled() {
+        let d = TempDir::new("cancel");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        s.insert(&key(0), 1, b"", b"x").unwrap();
+        s.flush().unwrap();
+        let base = disk(&s).sled_len();
+        for i in 1..100 {
+            s.insert(&key(i), i, b"m", b"bundle").unwrap();
+            s.update_meta(&key(i), b"m2").unwrap();
+            assert!(s.remove(&key(i)).unwrap());
+        }
+        assert_eq!(
+            disk(&s).pending_ops(),
+            0,
+            "cancelled writes left in the buffer"
+        );
+        s.flush().unwrap();
+        assert_eq!(disk(&s).sled_len(), base);
+        assert_eq!(s.usage().bundles, 1);
+    }
+
+    #[test]
+    fn buffer_overlays_sled_in_reads_and_scans() {
+        let d = TempDir::new("overlay");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        for i in 0..6 {
+            s.insert(&key(i), 10 * i, b"old", b"on-disk").unwrap();
+        }
+        s.record_delivered(&key(50), 10).unwrap();
+        s.flush().unwrap();
+        // Buffered changes over what is in sled.
+        assert!(s.remove(&key(0)).unwrap());
+        assert!(s.remove(&key(3)).unwrap());
+        s.update_meta(&key(1), b"new").unwrap();
+        s.replace_bundle(&key(2), b"buffered").unwrap();
+        s.insert(&key(3), 25, b"again", b"re-inserted").unwrap();
+        s.insert(&key(9), 1, b"", b"early").unwrap();
+        s.record_delivered(&key(51), 5).unwrap();
+        assert!(disk(&s).pending_ops() > 0);
+
+        assert!(!s.contains(&key(0)).unwrap());
+        assert_eq!(s.get(&key(0)).unwrap(), None);
+        assert_eq!(&s.get_meta(&key(1)).unwrap().unwrap().meta[..], b"new");
+        assert_eq!(s.get(&key(2)).unwrap().unwrap(), &b"buffered"[..]);
+        assert_eq!(s.get(&key(3)).unwrap().unwrap(), &b"re-inserted"[..]);
+        assert_eq!(s.next_expiry().unwrap(), Some(1));
+        assert_eq!(
+            s.expired(30, 10).unwrap(),
+            vec![key(9), key(1), key(2), key(3)]
+        );
+        let mut metas: Vec<_> = s.iter_meta().map(|r| r.unwrap().key).collect();
+        metas.sort();
+        let mut want = vec![key(1), key(2), key(3), key(4), key(5), key(9)];
+        want.sort();
+        assert_eq!(metas, want);
+        assert!(s.was_delivered(&key(50)).unwrap() && s.was_delivered(&key(51)).unwrap());
+        assert_eq!(s.prune_delivered(11).unwrap(), 2);
+        assert!(!s.was_delivered(&key(50)).unwrap());
+        let u = s.usage();
+        assert_eq!((u.bundles, u.bytes), (6, 7 * 3 + 8 + 11 + 5));
+        // The same after the buffer is applied.
+        s.flush().unwrap();
+        assert_eq!(disk(&s).pending_ops(), 0);
+        assert_eq!(
+            s.expired(30, 10).unwrap(),
+            vec![key(9), key(1), key(2), key(3)]
+        );
+        assert_eq!(s.iter_meta().count(), 6);
+        assert!(!s.was_delivered(&key(51)).unwrap());
     }
 
     #[test]
