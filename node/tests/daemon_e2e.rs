@@ -438,3 +438,25 @@ async fn info_and_registration_errors() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_agent_socket_is_bound_and_removed() {
+    let dir = temp_dir("unix");
+    let path = dir.join("dtnd.sock");
+    // A stale socket file from a dead node is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut cfg = config(1);
+    cfg.agent.unix = Some(path.clone());
+    let a = Node::start(cfg).await.unwrap();
+    assert_eq!(a.addresses().unix.as_deref(), Some(path.as_path()));
+    assert!(path.exists());
+    tokio::net::UnixStream::connect(&path).await.unwrap();
+    // A second node cannot take a live node's socket.
+    let mut cfg = config(2);
+    cfg.agent.unix = Some(path.clone());
+    assert!(Node::start(cfg).await.is_err());
+    a.shutdown().await.unwrap();
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
