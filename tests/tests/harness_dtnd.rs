@@ -30,3 +30,19 @@ fn line_starts_serves_metrics_restarts_and_terminates() {
         .expect("dtnd exits on SIGTERM");
     assert!(st.success(), "SIGTERM exit status {st}");
 }
+
+#[test]
+fn ltp_line_starts_with_its_engines() {
+    let dir = TempDir::new("harness-ltp");
+    let nodes = start_line(dir.path(), LineCl::Ltp, "memory");
+    for (i, n) in nodes.iter().enumerate() {
+        let (_, port) = n.config.ltp.expect("ltp");
+        let ltp = n
+            .ready()
+            .ltp
+            .clone()
+            .expect("ready line names the LTP socket");
+        assert!(ltp.ends_with(&format!(":{port}")), "node {i}: {ltp}");
+        assert!(n.ready().tcpcl.is_none(), "TCPCL listener is off");
+    }
+}
