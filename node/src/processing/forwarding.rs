@@ -124,14 +124,17 @@ impl BundleEngine {
             }
         }
         // 2. Direct neighbour, 3. static routes in order.
-        let dest_s = dest.to_string();
         let direct = self.neighbour_of(&dest_node);
-        let statics = self
-            .routes
-            .iter()
-            .filter(|(p, _)| p.matches(&dest_s))
-            .map(|(_, v)| *v);
-        let candidates: Vec<NeighbourId> = direct.into_iter().chain(statics).collect();
+        let mut candidates: Vec<NeighbourId> = direct.into_iter().collect();
+        if !self.routes.is_empty() {
+            let dest_s = dest.to_string();
+            candidates.extend(
+                self.routes
+                    .iter()
+                    .filter(|(p, _)| p.matches(&dest_s))
+                    .map(|(_, v)| *v),
+            );
+        }
         for n in candidates {
             if !self.allowed(n, prev, &dest_node) {
                 continue;

@@ -677,6 +677,9 @@ impl BundleEngine {
 
     /// The neighbour whose node ID is `node` (or whose node ID is `node`'s node).
     fn neighbour_of(&self, node: &bpv7::Eid) -> Option<NeighbourId> {
+        if let bpv7::Eid::Ipn { node, .. } = node {
+            return self.by_node_number.get(node).copied();
+        }
         let n = node.node_id();
         self.neighbours
             .iter()
