@@ -813,3 +813,101 @@ pub(crate) mod tests {
         assert_eq!((s.usage().bundles, s.usage().bytes), (1, 4));
     }
 }
+
+/// Model check: the buffered sled store behaves like the memory store for any sequence of
+/// operations, also after reopening.
+#[cfg(test)]
+mod model {
+    use super::tests::{key, TempDir};
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u64, u64, u8, usize),
+        Remove(u64),
+        UpdateMeta(u64, u8),
+        Replace(u64, usize),
+        Delivered(u64, u64),
+        Prune(u64),
+        Flush,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..8, 0u64..6, any::<u8>(), 0usize..6).prop_map(|(k, e, m, s)| Op::Insert(k, e, m, s)),
+            3 => (0u64..8).prop_map(Op::Remove),
+            1 => (0u64..8, any::<u8>()).prop_map(|(k, m)| Op::UpdateMeta(k, m)),
+            1 => (0u64..8, 0usize..8).prop_map(|(k, s)| Op::Replace(k, s)),
+            1 => (0u64..8, 0u64..6).prop_map(|(k, t)| Op::Delivered(k, t)),
+            1 => (0u64..7).prop_map(Op::Prune),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    /// The observable outcome of an operation.
+    fn apply(s: &Store, op: &Op) -> String {
+        let r = match op {
+            Op::Insert(k, e, m, n) => s
+                .insert(&key(*k), *e, &[*m], &vec![*m; *n])
+                .map(|o| matches!(o, InsertOutcome::Stored(_)).to_string()),
+            Op::Remove(k) => s.remove(&key(*k)).map(|b| b.to_string()),
+            Op::UpdateMeta(k, m) => s.update_meta(&key(*k), &[*m, 1]).map(|_| String::new()),
+            Op::Replace(k, n) => s
+                .replace_bundle(&key(*k), &vec![7; *n])
+                .map(|_| String::new()),
+            Op::Delivered(k, t) => s.record_delivered(&key(*k), *t).map(|_| String::new()),
+            Op::Prune(t) => s.prune_delivered(*t).map(|n| n.to_string()),
+            Op::Flush => s.flush().map(|_| String::new()),
+        };
+        match r {
+            Ok(v) => v,
+            Err(StoreError::QuotaExceeded(_)) => "quota".into(),
+            Err(StoreError::NotFound(_)) => "not found".into(),
+            Err(e) => panic!("{op:?}: {e}"),
+        }
+    }
+
+    /// Everything observable about a store.
+    fn state(s: &Store) -> String {
+        let mut metas: Vec<MetaRecord> = s.iter_meta().map(|r| r.unwrap()).collect();
+        metas.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = format!("{:?} {:?} ", metas, s.usage());
+        for k in 0..8 {
+            out += &format!(
+                "{:?} {} {:?} ",
+                s.get(&key(k)).unwrap(),
+                s.was_delivered(&key(k)).unwrap(),
+                s.contains(&key(k)).unwrap()
+            );
+        }
+        let exp = s.expired(3, usize::MAX).unwrap();
+        out + &format!("{:?} {:?}", exp, s.next_expiry().unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn buffered_disk_store_matches_memory(ops in proptest::collection::vec(op(), 1..60)) {
+            let d = TempDir::new("model");
+            let cfg = |durability| StoreConfig {
+                path: d.0.clone(),
+                durability,
+                quota_bytes: 24,
+                quota_bundles: 6,
+            };
+            let mem = Store::open(&cfg(Durability::Memory)).unwrap();
+            let disk = Store::open(&cfg(Durability::GroupCommit {
+                max_delay: Duration::from_secs(3600),
+            }))
+            .unwrap();
+            for op in &ops {
+                prop_assert_eq!(apply(&mem, op), apply(&disk, op), "{:?}", op);
+                prop_assert_eq!(state(&mem), state(&disk), "after {:?}", op);
+            }
+            drop(disk);
+            let reopened = Store::open(&cfg(Durability::Sync)).unwrap();
+            prop_assert_eq!(state(&mem), state(&reopened), "after reopen");
+        }
+    }
+}
