@@ -460,3 +460,64 @@ async fn unix_agent_socket_is_bound_and_removed() {
     assert!(!path.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bundles_from_a_tcpcl_peer_are_answered_and_counted() {
+    use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
+    use convergence::{AdapterChannels, ConvergenceLayer, FailureReason, Outcome, PeerAddr};
+    let mut bc = config(2);
+    bc.limits.max_bundle_size = 10_000;
+    let b = Node::start(bc).await.unwrap();
+    let b_addr = PeerAddr::Socket(b.addresses().tcpcl.unwrap());
+    // A raw TCPCL peer that sends whatever bytes it is given.
+    let (rtx, _rrx) = mpsc::channel(4);
+    let (otx, mut outcomes) = mpsc::channel(16);
+    let raw = TcpclAdapter::start(
+        TcpclConfig::new("ipn:9.0", None),
+        AdapterChannels {
+            received: rtx,
+            outcomes: otx,
+        },
+    )
+    .await
+    .unwrap();
+    // Not a bundle: acknowledged (the transfer itself was fine), discarded and counted.
+    raw.send(&b_addr, 1, Bytes::from_static(b"\x9f\x01garbage"))
+        .unwrap();
+    let o = timeout(WAIT, outcomes.recv()).await.unwrap().unwrap();
+    assert_eq!((o.id, o.outcome), (1, Outcome::Transferred));
+    // Over the node's size limit: refused by TCPCL (RFC 9174 transfer MRU).
+    raw.send(&b_addr, 2, Bytes::from(vec![0x9f; 20_000]))
+        .unwrap();
+    let o = timeout(WAIT, outcomes.recv()).await.unwrap().unwrap();
+    assert_eq!(o.id, 2);
+    assert!(
+        matches!(
+            o.outcome,
+            Outcome::Failed(FailureReason::Refused(_) | FailureReason::TooLarge { .. })
+        ),
+        "{o:?}"
+    );
+    let s = b
+        .handle()
+        .request(|reply| AgentCommand::Stats { reply })
+        .await
+        .unwrap();
+    assert!(
+        s.total("dtn_bundles_discarded_total").unwrap_or(0.0) >= 1.0,
+        "{s:?}"
+    );
+    assert_eq!(s.total("dtn_store_bundles"), Some(0.0));
+    // The node keeps serving good neighbours.
+    let mut ac = config(1);
+    ac.neighbours
+        .push(neighbour("b", 2, Link::Tcpcl(b.addresses().tcpcl.unwrap())));
+    let a = Node::start(ac).await.unwrap();
+    let (reg, mut rx) = register(&b.handle(), "ipn:2.1").await;
+    let good = vec![payload(1, 500)];
+    send(&a.handle(), "ipn:2.1", good[0].clone()).await;
+    receive_all(&b.handle(), reg, &mut rx, &good).await;
+    raw.shutdown();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
