@@ -136,6 +136,14 @@ fn restart_report(n: u64) {
         times.push(total);
         drop(store);
     }
+    // A fresh process, as a restarted node: time and resident memory of open + iter_meta.
+    match std::process::Command::new(std::env::current_exe().unwrap())
+        .env("STORE_BENCH_OPEN", &dir)
+        .output()
+    {
+        Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Err(e) => println!("store restart in a fresh process: could not run: {e}"),
+    }
     times.sort();
     println!(
         "store restart with {n} bundles: median {:.3} s (aim < 2 s)",
@@ -271,7 +279,33 @@ fn bench_insert_remove(c: &mut Criterion) {
     g.finish();
 }
 
+/// Child mode (`STORE_BENCH_OPEN=DIR`): open the store, read all metadata, report.
+fn open_child(dir: &Path) {
+    let rss0 = rss();
+    let t = Instant::now();
+    let store = Store::open(&config(dir, GROUP)).unwrap();
+    let mut count = 0u64;
+    let mut meta_bytes = 0u64;
+    for r in store.iter_meta() {
+        meta_bytes += r.unwrap().meta.len() as u64;
+        count += 1;
+    }
+    let took = t.elapsed();
+    let rss1 = rss();
+    println!(
+        "store restart in a fresh process: open + iter_meta of {count} records ({meta_bytes} B of metadata) {:.3} s; RSS {:.1} -> {:.1} MiB, {:.0} B per stored bundle",
+        took.as_secs_f64(),
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0,
+        rss1.saturating_sub(rss0) as f64 / count.max(1) as f64
+    );
+}
+
 fn main() {
+    if let Some(dir) = std::env::var_os("STORE_BENCH_OPEN") {
+        open_child(Path::new(&dir));
+        return;
+    }
     let n: u64 = std::env::var("STORE_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
