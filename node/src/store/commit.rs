@@ -89,6 +89,9 @@ impl Tickets {
 #[derive(Default)]
 struct Signal {
     stop: bool,
+    /// The thread waits for writes (a writer must wake it); otherwise it is flushing or
+    /// waiting out the commit window and will see the write anyway.
+    idle: bool,
 }
 
 /// The group-commit thread: flushes when there are unflushed writes, at most once per
@@ -118,10 +121,13 @@ impl GroupCommit {
         })
     }
 
-    /// Tell the thread a write is waiting.
+    /// Tell the thread a write is waiting (wakes it only when it waits for writes).
     pub(super) fn notify(&self) {
-        let _g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        self.shared.1.notify_one();
+        let mut g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.idle {
+            g.idle = false;
+            self.shared.1.notify_one();
+        }
     }
 }
 
@@ -138,8 +144,10 @@ fn run(
         let stop = {
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
             while !g.stop && tickets.last() == flushed {
+                g.idle = true;
                 g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }
+            g.idle = false;
             // At most one flush per max_delay: the writes of the interval share it. A stop
             // request ends the wait (the final flush follows).
             if let Some(t) = last_start {
