@@ -120,6 +120,8 @@ pub(super) struct DiskBackend {
     apply: Mutex<()>,
     /// sled's data file, for a real `fdatasync` after sled's flush (see [`DiskBackend::flush`]).
     data_file: Option<std::fs::File>,
+    /// Buffer bounds ([`MAX_PENDING_OPS`], [`MAX_PENDING_BYTES`]; lowered in tests).
+    max_pending: (usize, usize),
 }
 
 impl DiskBackend {
@@ -172,6 +174,7 @@ impl DiskBackend {
             state: Mutex::new(st),
             apply: Mutex::new(()),
             data_file,
+            max_pending: (MAX_PENDING_OPS, MAX_PENDING_BYTES),
         })
     }
 
@@ -235,7 +238,7 @@ impl DiskBackend {
                 }
             }
         }
-        Ok(st.mem.len() > MAX_PENDING_OPS || st.mem_bytes > MAX_PENDING_BYTES)
+        Ok(st.mem.len() > self.max_pending.0 || st.mem_bytes > self.max_pending.1)
     }
 
     /// Apply the write-back buffer to sled as one atomic batch. `seq` is called with the
@@ -527,6 +530,12 @@ impl DiskBackend {
                 return Ok(total);
             }
         }
+    }
+
+    /// Lower the buffer bounds (tests).
+    #[cfg(test)]
+    pub(super) fn set_max_pending(&mut self, ops: usize, bytes: usize) {
+        self.max_pending = (ops, bytes);
     }
 
     /// Buffered operations (tests).

@@ -643,6 +643,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_full_buffer_is_applied_by_the_writer() {
+        let d = TempDir::new("bounded");
+        let mut backend = DiskBackend::open(&d.0, true).unwrap();
+        backend.set_max_pending(30, 1000);
+        let quota = Usage {
+            quota_bundles: 1000,
+            quota_bytes: 1 << 20,
+            ..Usage::default()
+        };
+        for i in 0..100 {
+            backend.insert(&key(i), i, b"m", &[1; 20], &quota).unwrap();
+            assert!(backend.pending_ops() <= 30, "buffer over its bound");
+        }
+        // Applied by the writers themselves: no flush was called.
+        assert!(backend.sled_len() >= 3 * 90, "{}", backend.sled_len());
+        // Bytes bound: 10 bundles of 200 B exceed 1000 B.
+        for i in 100..110 {
+            backend.insert(&key(i), i, b"", &[2; 200], &quota).unwrap();
+            assert!(backend.pending_ops() <= 3 * 5, "byte bound not applied");
+        }
+        assert_eq!(backend.counts(), (110, 100 * 20 + 10 * 200));
+    }
+
+    #[test]
     fn insert_then_remove_in_one_window_never_reaches_sled() {
         let d = TempDir::new("cancel");
         let s = Store::open(&config(&d, BUFFERED)).unwrap();
