@@ -47,50 +47,7 @@ use crate::processing::{
 };
 use crate::store::{Durability, Store, StoreConfig};
 
-// INTERIM: the agent helper's `crate::agent::server` has not landed yet; this shim has its
-// signatures (binds nothing itself, serves no frames) so the daemon builds. Replace with
-// `use crate::agent::server as agent_server;` once it lands.
-mod agent_server {
-    use crate::api::NodeHandle;
-
-    /// Agent server limits (same fields as `crate::agent::server::AgentServerConfig`).
-    #[allow(dead_code)]
-    pub struct AgentServerConfig {
-        pub max_frame: usize,
-        pub max_clients: usize,
-        pub delivery_buffer: usize,
-    }
-
-    impl Default for AgentServerConfig {
-        fn default() -> Self {
-            AgentServerConfig {
-                max_frame: (64 << 20) + (64 << 10),
-                max_clients: 256,
-                delivery_buffer: 64,
-            }
-        }
-    }
-
-    pub async fn serve_tcp(
-        _listener: tokio::net::TcpListener,
-        _node: NodeHandle,
-        _config: AgentServerConfig,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        tracing::warn!("agent server not available in this build");
-        let _ = shutdown.wait_for(|v| *v).await;
-    }
-
-    pub async fn serve_unix(
-        _listener: tokio::net::UnixListener,
-        _node: NodeHandle,
-        _config: AgentServerConfig,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        tracing::warn!("agent server not available in this build");
-        let _ = shutdown.wait_for(|v| *v).await;
-    }
-}
+use crate::agent::server as agent_server;
 
 /// Milliseconds between the Unix epoch and the DTN epoch 2000-01-01T00:00:00Z (RFC 9171 §4.2.6).
 pub const DTN_EPOCH_UNIX_MS: u64 = 946_684_800_000;
@@ -626,7 +583,6 @@ impl Core {
                 tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now))
             });
             tokio::select! {
-                biased;
                 _ = shutdown.wait_for(|v| *v) => break,
                 Some(o) = outcomes.recv() => {
                     self.outcome(o);
