@@ -20,6 +20,13 @@
 //! - A delivered-id record ([`Store::record_delivered`], [`Store::was_delivered`]) remembers
 //!   identities delivered to applications until a given time, so nothing is delivered twice
 //!   after a restart.
+//!
+//! Crash consistency: every operation's changes (bytes, meta, expiry entry; or a delivered
+//! record and its prune-index entry) are one atomic sled batch, so `kill -9` never leaves a
+//! bundle without its meta or index entry (`node/tests/store_crash.rs`). A flush is sled's
+//! flush followed by `fdatasync` of its data file. In `GroupCommit` mode writes are buffered
+//! in memory and applied as one batch per flush (see `disk`); a bundle removed within the
+//! commit window it was inserted in is never written.
 
 mod commit;
 mod disk;
