@@ -211,25 +211,21 @@ impl AgentClient {
     /// The next delivery with the registration it came on.
     /// Cancel-safe: dropping the future loses no delivery.
     pub async fn next_push(&mut self) -> Result<(RegistrationId, Delivery), ClientError> {
-        loop {
-            if let Some(p) = self.pushes.pop_front() {
-                return Ok(p);
-            }
-            match self.read_message().await? {
-                Message::Delivery {
-                    registration,
-                    delivery,
-                } => return Ok((registration, delivery)),
-                Message::Response {
-                    id: 0,
-                    response: Response::Error(e),
-                } => return Err(ClientError::from_wire(e)),
-                other => {
-                    return Err(ClientError::Protocol(ProtoError::Unexpected(format!(
-                        "{other:?}"
-                    ))))
-                }
-            }
+        if let Some(p) = self.pushes.pop_front() {
+            return Ok(p);
+        }
+        match self.read_message().await? {
+            Message::Delivery {
+                registration,
+                delivery,
+            } => Ok((registration, delivery)),
+            Message::Response {
+                id: 0,
+                response: Response::Error(e),
+            } => Err(ClientError::from_wire(e)),
+            other => Err(ClientError::Protocol(ProtoError::Unexpected(format!(
+                "{other:?}"
+            )))),
         }
     }
 
