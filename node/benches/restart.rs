@@ -6,6 +6,12 @@
 //! metadata scan that a restart cannot avoid). Plain `main` (harness = false) because one
 //! iteration takes about a second and RSS must be read around it; `BENCH_BUNDLES` overrides
 //! the count, `BENCH_ITERS` the repetitions (default 3).
+//!
+//! Figures on the 2-core shared build machine (2026-11-22, release, median of 3):
+//! `BundleEngine::new` incl. `Store::open` 324 ms (reference: open 120 ms, metadata scan
+//! 75 ms); RSS 334 B per stored bundle for the engine index, 653 B with the open sled store;
+//! relay engine 127,000 bundles/s (memory store) and 118,000 bundles/s (sled group commit)
+//! against 450,000/s for bpv7 decode+forward alone (`BENCH_RELAY=0` skips it).
 
 use std::time::{Duration, Instant};
 
