@@ -512,6 +512,11 @@ async fn run_session(
             break;
         }
         if writer_failed {
+            // Nothing more can be written: leave even if the session still holds bytes to
+            // send (looping on `has_transmit` here would spin without ever awaiting).
+            if session.is_closed() {
+                break;
+            }
             session.connection_lost();
             continue;
         }
