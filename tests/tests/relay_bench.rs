@@ -16,15 +16,17 @@
 //! The aim set by issue 5 is ≥ 50,000 bundles/s durable through the relay.
 //!
 //! Measured 2026-11-22 (dev profile, opt-level 1 for workspace crates, 2 cores shared with
-//! other builds; 20,000 bundles, window 128), all in one run:
+//! other builds; 20,000 bundles, window 128); two runs, each with its own references:
 //!
-//! | path                                   | bundles/s | MB/s  |
-//! |----------------------------------------|-----------|-------|
-//! | raw TCP loopback, 1 KiB writes         | 865,859   | 886.6 |
-//! | one hop A→B, group commit (no relay)   | 4,708     | 4.8   |
-//! | relay A→B→C, group commit (durable)    | 3,422     | 3.5   |
-//! | relay A→B→C, memory only               | 9,273     | 9.5   |
+//! | path                                   | run 1 bundles/s | run 2 (at 9e32776) bundles/s |
+//! |----------------------------------------|-----------------|------------------------------|
+//! | raw TCP loopback, 1 KiB writes         | 865,859         | 567,685                      |
+//! | one hop A→B, group commit (no relay)   | 4,708           | 3,319                        |
+//! | relay A→B→C, group commit (durable)    | 3,422           | 2,993                        |
+//! | relay A→B→C, memory only               | 9,273           | 11,906                       |
 //!
+//! A single-node probe in the same session: agent sends alone reach ~34,000 bundles/s with a
+//! memory store and ~11,000 with group commit; send + local delivery ~16,000 (memory).
 //! The durable relay figure is far below the aim.
 
 use std::time::Duration;
