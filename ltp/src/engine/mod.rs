@@ -424,12 +424,48 @@ impl Engine {
     }
 
     /// Configures (or reconfigures) the span to `peer`.
+    ///
+    /// Reconfiguring keeps the span's sessions, queues and link state; the new settings apply
+    /// from now on:
+    /// - timers started afterwards (when their segment leaves, §6.1) use the new light times
+    ///   and margin; running timers keep their deadlines;
+    /// - segments built afterwards use the new segment size and checkpoint spacing;
+    /// - pacing follows the new rate at once: the time still owed for octets already sent is
+    ///   re-costed at the new rate, and removing the rate lifts pacing immediately;
+    /// - a wider export window starts queued blocks at once; a narrower one lets open sessions
+    ///   finish and starts no new ones until they fit.
     pub fn add_span(&mut self, peer: EngineId, span: SpanConfig) {
-        match self.spans.get_mut(&peer) {
-            Some(s) => s.cfg = span,
-            None => {
-                self.spans.insert(peer, Span::new(span));
+        let Some(s) = self.spans.get_mut(&peer) else {
+            self.spans.insert(peer, Span::new(span));
+            return;
+        };
+        let old_rate = s.cfg.rate_limit.filter(|&r| r > 0);
+        let new_rate = span.rate_limit.filter(|&r| r > 0);
+        s.cfg = span;
+        if old_rate != new_rate {
+            s.pace_at = match (old_rate, new_rate, s.pace_at, self.clock) {
+                (Some(old), Some(new), Some(at), Some(now)) if at > now => {
+                    let owed = at.duration_since(now).as_secs_f64() * old as f64 / new as f64;
+                    Duration::try_from_secs_f64(owed)
+                        .ok()
+                        .and_then(|d| now.checked_add(d))
+                        .or(Some(at))
+                }
+                (_, Some(_), at, _) => at,
+                (_, None, _, _) => None,
+            };
+        }
+        loop {
+            let Some(s) = self.spans.get_mut(&peer) else {
+                return;
+            };
+            if s.active_exports >= s.cfg.max_export_sessions {
+                return;
             }
+            let Some(pb) = s.pending.pop_front() else {
+                return;
+            };
+            self.start_export(peer, pb);
         }
     }
 
@@ -438,6 +474,48 @@ impl Engine {
         self.exports.len()
             + self.imports.len()
             + self.spans.values().map(|s| s.pending.len()).sum::<usize>()
+    }
+
+    /// Export sessions to `peer` that have not ended: blocks queued for a free session first
+    /// (in queue order), then open sessions still sending (by session number). Sessions being
+    /// cancelled are left out: their cancellation was already notified to the user.
+    /// Empty if `peer` has no span.
+    pub fn export_sessions(&self, peer: EngineId) -> Vec<SessionId> {
+        let Some(span) = self.spans.get(&peer) else {
+            return Vec::new();
+        };
+        let id = |number| SessionId {
+            originator: self.local,
+            number,
+        };
+        let mut open: Vec<u64> = self
+            .exports
+            .values()
+            .filter(|ex| ex.peer == peer && matches!(ex.state, ExportState::Sending))
+            .map(|ex| ex.id.number)
+            .collect();
+        open.sort_unstable();
+        span.pending
+            .iter()
+            .map(|p| p.number)
+            .chain(open)
+            .map(id)
+            .collect()
+    }
+
+    /// Cancels every export session to `peer` at the user's request (RFC 5326 §4.2 and §6.15,
+    /// reason USR_CNCLD), e.g. when its contact ends: queued blocks are dropped before any
+    /// is started, open sessions send a cancel segment (queued while the link is down).
+    /// Each cancelled session gets one [`Event::ExportCancelled`]. Import sessions from `peer`
+    /// are not touched. Returns the sessions cancelled, as listed by
+    /// [`export_sessions`](Self::export_sessions).
+    pub fn cancel_exports(&mut self, peer: EngineId, now: Instant) -> Vec<SessionId> {
+        self.clock = Some(now);
+        let sessions = self.export_sessions(peer);
+        for &s in &sessions {
+            self.cancel(s, now);
+        }
+        sessions
     }
 
     /// Session timers (running or suspended); zero when no session waits on anything.

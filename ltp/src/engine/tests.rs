@@ -872,3 +872,162 @@ fn control_queue_overflow_does_not_stall_a_session() {
     assert_eq!(b.open_sessions(), 0);
     assert_eq!(b.session_timers(), 0);
 }
+
+#[test]
+fn reconfigured_span_applies_to_new_timers_only() {
+    let now = t0();
+    let mut a = engine(A, B);
+    a.send_block(B, 1, block(500), 500, now).unwrap();
+    assert!(!drain(&mut a, now).is_empty());
+    let first = now + span().round_trip_timeout();
+    assert_eq!(a.poll_timeout(), Some(first));
+    // Longer light times: the checkpoint timer already running keeps its deadline...
+    let mut far = span();
+    far.owlt_outbound = Duration::from_secs(1);
+    far.owlt_inbound = Duration::from_secs(2);
+    a.add_span(B, far.clone());
+    assert_eq!(a.poll_timeout(), Some(first));
+    // ...and the retransmitted checkpoint's timer uses the new ones.
+    a.handle_timeout(first);
+    let resent = drain(&mut a, first);
+    assert_eq!(resent.len(), 1);
+    assert!(data(&resent[0]).checkpoint.is_some());
+    assert_eq!(a.poll_timeout(), Some(first + far.round_trip_timeout()));
+    assert_eq!(a.open_sessions(), 1, "the session survived the change");
+}
+
+#[test]
+fn reconfigured_rate_applies_to_pacing_at_once() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let paced = |rate| SpanConfig {
+        rate_limit: rate,
+        rate_burst: 0,
+        ..span()
+    };
+    a.add_span(B, paced(Some(10_000)));
+    a.send_block(B, 1, block(2000), 0, now).unwrap();
+    let (_, seg) = a.poll_transmit(now).unwrap();
+    let len = seg.len() as f64;
+    assert!(a.poll_transmit(now).is_none());
+    let owed = |rate: f64| Duration::from_secs_f64(len / rate);
+    let close = |t: Option<Instant>, want: Instant| {
+        t.unwrap().max(want) - t.unwrap().min(want) < Duration::from_micros(10)
+    };
+    assert!(close(a.poll_timeout(), now + owed(10_000.0)));
+    // Ten times slower: the time owed for the segment already sent grows tenfold.
+    a.add_span(B, paced(Some(1_000)));
+    assert!(close(a.poll_timeout(), now + owed(1_000.0)));
+    // A hundred times faster: due almost at once.
+    a.add_span(B, paced(Some(100_000)));
+    assert!(close(a.poll_timeout(), now + owed(100_000.0)));
+    // No rate: pacing is lifted at once, the rest of the block goes now.
+    a.add_span(B, paced(None));
+    let rest = drain(&mut a, now);
+    assert!(rest.len() >= 7, "{} segments", rest.len());
+    assert_eq!(data(rest.last().unwrap()).kind, DataKind::GreenEob);
+    assert_eq!(a.spans[&B].pace_at, None, "no pacing deadline left");
+    // A rate again: pacing starts afresh from the next segment.
+    a.add_span(B, paced(Some(10_000)));
+    a.send_block(B, 1, block(2000), 0, now).unwrap();
+    assert!(a.poll_transmit(now).is_some());
+    assert!(a.poll_transmit(now).is_none());
+    assert!(a.poll_timeout().is_some_and(|t| t > now));
+}
+
+#[test]
+fn wider_export_window_starts_queued_blocks() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let window = |n| SpanConfig {
+        max_export_sessions: n,
+        ..span()
+    };
+    a.add_span(B, window(1));
+    for _ in 0..3 {
+        a.send_block(B, 1, block(100), 100, now).unwrap();
+    }
+    assert_eq!(
+        (a.stats().open_export_sessions, a.stats().queued_blocks),
+        (1, 2)
+    );
+    a.add_span(B, window(2));
+    assert_eq!(
+        (a.stats().open_export_sessions, a.stats().queued_blocks),
+        (2, 1)
+    );
+    a.add_span(B, window(8));
+    assert_eq!(
+        (a.stats().open_export_sessions, a.stats().queued_blocks),
+        (3, 0)
+    );
+    // Narrower again: open sessions go on, nothing new starts until they fit.
+    a.add_span(B, window(1));
+    a.send_block(B, 1, block(100), 100, now).unwrap();
+    assert_eq!(
+        (a.stats().open_export_sessions, a.stats().queued_blocks),
+        (3, 1)
+    );
+}
+
+#[test]
+fn cancel_exports_cancels_one_peers_queued_and_open_sessions() {
+    const C: EngineId = 3;
+    let now = t0();
+    let mut a = engine(A, B);
+    a.add_span(
+        B,
+        SpanConfig {
+            max_export_sessions: 1,
+            ..span()
+        },
+    );
+    a.add_span(C, span());
+    assert!(a.export_sessions(9).is_empty(), "no span, no sessions");
+    let open = a.send_block(B, 1, block(600), 600, now).unwrap();
+    let queued1 = a.send_block(B, 1, block(600), 600, now).unwrap();
+    let queued2 = a.send_block(B, 1, block(600), 600, now).unwrap();
+    let other = a.send_block(C, 1, block(600), 600, now).unwrap();
+    // The open session to B sends its data; so does the one to C.
+    let mut sent = Vec::new();
+    while let Some(x) = a.poll_transmit(now) {
+        sent.push(x);
+    }
+    assert!(sent.iter().any(|(p, _)| *p == B) && sent.iter().any(|(p, _)| *p == C));
+    assert_eq!(a.export_sessions(B), vec![queued1, queued2, open]);
+    assert_eq!(a.export_sessions(C), vec![other]);
+
+    assert_eq!(a.cancel_exports(B, now), vec![queued1, queued2, open]);
+    let cancelled = |session| Event::ExportCancelled {
+        session,
+        reason: CancelReason::UserCancelled,
+        by_peer: false,
+    };
+    assert_eq!(
+        events(&mut a),
+        vec![cancelled(queued1), cancelled(queued2), cancelled(open)]
+    );
+    assert!(a.export_sessions(B).is_empty());
+    assert_eq!(a.export_sessions(C), vec![other]);
+    assert_eq!(a.stats().queued_blocks, 0);
+    // Only the session that had sent data sends a cancel (§6.15); queued blocks never started.
+    let mut out = Vec::new();
+    while let Some((peer, b)) = a.poll_transmit(now) {
+        out.push((peer, Segment::decode(&b).unwrap()));
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, B);
+    assert_eq!(out[0].1.session, open);
+    assert_eq!(
+        out[0].1.body,
+        SegmentBody::CancelFromSender(CancelReason::UserCancelled)
+    );
+    // Nothing more to cancel; the peer's acknowledgment closes the session.
+    assert!(a.cancel_exports(B, now).is_empty());
+    a.handle_datagram(control_segment(open, SegmentBody::CancelAckToSender), now);
+    assert_eq!(a.open_sessions(), 1, "only the session to C is left");
+    assert!(events(&mut a).is_empty(), "no second notice");
+    // The span still works for new blocks.
+    let again = a.send_block(B, 1, block(600), 600, now).unwrap();
+    assert_eq!(a.export_sessions(B), vec![again]);
+}
