@@ -19,7 +19,9 @@
 //! - **Bounded send queue** of `send_queue` bundles; beyond it `send` returns
 //!   [`SendError::QueueFull`].
 //! - **Emulation.** Per-peer [`LinkProfile`]s route outgoing datagrams through an
-//!   [`EmulatedUdp`].
+//!   [`EmulatedUdp`]; per-peer [`LinkGate`]s (in the config, or [`UdpAdapter::set_gate`] at
+//!   run time) make a peer's link down while the gate is down (contacts: every datagram sent
+//!   outside a contact is dropped, still reported `Transferred`, as UDP cannot tell).
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ use crate::adapter::{
     AdapterChannels, ConvergenceLayer, CounterSnapshot, Counters, FailureReason, Outcome,
     OutcomeReport, PeerAddr, Received, SendError, TransferId,
 };
-use crate::emulation::{EmulatedUdp, LinkProfile};
+use crate::emulation::{EmulatedUdp, LinkGate, LinkProfile};
 
 /// The adapter's name, used in [`Received::cla`].
 pub const NAME: &str = "udp";
@@ -59,6 +61,9 @@ pub struct UdpConfig {
     pub send_queue: usize,
     /// Link emulation per peer address (outgoing direction).
     pub emulation: Vec<(SocketAddr, LinkProfile)>,
+    /// Link gates per peer address (outgoing direction): the link to that peer is down while
+    /// its gate is down, with or without a profile in `emulation`.
+    pub gates: Vec<(SocketAddr, LinkGate)>,
     /// Seed of the link emulators.
     pub emulation_seed: u64,
     /// Socket send and receive buffer size to request, if any.
@@ -72,6 +77,7 @@ impl Default for UdpConfig {
             max_bundle_size: MAX_UDP_PAYLOAD,
             send_queue: 1024,
             emulation: Vec::new(),
+            gates: Vec::new(),
             emulation_seed: 0,
             socket_buffer: Some(4 * 1024 * 1024),
         }
@@ -154,6 +160,9 @@ impl UdpAdapter {
         for (peer, profile) in &config.emulation {
             emulated.set_profile(*peer, profile.clone());
         }
+        for (peer, gate) in &config.gates {
+            emulated.set_gate(*peer, gate.clone());
+        }
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(Notify::new());
         let stopped = Arc::new(AtomicBool::new(false));
@@ -193,6 +202,11 @@ impl UdpAdapter {
     /// The link emulator's counters for `peer`, if its link is emulated.
     pub fn emulation_stats(&self, peer: &SocketAddr) -> Option<crate::emulation::EmulatorStats> {
         self.emulated.stats(peer)
+    }
+
+    /// Gate the link to `peer` with `gate` from now on (see [`UdpConfig::gates`]).
+    pub fn set_gate(&self, peer: SocketAddr, gate: LinkGate) {
+        self.emulated.set_gate(peer, gate);
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use convergence::adapter::{
     AdapterChannels, ConvergenceLayer, Outcome, OutcomeReport, PeerAddr, Received, SendError,
 };
-use convergence::emulation::LinkProfile;
+use convergence::emulation::{LinkGate, LinkProfile};
 use convergence::udp::{UdpAdapter, UdpConfig};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -256,6 +256,47 @@ async fn emulated_delay_and_loss() {
         "fraction {fraction}"
     );
     assert_eq!(b.cla.counters().bundles_in, expected);
+}
+
+#[tokio::test]
+async fn gated_peer_receives_nothing_until_the_gate_opens() {
+    let mut b = node(UdpConfig::default(), 64).await;
+    let mut c = node(UdpConfig::default(), 64).await;
+    let gate = LinkGate::new(false);
+    let config = UdpConfig {
+        gates: vec![(b.cla.local_addr(), gate.clone())],
+        ..UdpConfig::default()
+    };
+    let mut a = node(config, 16).await;
+    for id in 0..10u64 {
+        a.cla
+            .send(&peer(&b), id, fake_bundle(100, id as u8))
+            .unwrap();
+    }
+    // UDP cannot tell: every send is Transferred, but the gate dropped all of them.
+    for _ in 0..10 {
+        assert_eq!(outcome(&mut a).await.outcome, Outcome::Transferred);
+    }
+    let stats = a.cla.emulation_stats(&b.cla.local_addr()).unwrap();
+    assert_eq!((stats.submitted, stats.dropped_down), (10, 10));
+    // Another peer is not gated.
+    a.cla.send(&peer(&c), 50, fake_bundle(100, 50)).unwrap();
+    assert_eq!(recv(&mut c).await.bundle, fake_bundle(100, 50));
+    assert!(a.cla.emulation_stats(&c.cla.local_addr()).is_none());
+    // The contact starts: the next bundle arrives, and only it.
+    gate.set(true);
+    a.cla.send(&peer(&b), 99, fake_bundle(100, 99)).unwrap();
+    assert_eq!(recv(&mut b).await.bundle, fake_bundle(100, 99));
+    assert!(b.rx.try_recv().is_err());
+    // A gate attached at run time closes the other peer's link.
+    let gate_c = LinkGate::new(false);
+    a.cla.set_gate(c.cla.local_addr(), gate_c);
+    a.cla.send(&peer(&c), 51, fake_bundle(100, 51)).unwrap();
+    for _ in 0..3 {
+        outcome(&mut a).await;
+    }
+    let stats = a.cla.emulation_stats(&c.cla.local_addr()).unwrap();
+    assert_eq!((stats.submitted, stats.dropped_down), (1, 1));
 }
 
 #[tokio::test]

@@ -8,10 +8,11 @@
 //!    busy until the previous datagram is serialised (`len / rate` seconds each). If the bytes
 //!    still waiting plus this datagram exceed `queue_limit_bytes`, it is tail-dropped
 //!    ([`DropReason::QueueFull`]). Serialisation starts at `max(now, busy_until)`.
-//! 3. **Schedule**: if the link is down when serialisation starts, drop
-//!    ([`DropReason::LinkDown`]); it does not occupy the transmitter. A datagram already
-//!    propagating when the link goes down is still delivered: an outage stops transmission, not
-//!    signals already on their way (light-time propagation).
+//! 3. **Schedule and gate**: if the link is down when serialisation starts, by the profile's
+//!    schedule or because its [`LinkGate`] is down (the gate is read at submission: it has no
+//!    future), drop ([`DropReason::LinkDown`]); it does not occupy the transmitter. A datagram
+//!    already propagating when the link goes down is still delivered: an outage stops
+//!    transmission, not signals already on their way (light-time propagation).
 //! 4. **Loss** after serialisation (the datagram used the transmitter, then got lost on the
 //!    channel): Bernoulli `loss` ([`DropReason::Loss`]), then the Gilbert–Elliott chain
 //!    ([`DropReason::BurstLoss`]), whose state advances once per datagram that reaches step 4.
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::gate::LinkGate;
 use super::profile::LinkProfile;
 
 /// What `submit` did with a datagram.
@@ -50,7 +52,7 @@ pub enum DropReason {
     BurstLoss,
     /// The transmit queue was full (tail drop).
     QueueFull,
-    /// The link was down when the datagram would have been transmitted.
+    /// The link was down when the datagram would have been transmitted (schedule or gate).
     LinkDown,
     /// The emulator already held its limit of datagrams.
     InFlightLimit,
@@ -73,12 +75,28 @@ pub struct EmulatorStats {
     pub dropped_burst: u64,
     /// Tail-dropped at the queue limit.
     pub dropped_queue: u64,
-    /// Dropped because the link was down.
+    /// Dropped because the link was down (scheduled outage or gate down).
     pub dropped_down: u64,
     /// Dropped at the in-flight limit.
     pub dropped_in_flight: u64,
     /// Extra copies created by duplication.
     pub duplicated: u64,
+}
+
+impl std::ops::AddAssign for EmulatorStats {
+    /// Adds another emulator's counters (totals over several links).
+    fn add_assign(&mut self, o: EmulatorStats) {
+        self.submitted += o.submitted;
+        self.submitted_bytes += o.submitted_bytes;
+        self.delivered += o.delivered;
+        self.delivered_bytes += o.delivered_bytes;
+        self.dropped_loss += o.dropped_loss;
+        self.dropped_burst += o.dropped_burst;
+        self.dropped_queue += o.dropped_queue;
+        self.dropped_down += o.dropped_down;
+        self.dropped_in_flight += o.dropped_in_flight;
+        self.duplicated += o.duplicated;
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -94,6 +112,7 @@ struct Pending {
 pub struct LinkEmulator {
     profile: LinkProfile,
     start: Instant,
+    gate: Option<LinkGate>,
     rng: SmallRng,
     /// When the transmitter finishes the last accepted datagram.
     busy_until: Instant,
@@ -111,6 +130,7 @@ impl LinkEmulator {
         LinkEmulator {
             profile,
             start,
+            gate: None,
             rng: SmallRng::seed_from_u64(seed),
             busy_until: start,
             last_delivery: start,
@@ -126,8 +146,22 @@ impl LinkEmulator {
         &self.profile
     }
 
-    /// Whether the link is up at `now` according to the schedule.
+    /// Gates the link with `gate` (replacing any previous gate; `None` removes it): while the
+    /// gate is down, every datagram submitted is dropped as [`DropReason::LinkDown`].
+    pub fn set_gate(&mut self, gate: Option<LinkGate>) {
+        self.gate = gate;
+    }
+
+    /// The link's gate, if it has one.
+    pub fn gate(&self) -> Option<&LinkGate> {
+        self.gate.as_ref()
+    }
+
+    /// Whether the link is up at `now` according to the schedule, and its gate is up now.
     pub fn is_up(&self, now: Instant) -> bool {
+        if self.gate.as_ref().is_some_and(|g| !g.is_up()) {
+            return false;
+        }
         match &self.profile.schedule {
             None => true,
             Some(s) => s.is_up(now.saturating_duration_since(self.start)),
@@ -350,6 +384,39 @@ mod tests {
             e.submit(t0, Bytes::new()),
             Verdict::Dropped(DropReason::InFlightLimit)
         );
+    }
+
+    #[test]
+    fn gate_down_drops_everything_as_an_outage() {
+        let t0 = Instant::now();
+        let p = LinkProfile::builder()
+            .delay(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let mut e = LinkEmulator::new(p, 1, t0);
+        let gate = LinkGate::new(true);
+        e.set_gate(Some(gate.clone()));
+        assert_eq!(e.submit(t0, Bytes::from_static(b"a")), Verdict::Queued);
+        gate.set(false);
+        assert!(!e.is_up(t0));
+        for _ in 0..5 {
+            assert_eq!(
+                e.submit(t0, Bytes::from_static(b"x")),
+                Verdict::Dropped(DropReason::LinkDown)
+            );
+        }
+        gate.set(true);
+        assert_eq!(e.submit(t0, Bytes::from_static(b"b")), Verdict::Queued);
+        // The datagram propagating while the gate was down still arrives.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(e.poll_deliver(t1).as_deref(), Some(&b"a"[..]));
+        assert_eq!(e.poll_deliver(t1).as_deref(), Some(&b"b"[..]));
+        assert_eq!(e.poll_deliver(t1), None);
+        let s = e.stats();
+        assert_eq!((s.submitted, s.dropped_down, s.delivered), (7, 5, 2));
+        e.set_gate(None);
+        gate.set(false);
+        assert_eq!(e.submit(t1, Bytes::new()), Verdict::Queued, "gate removed");
     }
 
     #[test]

@@ -6,19 +6,23 @@
 //!   seeded, so a run repeats exactly (see [`emulator`] for the model and the order of effects).
 //! - [`LinkProfile`]: its parameters, with a builder and a compact text form
 //!   (`"delay=250ms,jitter=10ms,loss=0.02,rate=1000000"`, see [`profile`]).
+//! - [`LinkGate`]: a shareable up/down switch a caller flips at contact start and end; a gated
+//!   link is down (drops everything, counted as outage drops) while its gate is down.
 //! - [`EmulatedUdp`]: a UDP socket whose outgoing datagrams pass through one emulator per
-//!   destination and are sent by a timer task.
+//!   destination (optionally gated) and are sent by a timer task.
 //! - [`EmulatedStream`]: an `AsyncRead + AsyncWrite` wrapper that delays and rate-limits a byte
 //!   stream in both directions (no loss: it stands for a reliable transport such as TCP).
 //! - [`LtpImpairment`]: the emulator as an `ltp` driver impairment.
 
 pub mod emulator;
+pub mod gate;
 pub mod ltp_impairment;
 pub mod profile;
 pub mod stream;
 pub mod udp;
 
 pub use emulator::{DropReason, EmulatorStats, LinkEmulator, Verdict};
+pub use gate::LinkGate;
 pub use ltp_impairment::LtpImpairment;
 pub use profile::{
     parse_duration, GilbertElliott, LinkProfile, LinkProfileBuilder, Outage, ProfileError, Schedule,

@@ -2,7 +2,10 @@
 //! per destination and are sent by a timer task when due.
 //!
 //! Emulation applies on the sending side only (one direction of each link); emulate both
-//! directions by giving both ends a profile. Destinations without a profile are sent directly.
+//! directions by giving both ends a profile. A destination may also have a [`LinkGate`]: while
+//! it is down, datagrams to that destination are dropped as in an outage; a destination with a
+//! gate but no profile gets a perfect link (no delay, no loss) that only the gate closes.
+//! Destinations with neither are sent directly.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::emulator::{EmulatorStats, LinkEmulator, Verdict};
+use super::gate::LinkGate;
 use super::profile::LinkProfile;
 
 #[derive(Debug, Default)]
@@ -64,14 +68,30 @@ impl EmulatedUdp {
     }
 
     /// Emulate the link to `dest` with `profile` from now on (replaces any previous emulator,
-    /// dropping datagrams it still held).
+    /// dropping datagrams it still held, but keeping its gate).
     pub fn set_profile(&self, dest: SocketAddr, profile: LinkProfile) {
         let seed = self.seed ^ hash_addr(&dest);
-        let emu = LinkEmulator::new(profile, seed, Instant::now());
-        lock(&self.state).links.insert(dest, emu);
+        let mut emu = LinkEmulator::new(profile, seed, Instant::now());
+        let mut st = lock(&self.state);
+        emu.set_gate(st.links.get(&dest).and_then(|e| e.gate().cloned()));
+        st.links.insert(dest, emu);
     }
 
-    /// Whether datagrams to `dest` are emulated.
+    /// Gate the link to `dest` with `gate` from now on (replacing any previous gate): while it
+    /// is down, every datagram to `dest` is dropped ([`DropReason::LinkDown`]). A destination
+    /// without a profile gets a perfect emulated link that only the gate closes.
+    ///
+    /// [`DropReason::LinkDown`]: super::DropReason::LinkDown
+    pub fn set_gate(&self, dest: SocketAddr, gate: LinkGate) {
+        let seed = self.seed ^ hash_addr(&dest);
+        lock(&self.state)
+            .links
+            .entry(dest)
+            .or_insert_with(|| LinkEmulator::new(LinkProfile::default(), seed, Instant::now()))
+            .set_gate(Some(gate));
+    }
+
+    /// Whether datagrams to `dest` are emulated (by a profile or a gate).
     pub fn is_emulated(&self, dest: &SocketAddr) -> bool {
         lock(&self.state).links.contains_key(dest)
     }
@@ -174,5 +194,82 @@ async fn deliver_task(
             }
             None => wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulation::DropReason;
+    use std::time::Duration;
+
+    async fn socket() -> Arc<UdpSocket> {
+        Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    async fn recv(s: &UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), s.recv_from(&mut buf))
+            .await
+            .expect("datagram within the timeout")
+            .unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test]
+    async fn gates_and_profiles_are_per_destination() {
+        let emu = EmulatedUdp::new(socket().await, 5);
+        let (gated, delayed, direct) = (socket().await, socket().await, socket().await);
+        let (g, d, x) = (
+            gated.local_addr().unwrap(),
+            delayed.local_addr().unwrap(),
+            direct.local_addr().unwrap(),
+        );
+        // A gate alone (no profile), and a profile alone.
+        let gate = LinkGate::new(false);
+        emu.set_gate(g, gate.clone());
+        emu.set_profile(d, "delay=50ms".parse().unwrap());
+        assert!(emu.is_emulated(&g) && emu.is_emulated(&d) && !emu.is_emulated(&x));
+        for _ in 0..5 {
+            let v = emu.send_to(Bytes::from_static(b"g"), g).await.unwrap();
+            assert_eq!(v, Verdict::Dropped(DropReason::LinkDown));
+        }
+        let t0 = Instant::now();
+        assert_eq!(
+            emu.send_to(Bytes::from_static(b"d"), d).await.unwrap(),
+            Verdict::Queued
+        );
+        emu.send_to(Bytes::from_static(b"x"), x).await.unwrap();
+        assert_eq!(recv(&direct).await, b"x");
+        assert_eq!(recv(&delayed).await, b"d");
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        let s = emu.stats(&g).unwrap();
+        assert_eq!((s.submitted, s.dropped_down, s.delivered), (5, 5, 0));
+        assert_eq!(emu.stats(&d).unwrap().dropped_down, 0);
+        // Gate up: passes; a new profile keeps the gate.
+        gate.set(true);
+        assert_eq!(
+            emu.send_to(Bytes::from_static(b"up"), g).await.unwrap(),
+            Verdict::Queued
+        );
+        assert_eq!(recv(&gated).await, b"up");
+        emu.set_profile(g, "delay=1ms".parse().unwrap());
+        gate.set(false);
+        assert_eq!(
+            emu.send_to(Bytes::from_static(b"g"), g).await.unwrap(),
+            Verdict::Dropped(DropReason::LinkDown)
+        );
+        // Gating a link that has a profile keeps the profile.
+        let gate_d = LinkGate::new(true);
+        emu.set_gate(d, gate_d.clone());
+        let t1 = Instant::now();
+        emu.send_to(Bytes::from_static(b"d2"), d).await.unwrap();
+        assert_eq!(recv(&delayed).await, b"d2");
+        assert!(t1.elapsed() >= Duration::from_millis(50));
+        gate_d.set(false);
+        assert_eq!(
+            emu.send_to(Bytes::from_static(b"d3"), d).await.unwrap(),
+            Verdict::Dropped(DropReason::LinkDown)
+        );
     }
 }
