@@ -13,7 +13,13 @@
 //! events go to a bounded channel (when it is full the driver stops reading the socket until the
 //! user catches up: back-pressure, LTP recovers what the kernel drops); [`Engine::poll_timeout`]
 //! arms a tokio sleep; commands arrive from [`LtpHandle`] over a bounded channel. An optional
-//! [`Impairment`] (loss, delay) sits between the engine and the socket, for tests and `ltpperf`.
+//! [`Impairment`] (loss, delay) sits between the engine and the socket, for tests, `ltpperf` and
+//! emulated links; it sees each datagram's [`Destination`] (peer engine and UDP address), so it
+//! can treat the links to different peers differently.
+//!
+//! Spans can be changed while the driver runs: [`LtpHandle::configure_span`] reconfigures a span
+//! in place ([`Engine::add_span`]), [`LtpHandle::set_span_address`] moves it to another address,
+//! and [`LtpHandle::cancel_exports`] cancels every export session to a peer (RFC 5326 §4.2).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -28,7 +34,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::engine::{Engine, EngineStats, Event, SendError};
+use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig};
 use crate::segment::{EngineId, SessionId};
 
 /// Largest UDP payload we can receive.
@@ -40,13 +46,32 @@ const RX_BATCH: usize = 256;
 /// Receive buffer chunk: received datagrams are zero-copy slices of chunks of this size.
 const RX_CHUNK: usize = 4 * 1024 * 1024;
 
-/// Emulated channel impairment applied to every datagram the driver sends.
-pub trait Impairment {
-    /// Returns the datagrams to actually send and when (empty: dropped).
-    fn on_send(&mut self, now: Instant, datagram: Bytes) -> Vec<(Instant, Bytes)>;
+/// Where a sent datagram goes: the peer engine and the UDP address of its span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The peer engine the segment is for.
+    pub engine: EngineId,
+    /// The UDP address the datagram is sent to (configured or learned for `engine`).
+    pub addr: SocketAddr,
 }
 
-/// Seeded random loss with a fixed one-way delay.
+/// Emulated channel impairment applied to every datagram the driver sends.
+///
+/// The driver resolves the peer's address first (a datagram for a peer with no address is
+/// counted as `no_route` and never reaches the impairment), then calls `on_send` once per
+/// datagram, in transmission order. The datagrams returned are sent to `dest.addr` at their
+/// instants (at once if not in the future), even if the span's address changes meanwhile.
+pub trait Impairment {
+    /// Returns the datagrams to actually send to `dest` and when (empty: dropped).
+    fn on_send(
+        &mut self,
+        now: Instant,
+        dest: Destination,
+        datagram: Bytes,
+    ) -> Vec<(Instant, Bytes)>;
+}
+
+/// Seeded random loss with a fixed one-way delay, the same for every destination.
 #[derive(Debug)]
 pub struct SimpleImpairment {
     /// Probability (0..=1) that a datagram is dropped.
@@ -68,7 +93,12 @@ impl SimpleImpairment {
 }
 
 impl Impairment for SimpleImpairment {
-    fn on_send(&mut self, now: Instant, datagram: Bytes) -> Vec<(Instant, Bytes)> {
+    fn on_send(
+        &mut self,
+        now: Instant,
+        _dest: Destination,
+        datagram: Bytes,
+    ) -> Vec<(Instant, Bytes)> {
         if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
             Vec::new()
         } else {
@@ -87,7 +117,8 @@ pub struct DriverConfig {
     pub send_buffer: usize,
     /// SO_RCVBUF to request, in octets (the kernel may cap it).
     pub recv_buffer: usize,
-    /// Optional emulated loss/delay on sent datagrams.
+    /// Optional emulated loss/delay on sent datagrams (per destination if the impairment
+    /// distinguishes them).
     pub impairment: Option<Box<dyn Impairment + Send>>,
     /// Capacity of the event channel to the user.
     pub event_queue: usize,
@@ -172,7 +203,15 @@ enum Command {
         peer: EngineId,
         addr: SocketAddr,
     },
+    ConfigureSpan {
+        peer: EngineId,
+        config: Box<SpanConfig>,
+    },
     Cancel(SessionId),
+    CancelExports {
+        peer: EngineId,
+        reply: oneshot::Sender<Vec<SessionId>>,
+    },
     Stats(oneshot::Sender<DriverStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -219,9 +258,35 @@ impl LtpHandle {
         self.command(Command::SetSpanAddress { peer, addr }).await
     }
 
+    /// Configures the span to `peer`, or reconfigures it in place while its sessions go on
+    /// ([`Engine::add_span`]): new light times and margin apply to timers started from now on,
+    /// a new rate limit to pacing at once. The span's UDP address is set separately
+    /// ([`set_span_address`](Self::set_span_address)).
+    pub async fn configure_span(
+        &self,
+        peer: EngineId,
+        config: SpanConfig,
+    ) -> Result<(), DriverError> {
+        self.command(Command::ConfigureSpan {
+            peer,
+            config: Box::new(config),
+        })
+        .await
+    }
+
     /// Cancels a session at the user's request (RFC 5326 §6.19, USR_CNCLD).
     pub async fn cancel(&self, session: SessionId) -> Result<(), DriverError> {
         self.command(Command::Cancel(session)).await
+    }
+
+    /// Cancels every export session to `peer`, queued or open, at the user's request
+    /// ([`Engine::cancel_exports`]: RFC 5326 §4.2 and §6.15, USR_CNCLD). Returns the sessions
+    /// cancelled; each also gets an [`Event::ExportCancelled`]. Sessions that ended before the
+    /// command reached the engine are not in the list (their own event says how they ended).
+    pub async fn cancel_exports(&self, peer: EngineId) -> Result<Vec<SessionId>, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::CancelExports { peer, reply }).await?;
+        rx.await.map_err(|_| DriverError::Closed)
     }
 
     /// Driver and engine counters.
@@ -322,11 +387,11 @@ fn bind_socket(config: &DriverConfig) -> io::Result<(UdpSocket, (usize, usize))>
     Ok((socket, buffers))
 }
 
-/// A datagram held back by the impairment until `at`.
+/// A datagram held back by the impairment until `at`, for the address it was impaired for.
 struct Delayed {
     at: Instant,
     seq: u64,
-    peer: EngineId,
+    addr: SocketAddr,
     datagram: Bytes,
 }
 
@@ -444,7 +509,11 @@ impl Task {
             Command::SetSpanAddress { peer, addr } => {
                 self.spans.insert(peer, addr);
             }
+            Command::ConfigureSpan { peer, config } => self.engine.add_span(peer, *config),
             Command::Cancel(s) => self.engine.cancel(s, now),
+            Command::CancelExports { peer, reply } => {
+                let _ = reply.send(self.engine.cancel_exports(peer, now));
+            }
             Command::Stats(reply) => {
                 let mut s = self.stats.clone();
                 s.engine = self.engine.stats();
@@ -506,12 +575,20 @@ impl Task {
             let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
                 return false;
             };
+            let Some(addr) = self.route(peer) else {
+                continue;
+            };
             match self.impairment.as_mut() {
-                None => self.send(peer, datagram).await,
+                None => self.send(addr, datagram).await,
                 Some(imp) => {
-                    for (at, d) in imp.on_send(now, datagram) {
+                    let dest = Destination { engine: peer, addr };
+                    let out = imp.on_send(now, dest, datagram);
+                    if out.is_empty() {
+                        self.stats.impaired_drops += 1;
+                    }
+                    for (at, d) in out {
                         if at <= now {
-                            self.send(peer, d).await;
+                            self.send(addr, d).await;
                         } else if self.delayed.len() >= self.max_delayed {
                             self.stats.impaired_drops += 1;
                         } else {
@@ -519,12 +596,11 @@ impl Task {
                             self.delayed.push(Reverse(Delayed {
                                 at,
                                 seq: self.delayed_seq,
-                                peer,
+                                addr,
                                 datagram: d,
                             }));
                         }
                     }
-                    // on_send returning nothing is a drop.
                 }
             }
         }
@@ -534,13 +610,15 @@ impl Task {
     async fn release_delayed(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
-                self.send(d.peer, d.datagram).await;
+                self.send(d.addr, d.datagram).await;
             }
         }
     }
 
-    async fn send(&mut self, peer: EngineId, datagram: Bytes) {
-        let Some(&addr) = self.spans.get(&peer) else {
+    /// The address of `peer`'s span; counts (and logs once) a datagram with no route.
+    fn route(&mut self, peer: EngineId) -> Option<SocketAddr> {
+        let addr = self.spans.get(&peer).copied();
+        if addr.is_none() {
             self.stats.no_route += 1;
             if self.stats.no_route == 1 {
                 warn!(
@@ -548,8 +626,11 @@ impl Task {
                     "no UDP address configured for engine; datagram dropped"
                 );
             }
-            return;
-        };
+        }
+        addr
+    }
+
+    async fn send(&mut self, addr: SocketAddr, datagram: Bytes) {
         match self.socket.send_to(&datagram, addr).await {
             Ok(n) => {
                 self.stats.datagrams_sent += 1;
@@ -591,13 +672,20 @@ impl Task {
 mod tests {
     use super::*;
 
+    fn dest(engine: EngineId, port: u16) -> Destination {
+        Destination {
+            engine,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
     #[test]
     fn simple_impairment_is_seeded_and_drops_about_the_loss_rate() {
         let now = Instant::now();
         let run = |seed| {
             let mut imp = SimpleImpairment::new(0.05, Duration::from_millis(10), seed);
-            (0..10_000)
-                .map(|_| imp.on_send(now, Bytes::from_static(b"x")))
+            (0..10_000u64)
+                .map(|i| imp.on_send(now, dest(i % 3, 1113), Bytes::from_static(b"x")))
                 .collect::<Vec<_>>()
         };
         let a = run(3);
@@ -609,6 +697,10 @@ mod tests {
             .flatten()
             .all(|(at, _)| *at == now + Duration::from_millis(10)));
         let mut none = SimpleImpairment::new(0.0, Duration::ZERO, 1);
-        assert_eq!(none.on_send(now, Bytes::from_static(b"y")).len(), 1);
+        assert_eq!(
+            none.on_send(now, dest(7, 4556), Bytes::from_static(b"y"))
+                .len(),
+            1
+        );
     }
 }

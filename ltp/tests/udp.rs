@@ -1,12 +1,15 @@
 //! Two UDP drivers on 127.0.0.1 transfer blocks through the real engine: mixed red/green
-//! blocks, and red blocks through a 5 % loss impairment (RFC 5326 §6 retransmission).
+//! blocks, and red blocks through a 5 % loss impairment (RFC 5326 §6 retransmission); one
+//! driver with two peers gives its impairment each datagram's destination, and reconfigures and
+//! cancels a span at run time.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ltp::driver::{DriverConfig, LtpDriver, LtpHandle, SimpleImpairment};
-use ltp::{Engine, EngineConfig, Event, SpanConfig};
+use ltp::driver::{Destination, DriverConfig, Impairment, LtpDriver, LtpHandle, SimpleImpairment};
+use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
 use tokio::sync::mpsc;
 
 const A: u64 = 10;
@@ -158,4 +161,96 @@ async fn red_blocks_survive_5_percent_loss() {
     assert!(sa.engine.data_segments_retransmitted > 0, "{sa:?}");
     ha.shutdown().await;
     hb.shutdown().await;
+}
+
+/// Records every destination it sees; drops everything sent to `blocked`.
+struct Recorder {
+    seen: Arc<Mutex<Vec<Destination>>>,
+    blocked: u64,
+}
+
+impl Impairment for Recorder {
+    fn on_send(&mut self, now: Instant, dest: Destination, d: Bytes) -> Vec<(Instant, Bytes)> {
+        self.seen.lock().unwrap().push(dest);
+        if dest.engine == self.blocked {
+            Vec::new()
+        } else {
+            vec![(now, d)]
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impairment_sees_destinations_and_spans_change_at_run_time() {
+    const C: u64 = 30;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (hb, mut eb) = LtpDriver::spawn(DriverConfig::new(any), engine(B, A, 2)).unwrap();
+    let (hc, _ec) = LtpDriver::spawn(DriverConfig::new(any), engine(C, A, 3)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut ca = DriverConfig::new(any);
+    ca.spans = vec![(B, hb.local_addr()), (C, hc.local_addr())];
+    ca.impairment = Some(Box::new(Recorder {
+        seen: seen.clone(),
+        blocked: C,
+    }));
+    let mut a = engine(A, B, 1);
+    a.add_span(C, span());
+    let (ha, mut ea) = LtpDriver::spawn(ca, a).unwrap();
+    hb.set_span_address(A, ha.local_addr()).await.unwrap();
+    hc.set_span_address(A, ha.local_addr()).await.unwrap();
+
+    // Span C starts with a long round trip, so its blocked checkpoint is not retransmitted
+    // during the test; the change applies to timers started afterwards.
+    let slow = SpanConfig {
+        owlt_outbound: Duration::from_secs(30),
+        owlt_inbound: Duration::from_secs(30),
+        ..span()
+    };
+    ha.configure_span(C, slow).await.unwrap();
+    let to_b = ha.send_block(B, 1, block(5000, 1), 5000).await.unwrap();
+    let to_c = ha.send_block(C, 1, block(5000, 2), 5000).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut events = Vec::new();
+    let mut cancelled = false;
+    while events.len() < 2 {
+        tokio::select! {
+            e = eb.recv() => match e.expect("events") {
+                Event::BlockReceived { session, .. } => assert_eq!(session, to_b),
+                other => panic!("receiver: unexpected {other:?}"),
+            },
+            e = ea.recv() => events.push(e.expect("events")),
+            _ = tokio::time::sleep_until(deadline) => panic!("timeout: {events:?}"),
+        }
+        // The block to C cannot complete: once B's has, cancel every export to C.
+        if events.len() == 1 && !cancelled {
+            assert_eq!(events[0], Event::TransmissionCompleted { session: to_b });
+            assert_eq!(ha.cancel_exports(C).await.unwrap(), vec![to_c]);
+            assert!(ha.cancel_exports(C).await.unwrap().is_empty());
+            cancelled = true;
+        }
+    }
+    assert_eq!(
+        events[1],
+        Event::ExportCancelled {
+            session: to_c,
+            reason: CancelReason::UserCancelled,
+            by_peer: false
+        }
+    );
+    let seen = seen.lock().unwrap().clone();
+    for (engine, addr) in [(B, hb.local_addr()), (C, hc.local_addr())] {
+        assert!(
+            seen.contains(&Destination { engine, addr }),
+            "{engine} not seen: {seen:?}"
+        );
+    }
+    assert!(seen
+        .iter()
+        .all(|d| (d.engine == B && d.addr == hb.local_addr())
+            || (d.engine == C && d.addr == hc.local_addr())));
+    let stats = ha.stats().await.unwrap();
+    assert!(stats.impaired_drops > 0, "{stats:?}");
+    for h in [ha, hb, hc] {
+        h.shutdown().await;
+    }
 }

@@ -12,7 +12,8 @@
 //!   destination (optionally gated) and are sent by a timer task.
 //! - [`EmulatedStream`]: an `AsyncRead + AsyncWrite` wrapper that delays and rate-limits a byte
 //!   stream in both directions (no loss: it stands for a reliable transport such as TCP).
-//! - [`LtpImpairment`]: the emulator as an `ltp` driver impairment.
+//! - [`LtpImpairment`]: emulators per destination as an `ltp` driver impairment, so each LTP
+//!   span of a node can have its own link (and gate).
 
 pub mod emulator;
 pub mod gate;
