@@ -15,6 +15,13 @@
 //!   RFC 5326 §6.12), `Failed(Cancelled)` when the session is cancelled (§6.19–6.20),
 //!   `Failed(Refused|Unreachable|TooLarge)` when the engine refuses the block, and
 //!   `Failed(Shutdown)` for everything pending at shutdown.
+//! - **Span cancel** ([`LtpAdapter::cancel_span`], e.g. when a contact ends with transfers
+//!   still open): the bundles aggregating for the span and every export session to its engine
+//!   (open or queued, RFC 5326 §4.2 cancellation request, USR_CNCLD) are failed with
+//!   `Failed(Cancelled)` at once; sessions that ended before the cancel reached the engine keep
+//!   the outcome they ended with. The span stays usable: later bundles start new sessions.
+//! - **Span settings** change at run time through the driver handle
+//!   ([`LtpAdapter::ltp`], [`LtpHandle::configure_span`]).
 //! - **Reception**: a received block (the red part, or a green block once all its segments have
 //!   arrived contiguously) is split into bundles, each a self-delimiting CBOR item (a bundle is
 //!   an indefinite-length array ending with the break byte 0xff, RFC 9171 §4.1), found by a
@@ -31,7 +38,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ltp::driver::{DriverConfig, DriverError, LtpDriver, LtpHandle};
 use ltp::{Engine, EngineId, Event, SessionId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::adapter::{
@@ -108,11 +115,29 @@ struct Job {
     urgent: bool,
 }
 
+/// What the adapter task is asked to do, in the order asked.
+enum Msg {
+    Send(Job),
+    CancelSpan {
+        engine: EngineId,
+        reply: oneshot::Sender<SpanCancelled>,
+    },
+}
+
+/// What [`LtpAdapter::cancel_span`] cancelled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanCancelled {
+    /// LTP export sessions cancelled in the engine (open or queued).
+    pub sessions: usize,
+    /// Bundles reported `Failed(Cancelled)`: carried by those sessions or still aggregating.
+    pub bundles: usize,
+}
+
 /// The LTP convergence-layer adapter (see the module docs).
 pub struct LtpAdapter {
     spans: Vec<EngineId>,
     max_bundle_size: usize,
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Mutex<Option<mpsc::Sender<Msg>>>,
     counters: Arc<Counters>,
     handle: LtpHandle,
 }
@@ -167,9 +192,40 @@ impl LtpAdapter {
         }))
     }
 
-    /// The LTP driver's handle (stats, link cues, span addresses).
+    /// The LTP driver's handle (stats, link cues, span addresses, span settings with
+    /// [`LtpHandle::configure_span`]).
     pub fn ltp(&self) -> &LtpHandle {
         &self.handle
+    }
+
+    /// Cancels everything in progress to the span's peer `engine` (e.g. its contact ended):
+    /// bundles still aggregating for the span, and every LTP export session to `engine`, open
+    /// or queued (RFC 5326 §4.2 cancellation request, §6.15 cancel from the block sender,
+    /// USR_CNCLD). Every bundle they carry gets one `Failed(Cancelled)` outcome, reported
+    /// before this returns (so the outcomes channel must be drained meanwhile). A session that
+    /// ended before the cancel reached the engine keeps the outcome it ended with.
+    ///
+    /// Ordered with `send` (one queue): bundles accepted before the call are cancelled, bundles
+    /// accepted after it returns start new sessions on the span as usual. Link state and span
+    /// settings are left alone (see [`LtpHandle::set_link`], [`LtpHandle::configure_span`]).
+    /// Errors: `UnknownPeer` if `engine` is not a span of this adapter, `Shutdown` after
+    /// shutdown.
+    pub async fn cancel_span(&self, engine: EngineId) -> Result<SpanCancelled, SendError> {
+        if !self.spans.contains(&engine) {
+            return Err(SendError::UnknownPeer(PeerAddr::LtpEngine(engine)));
+        }
+        let tx = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(SendError::Shutdown)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::CancelSpan { engine, reply })
+            .await
+            .map_err(|_| SendError::Shutdown)?;
+        drop(tx);
+        rx.await.map_err(|_| SendError::Shutdown)
     }
 
     /// Like [`ConvergenceLayer::send`], but the bundle's block is sent at once, without
@@ -202,12 +258,12 @@ impl LtpAdapter {
         }
         let guard = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref().ok_or(SendError::Shutdown)?;
-        tx.try_send(Job {
+        tx.try_send(Msg::Send(Job {
             engine,
             id,
             bundle,
             urgent,
-        })
+        }))
         .map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => SendError::Shutdown,
@@ -270,13 +326,17 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut events: mpsc::Receiver<Event>) {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<Event>) {
         let mut events_open = true;
         loop {
             let next = self.open.values().map(|b| b.deadline).min();
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(job) => self.on_job(job).await,
+                    Some(Msg::Send(job)) => self.on_job(job).await,
+                    Some(Msg::CancelSpan { engine, reply }) => {
+                        let done = self.cancel_span(engine).await;
+                        let _ = reply.send(done);
+                    }
                     None => break,
                 },
                 ev = events.recv(), if events_open => match ev {
@@ -344,6 +404,37 @@ impl Task {
         if job.urgent || block.data.len() >= policy.aggregation_size {
             self.flush(job.engine).await;
         }
+    }
+
+    /// Fail the bundles aggregating for `engine` and cancel its export sessions, failing the
+    /// bundles of every session the engine cancelled (see [`LtpAdapter::cancel_span`]).
+    async fn cancel_span(&mut self, engine: EngineId) -> SpanCancelled {
+        let reason = FailureReason::Cancelled(format!(
+            "LTP span to engine {engine} cancelled by the user (USR_CNCLD)"
+        ));
+        let mut done = SpanCancelled::default();
+        if let Some(block) = self.open.remove(&engine) {
+            done.bundles += block.bundles.len();
+            self.report_all(engine, &block.bundles, reason.clone())
+                .await;
+        }
+        // If the driver stopped, nothing is cancelled here: the task's shutdown fails the rest.
+        let sessions = self.handle.cancel_exports(engine).await.unwrap_or_default();
+        for session in sessions {
+            // The engine's ExportCancelled events that follow find nothing left to report.
+            if let Some((e, bundles)) = self.sessions.remove(&session) {
+                done.sessions += 1;
+                done.bundles += bundles.len();
+                self.report_all(e, &bundles, reason.clone()).await;
+            }
+        }
+        tracing::debug!(
+            engine,
+            sessions = done.sessions,
+            bundles = done.bundles,
+            "LTP span cancelled"
+        );
+        done
     }
 
     /// Send the open block for `engine` in one LTP session.
