@@ -30,6 +30,7 @@ impl BundleEngine {
                 .router
                 .as_ref()
                 .and_then(|r| r.next_contact_change(now));
+            self.apply_contacts(now);
             self.reroute_waiting(now);
         }
         let due: Vec<BundleKey> = self
@@ -157,6 +158,7 @@ impl BundleEngine {
             .router
             .as_ref()
             .and_then(|r| r.next_contact_change(now));
+        self.apply_contacts(now);
         tracing::info!(
             bundles = self.entries.len(),
             forward = forward.len(),

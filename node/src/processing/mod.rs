@@ -45,6 +45,7 @@ use crate::api::{
     SendRequest,
 };
 use crate::store::{BundleKey, Store, Ticket};
+pub use contacts::PlannedLink;
 use convergence::{FailureReason, TransferId};
 
 /// Index of a neighbour in [`EngineConfig::neighbours`].
@@ -141,6 +142,16 @@ pub enum Action {
         /// The delivery.
         delivery: Delivery,
     },
+    /// A plan-driven link changed (see [`contacts`]): a contact to the neighbour started or
+    /// ended, or a plan reload changed whether the plan drives it. The engine has already
+    /// updated its own view (queues re-routed on down); the daemon applies it to the
+    /// convergence layer (LTP link-state cue and span timing, emulation gate).
+    Link {
+        /// The neighbour.
+        neighbour: NeighbourId,
+        /// The plan's view now; `None`: the plan no longer names it (always up again).
+        link: Option<PlannedLink>,
+    },
 }
 
 /// The answer to a bundle received from a neighbour.
@@ -157,6 +168,7 @@ pub enum Reception {
     Discarded(String),
 }
 
+pub mod contacts;
 mod delivery;
 mod expiry;
 mod forwarding;
@@ -370,6 +382,8 @@ pub struct BundleEngine {
     last_creation: (DtnMillis, u64),
     next_expiry: Option<DtnMillis>,
     next_contact_change: Option<DtnMillis>,
+    /// Plan-driven state of each neighbour (index: [`NeighbourId`]); `None`: not in the plan.
+    planned: Vec<Option<PlannedLink>>,
     next_prune: DtnMillis,
     actions: VecDeque<Action>,
     counters: Counters,
@@ -395,6 +409,7 @@ impl BundleEngine {
                 )));
             }
         }
+        let neighbour_count = config.neighbours.len();
         let max_reassembly = usize::try_from(config.max_reassembly_bytes).unwrap_or(usize::MAX);
         let mut engine = BundleEngine {
             node_id: config.node_id.node_id(),
@@ -450,6 +465,7 @@ impl BundleEngine {
             last_creation: (0, 0),
             next_expiry: None,
             next_contact_change: None,
+            planned: vec![None; neighbour_count],
             next_prune: now.saturating_add(PRUNE_INTERVAL_MS),
             actions: VecDeque::new(),
             counters: Counters::default(),
@@ -531,6 +547,7 @@ impl BundleEngine {
             .router
             .as_ref()
             .and_then(|r| r.next_contact_change(now));
+        self.apply_contacts(now);
         for n in 0..self.neighbours.len() {
             self.requeue_neighbour(NeighbourId(n), now);
         }

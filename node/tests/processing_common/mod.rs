@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use node::api::{Delivery, DtnMillis, Priority, SendRequest, StatusRequests};
 use node::processing::{
-    Action, BundleEngine, EngineConfig, Neighbour, NeighbourId, Reception, StaticRoute,
-    StatusReportPolicy,
+    Action, BundleEngine, EngineConfig, Neighbour, NeighbourId, PlannedLink, Reception,
+    StaticRoute, StatusReportPolicy,
 };
 use node::store::{Durability, Store, StoreConfig};
 
@@ -104,6 +104,8 @@ pub struct Net {
     /// Outcomes withheld (transfer ids per engine) when `hold` is set.
     pub hold: bool,
     pub held: Vec<(usize, u64)>,
+    /// Plan-driven link changes: (engine, neighbour, state, time).
+    pub link_changes: Vec<(usize, usize, Option<PlannedLink>, DtnMillis)>,
 }
 
 impl Net {
@@ -125,6 +127,7 @@ impl Net {
             sent: Vec::new(),
             hold: false,
             held: Vec::new(),
+            link_changes: Vec::new(),
         }
     }
 
@@ -214,6 +217,9 @@ impl Net {
                 registration,
                 delivery,
             } => self.deliveries.push((i, registration, delivery)),
+            Action::Link { neighbour, link } => {
+                self.link_changes.push((i, neighbour.0, link, self.now));
+            }
         }
     }
 

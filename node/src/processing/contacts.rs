@@ -1,0 +1,98 @@
+//! Contacts drive the links: with a contact plan, a neighbour that the plan names as the
+//! receiving end of a contact from this node is up only while such a contact is active
+//! (CCSDS SABR 734.3-B-1 §3.2: a contact is an interval during which the sender may transmit
+//! to the receiver at a rate). Outside its contacts the neighbour is down: bundles queued for it
+//! go back to routing (CGR books them on a later contact or an alternate route), and the daemon
+//! is told through [`Action::Link`] so that it can suspend the convergence layer (LTP timers,
+//! RFC 5326 §6.1 link-state cues), pace it at the contact's rate, set the span's light time
+//! from the plan's ranges, and emulate the link as down.
+//!
+//! Neighbours the plan does not name as a receiver of ours keep their adapter-driven state
+//! (static routes over always-on links still work beside a plan).
+
+use super::{Action, BundleEngine, NeighbourId};
+use crate::api::DtnMillis;
+
+/// The state of a plan-driven link at one moment, as the daemon needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedLink {
+    /// A contact from this node to the neighbour is active.
+    pub up: bool,
+    /// The active contact's rate, bytes/s (`None` while down).
+    pub rate: Option<u64>,
+    /// One-way light time to the neighbour from the plan's ranges, ms (`None`: no range now).
+    pub owlt_ms: Option<u64>,
+}
+
+impl BundleEngine {
+    /// The `ipn` node number of neighbour `i`, if it has one.
+    fn neighbour_node_number(&self, i: usize) -> Option<u64> {
+        match self.neighbours[i].cfg.node_id {
+            Some(bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. }) => Some(node),
+            _ => None,
+        }
+    }
+
+    /// Recompute every plan-driven link at `now`; a change updates the neighbour's state (which
+    /// re-routes its queue when it goes down, pumps it when it comes up) and emits
+    /// [`Action::Link`]. Called at start, at each contact change and after a plan reload.
+    pub(super) fn apply_contacts(&mut self, now: DtnMillis) {
+        for i in 0..self.neighbours.len() {
+            let planned = self.planned_link(i, now);
+            if self.planned[i] == planned {
+                continue;
+            }
+            let was = self.planned[i];
+            self.planned[i] = planned;
+            let n = NeighbourId(i);
+            match planned {
+                Some(link) => {
+                    tracing::info!(
+                        neighbour = %self.neighbours[i].cfg.name,
+                        up = link.up,
+                        rate = ?link.rate,
+                        owlt_ms = ?link.owlt_ms,
+                        "contact plan link state"
+                    );
+                    self.actions.push_back(Action::Link {
+                        neighbour: n,
+                        link: Some(link),
+                    });
+                    self.set_link(n, link.up, now);
+                }
+                None if was.is_some() => {
+                    // The reloaded plan no longer names this neighbour: back to always-on.
+                    self.actions.push_back(Action::Link {
+                        neighbour: n,
+                        link: None,
+                    });
+                    self.set_link(n, true, now);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The plan's view of neighbour `i` at `now`; `None` if the plan has no contact from this
+    /// node to it (or there is no plan).
+    fn planned_link(&self, i: usize, now: DtnMillis) -> Option<PlannedLink> {
+        let router = self.router.as_ref()?;
+        let node = self.neighbour_node_number(i)?;
+        let local = router.local();
+        let plan = router.plan();
+        if !plan.contacts().any(|c| c.from == local && c.to == node) {
+            return None;
+        }
+        let contact = plan.contact_at(local, node, now);
+        Some(PlannedLink {
+            up: contact.is_some(),
+            rate: contact.map(|c| c.rate),
+            owlt_ms: plan.owlt(local, node, now),
+        })
+    }
+
+    /// The plan's current view of a neighbour's link (`None`: not plan-driven).
+    pub fn planned_link_state(&self, neighbour: NeighbourId) -> Option<PlannedLink> {
+        self.planned.get(neighbour.0).copied().flatten()
+    }
+}
