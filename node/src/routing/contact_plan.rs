@@ -113,6 +113,32 @@ pub fn parse_utc_time(s: &str) -> Option<DtnMillis> {
     dtn_millis_from_utc(i64::from(year), month, day, hour, minute, second)
 }
 
+/// Formats DTN time as ION's absolute time `yyyy/mm/dd-hh:mm:ss` (UTC; milliseconds are
+/// dropped), the inverse of [`parse_utc_time`]: how a program writes a plan with a shared `@`
+/// reference line for several nodes.
+pub fn format_utc_time(t: DtnMillis) -> String {
+    let secs = t / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2) + days_from_civil(2000, 1, 1);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (the inverse of `days_from_civil`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}/{month:02}/{day:02}-{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Identifies a contact within a plan: sender, receiver and start time (SABR §3.2.4: contacts
 /// of one sender/receiver pair never overlap, so this is unique).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -893,6 +919,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("c.json:2: "), "{e}");
+    }
+
+    #[test]
+    fn format_utc_time_inverts_parse() {
+        assert_eq!(format_utc_time(0), "2000/01/01-00:00:00");
+        for s in [
+            "2000/02/29-23:59:59",
+            "2026/12/01-02:03:04",
+            "2100/03/01-00:00:00",
+            "2024/12/31-12:00:00",
+        ] {
+            let t = parse_utc_time(s).unwrap();
+            assert_eq!(format_utc_time(t), s);
+            assert_eq!(format_utc_time(t + 999), s);
+        }
     }
 
     #[test]
