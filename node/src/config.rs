@@ -53,7 +53,10 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 # node = "ipn:2.0"
 # tcpcl = "127.0.0.1:4566"         # exactly one of tcpcl / udp / ltp
 # udp = "127.0.0.1:4567"
-# ltp = { engine = 2, addr = "127.0.0.1:1114", owlt = "0ms", rate = 0, green = false, segment_size = 1400, window = 8, aggregation_size = 65536, aggregation_time = "50ms" }
+# ltp = { engine = 2, addr = "127.0.0.1:1114", green = false, segment_size = 1400, window = 8, aggregation_size = 65536, aggregation_time = "50ms" }
+#                                  # owlt = "1s", rate = 125000 override the contact plan's
+#                                  # light time and contact rate (default: from the plan; 0 / no
+#                                  # pacing without one)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"
@@ -61,6 +64,14 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 # [[route]]
 # dest = "ipn:3.*"
 # via = "n2"
+
+# [contact_plan]                   # Contact Graph Routing; links follow their contacts
+# file = "contacts.txt"            # ION `a contact`/`a range` lines, or HDTN JSON (.json)
+# text = "a contact +0 +3600 1 2 125000"   # or the plan inline (instead of file)
+# reload_check = "1s"              # re-read the file when it changes ("0s": only on SIGHUP)
+# on_contact_end = "suspend"       # LTP sessions in flight: "suspend" timers | "cancel" + re-route
+# alternate_routes = 1             # Yen's k routes cached per destination
+# hdtn_unix_time = false           # HDTN JSON times are Unix seconds instead of relative
 
 [status_reports]
 enabled = true
@@ -174,10 +185,12 @@ pub struct LtpLink {
     pub engine: u64,
     /// Its UDP address.
     pub addr: SocketAddr,
-    /// One-way light time (both directions).
-    pub owlt: Duration,
-    /// Rate limit in bytes per second (0: none).
-    pub rate: u64,
+    /// One-way light time (both directions); `None`: from the contact plan's ranges (or 0
+    /// without a plan).
+    pub owlt: Option<Duration>,
+    /// Rate limit in bytes per second (`Some(0)`: none); `None`: the active contact's rate
+    /// from the contact plan (or none without a plan).
+    pub rate: Option<u64>,
     /// Send green (unacknowledged) instead of red.
     pub green: bool,
     /// Largest segment.
@@ -218,6 +231,40 @@ pub struct NeighbourConfig {
     pub emulation: Option<LinkProfile>,
 }
 
+/// Where the contact plan is read from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanSource {
+    /// A file (ION lines, or HDTN JSON if it ends in `.json` or starts with `{`).
+    File(PathBuf),
+    /// Plan text given in the configuration (`text = "..."`).
+    Inline(String),
+}
+
+/// What happens to LTP sessions in flight when their contact ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactEndPolicy {
+    /// Their timers are suspended until the next contact (RFC 5326 §6.1 link-state cues).
+    Suspend,
+    /// They are cancelled and their bundles routed again.
+    Cancel,
+}
+
+/// `[contact_plan]`: Contact Graph Routing and contact-driven links.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContactPlanSection {
+    /// Where the plan is.
+    pub source: PlanSource,
+    /// How often the file's modification time is checked for a reload (`None`: only SIGHUP).
+    pub reload_check: Option<Duration>,
+    /// LTP sessions in flight at a contact's end.
+    pub on_contact_end: ContactEndPolicy,
+    /// Routes computed per destination (Yen's k), at least 1.
+    pub alternate_routes: usize,
+    /// HDTN JSON times are Unix seconds (HDTN's `usingUnixTimestamp`) instead of seconds after
+    /// the node's start.
+    pub hdtn_unix_time: bool,
+}
+
 /// A `[[route]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteConfig {
@@ -250,6 +297,8 @@ pub struct Config {
     pub neighbours: Vec<NeighbourConfig>,
     /// `[[route]]`s, in order of preference.
     pub routes: Vec<RouteConfig>,
+    /// `[contact_plan]` (`None`: no CGR; static routes only).
+    pub contact_plan: Option<ContactPlanSection>,
     /// `[status_reports]`.
     pub status_reports: StatusReportsSection,
     /// `[limits]`.
@@ -284,6 +333,7 @@ impl Default for Config {
             ltp: None,
             neighbours: Vec::new(),
             routes: Vec::new(),
+            contact_plan: None,
             status_reports: StatusReportsSection {
                 enabled: true,
                 max_per_second: 100,
@@ -318,6 +368,7 @@ struct RawConfig {
     neighbour: Vec<S<RawNeighbour>>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    contact_plan: Option<S<RawContactPlan>>,
     status_reports: Option<RawStatusReports>,
     limits: Option<RawLimits>,
     services: Option<RawServices>,
@@ -404,6 +455,17 @@ struct RawNeighbour {
 struct RawRoute {
     dest: S<String>,
     via: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContactPlan {
+    file: Option<String>,
+    text: Option<String>,
+    reload_check: Option<S<RawDuration>>,
+    on_contact_end: Option<S<String>>,
+    alternate_routes: Option<S<usize>>,
+    hdtn_unix_time: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -618,7 +680,6 @@ impl RawConfig {
         if let Some(u) = &self.udp {
             c.udp_listen = listener(Some(&u.listen), None)?;
         }
-        let ltp_span = self.ltp.as_ref().map(|l| l.span());
         if let Some(l) = &self.ltp {
             let listen = match &l.get_ref().listen {
                 Some(a) => socket(a)?,
@@ -673,8 +734,8 @@ impl RawConfig {
                 let link = LtpLink {
                     engine: r.engine,
                     addr: socket(&r.addr)?,
-                    owlt: owlt.unwrap_or(Duration::ZERO),
-                    rate: r.rate.unwrap_or(0),
+                    owlt,
+                    rate: r.rate,
                     green: r.green.unwrap_or(false),
                     segment_size: r.segment_size.unwrap_or(1400),
                     window: r.window.unwrap_or(8),
@@ -721,18 +782,49 @@ impl RawConfig {
                 emulation: emu,
             });
         }
-        let emulated_ltp = c
-            .neighbours
-            .iter()
-            .filter(|n| matches!(n.link, Link::Ltp(_)) && n.emulation.is_some())
-            .count();
-        if emulated_ltp > 1 {
-            if let Some(span) = ltp_span {
+        if let Some(p) = &self.contact_plan {
+            let span = p.span();
+            let p = p.get_ref();
+            let source = match (&p.file, &p.text) {
+                (Some(f), None) if !f.is_empty() => PlanSource::File(PathBuf::from(f)),
+                (None, Some(t)) => PlanSource::Inline(t.clone()),
+                _ => return err(span, "[contact_plan] needs exactly one of file, text"),
+            };
+            let reload_check = match &p.reload_check {
+                Some(d) => Some(duration(d)?).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(1)),
+            };
+            let on_contact_end = match &p.on_contact_end {
+                None => ContactEndPolicy::Suspend,
+                Some(v) => match v.get_ref().as_str() {
+                    "suspend" => ContactEndPolicy::Suspend,
+                    "cancel" => ContactEndPolicy::Cancel,
+                    other => {
+                        return err(
+                            v.span(),
+                            format!("on_contact_end {other:?}: expected \"suspend\" or \"cancel\""),
+                        )
+                    }
+                },
+            };
+            let alternate_routes = match &p.alternate_routes {
+                None => 1,
+                Some(k) if (1..=16).contains(k.get_ref()) => *k.get_ref(),
+                Some(k) => return err(k.span(), "alternate_routes must be between 1 and 16"),
+            };
+            if !c.node_id.starts_with("ipn:") {
                 return err(
                     span,
-                    "link emulation applies to the whole LTP engine: at most one emulated ltp neighbour",
+                    "contact plans route between ipn nodes: node_id must be ipn",
                 );
             }
+            c.contact_plan = Some(ContactPlanSection {
+                source,
+                reload_check,
+                on_contact_end,
+                alternate_routes,
+                hdtn_unix_time: p.hdtn_unix_time.unwrap_or(false),
+            });
         }
         for r in &self.route {
             check_pattern(r.dest.get_ref()).or_else(|e| err(r.dest.span(), e))?;
@@ -966,7 +1058,7 @@ echo = 0
             Link::Ltp(l) => {
                 assert_eq!(
                     (l.engine, l.owlt, l.green),
-                    (3, Duration::from_secs(1), true)
+                    (3, Some(Duration::from_secs(1)), true)
                 );
                 assert_eq!(l.aggregation_time, Duration::from_millis(20));
             }
@@ -979,6 +1071,34 @@ echo = 0
         assert_eq!(c.limits.delivery_window, 3);
         assert_eq!(c.echo_service, None);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn contact_plan_section() {
+        let c = parse(
+            "[contact_plan]\nfile = \"plan.txt\"\non_contact_end = \"cancel\"\nalternate_routes = 3\nreload_check = \"0s\"\n",
+        )
+        .unwrap();
+        let p = c.contact_plan.unwrap();
+        assert_eq!(p.source, PlanSource::File("plan.txt".into()));
+        assert_eq!(p.on_contact_end, ContactEndPolicy::Cancel);
+        assert_eq!(p.alternate_routes, 3);
+        assert_eq!(p.reload_check, None);
+        let c = parse("[contact_plan]\ntext = \"a contact +0 +10 1 2 100\"\n").unwrap();
+        let p = c.contact_plan.unwrap();
+        assert_eq!(p.reload_check, Some(Duration::from_secs(1)));
+        assert_eq!(p.on_contact_end, ContactEndPolicy::Suspend);
+        assert!(matches!(p.source, PlanSource::Inline(_)));
+
+        let (line, msg) = error("\n[contact_plan]\nfile = \"a\"\ntext = \"b\"\n");
+        assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains("exactly one of file, text"), "{msg}");
+        let (line, msg) = error("[contact_plan]\nfile = \"a\"\non_contact_end = \"drop\"\n");
+        assert_eq!(line, 3, "{msg}");
+        let (line, _) = error("[contact_plan]\nfile = \"a\"\nalternate_routes = 0\n");
+        assert_eq!(line, 3);
+        let (_, msg) = error("node_id = \"dtn://a/\"\n[contact_plan]\nfile = \"a\"\n");
+        assert!(msg.contains("ipn"), "{msg}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use bytes::Bytes;
 use convergence::adapter::{CustodyAck, Refusal};
+use convergence::emulation::{LinkGate, LtpImpairment};
 use convergence::ltp_adapter::{LtpAdapter, LtpAdapterConfig, SpanPolicy};
 use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
 use convergence::udp::{UdpAdapter, UdpConfig};
@@ -40,7 +41,8 @@ use crate::api::{
     AgentCommand, AgentError, Delivery, DtnMillis, Metric, MetricKind, NodeHandle, NodeInfo,
     NodeStats, RegistrationId,
 };
-use crate::config::{Config, DurabilityMode, Link};
+use crate::config::{Config, ContactEndPolicy, ContactPlanSection, DurabilityMode, Link, LtpLink};
+use crate::links::{LinkStates, LinkTarget, LtpSpanControl};
 use crate::processing::{
     Action, BundleEngine, EngineConfig, Neighbour, NeighbourId, Reception, StaticRoute,
     StatusReportPolicy,
@@ -115,6 +117,8 @@ struct Adapters {
     tcpcl: Option<Arc<TcpclAdapter>>,
     udp: Option<Arc<UdpAdapter>>,
     ltp: Option<Arc<LtpAdapter>>,
+    /// Gates of emulated links driven by the contact plan, by neighbour name.
+    gates: HashMap<String, LinkGate>,
 }
 
 impl Adapters {
@@ -145,10 +149,29 @@ impl Adapters {
     }
 }
 
+/// Requests to the core that do not come from applications.
+enum Control {
+    /// Read the contact plan again and replace the router (SIGHUP, file change); the reply
+    /// is the number of contacts, or why the plan was refused (the old one stays).
+    ReloadPlan(tokio::sync::oneshot::Sender<Result<usize, String>>),
+}
+
+/// The running contact plan: where it comes from and what was last read.
+struct PlanState {
+    section: ContactPlanSection,
+    /// Relative plan times count from here (the node's start).
+    reference: DtnMillis,
+    /// This node's ipn node number.
+    local: u64,
+    /// The file's modification time when it was last read.
+    modified: Option<std::time::SystemTime>,
+}
+
 /// A running node (see the module docs).
 pub struct Node {
     addresses: Addresses,
     handle: NodeHandle,
+    control: mpsc::Sender<Control>,
     shutdown_tx: watch::Sender<bool>,
     core: Option<JoinHandle<()>>,
     servers: Vec<JoinHandle<()>>,
@@ -264,11 +287,43 @@ impl Node {
                 })
             })
             .collect();
+        let started_at = dtn_now();
+        let mut plan_state = None;
+        let mut router = None;
+        if let Some(section) = &config.contact_plan {
+            let local = match node_eid {
+                bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. } => node,
+                _ => {
+                    adapters.shutdown();
+                    anyhow::bail!("a contact plan needs an ipn node_id");
+                }
+            };
+            let s = section.clone();
+            let read =
+                tokio::task::spawn_blocking(move || crate::plan_source::read_plan(&s, started_at))
+                    .await
+                    .context("contact plan read task")?;
+            let plan = match read {
+                Ok(p) => p,
+                Err(e) => {
+                    adapters.shutdown();
+                    anyhow::bail!("contact plan: {e}");
+                }
+            };
+            info!(contacts = plan.contact_count(), "contact plan loaded");
+            router = Some(crate::plan_source::router(section, local, plan));
+            plan_state = Some(PlanState {
+                section: section.clone(),
+                reference: started_at,
+                local,
+                modified: crate::plan_source::modified(section),
+            });
+        }
         let engine_config = EngineConfig {
             node_id: node_eid.clone(),
             neighbours,
             routes,
-            router: None,
+            router,
             status_reports: StatusReportPolicy {
                 enabled: config.status_reports.enabled,
                 max_per_second: config.status_reports.max_per_second,
@@ -297,6 +352,7 @@ impl Node {
         // Listeners of the agent and metrics servers.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel(16);
         let handle = NodeHandle::new(cmd_tx);
         let mut servers = Vec::new();
         let agent_cfg = || agent_server::AgentServerConfig {
@@ -382,7 +438,34 @@ impl Node {
                 by_node.push((eid.node_id(), NeighbourId(i)));
             }
         }
+        // Contact-driven link control (see `links`).
+        let link_targets = config
+            .neighbours
+            .iter()
+            .map(|n| LinkTarget {
+                name: n.name.clone(),
+                ltp: match &n.link {
+                    Link::Ltp(l) => Some(LtpSpanControl {
+                        engine: l.engine,
+                        base: span_config(l),
+                        owlt: l.owlt,
+                        rate: l.rate,
+                    }),
+                    _ => None,
+                },
+                gate: adapters.gates.get(&n.name).cloned(),
+            })
+            .collect();
+        let (links_tx, links_rx) = watch::channel(vec![None; config.neighbours.len()]);
+        let policy = config
+            .contact_plan
+            .as_ref()
+            .map_or(ContactEndPolicy::Suspend, |p| p.on_contact_end);
+        let link_task = crate::links::spawn(link_targets, adapters.ltp.clone(), policy, links_rx);
+        servers.push(link_task);
         let core = Core {
+            links: links_tx,
+            plan: plan_state,
             engine,
             store: store.clone(),
             targets,
@@ -398,11 +481,13 @@ impl Node {
                 registrations: Vec::new(),
             },
         };
-        let core = tokio::spawn(core.run(cmd_rx, received_rx, outcomes_rx, shutdown_rx));
+        let core =
+            tokio::spawn(core.run(cmd_rx, control_rx, received_rx, outcomes_rx, shutdown_rx));
         info!(node_id = %config.node_id, addresses = %addresses.to_json(), "node started");
         Ok(Node {
             addresses,
             handle,
+            control: control_tx,
             shutdown_tx,
             core: Some(core),
             servers,
@@ -418,6 +503,8 @@ impl Node {
         adapters: &mut Adapters,
     ) -> anyhow::Result<()> {
         let has = |f: fn(&Link) -> bool| config.neighbours.iter().any(|n| f(&n.link));
+        // With a contact plan, emulated links are down outside their contacts (gates).
+        let planned = config.contact_plan.is_some();
         if config.tcpcl_listen.is_some() || has(|l| matches!(l, Link::Tcpcl(_))) {
             let mut t = TcpclConfig::new(config.node_id.clone(), config.tcpcl_listen);
             t.transfer_mru = config.limits.max_bundle_size;
@@ -442,6 +529,11 @@ impl Node {
             for n in &config.neighbours {
                 if let (Link::Udp(a), Some(p)) = (&n.link, &n.emulation) {
                     u.emulation.push((*a, p.clone()));
+                    if planned {
+                        let g = LinkGate::new(true);
+                        adapters.gates.insert(n.name.clone(), g.clone());
+                        u.gates.push((*a, g));
+                    }
                 }
             }
             let a = UdpAdapter::bind(u, channels.clone())
@@ -458,24 +550,24 @@ impl Node {
             let mut engine = ltp::Engine::new(ltp.engine_id, ecfg);
             let mut driver = ltp::driver::DriverConfig::new(ltp.listen);
             let mut policies = Vec::new();
+            let mut impairment = LtpImpairment::empty();
             for n in &config.neighbours {
                 let Link::Ltp(l) = &n.link else { continue };
-                let span = ltp::SpanConfig {
-                    max_segment_size: l.segment_size,
-                    max_export_sessions: l.window,
-                    owlt_outbound: l.owlt,
-                    owlt_inbound: l.owlt,
-                    rate_limit: (l.rate > 0).then_some(l.rate),
-                    ..Default::default()
-                };
-                engine.add_span(l.engine, span);
+                engine.add_span(l.engine, span_config(l));
                 driver.spans.push((l.engine, l.addr));
                 if let Some(p) = &n.emulation {
-                    driver.impairment = Some(Box::new(convergence::emulation::LtpImpairment::new(
+                    let gate = planned.then(|| {
+                        let g = LinkGate::new(true);
+                        adapters.gates.insert(n.name.clone(), g.clone());
+                        g
+                    });
+                    impairment.add_link(
+                        l.addr,
                         p.clone(),
-                        l.engine,
+                        l.engine ^ ltp.engine_id.rotate_left(32),
                         std::time::Instant::now(),
-                    )));
+                        gate,
+                    );
                 }
                 policies.push(SpanPolicy {
                     engine: l.engine,
@@ -483,6 +575,9 @@ impl Node {
                     aggregation_size: l.aggregation_size,
                     aggregation_time: l.aggregation_time,
                 });
+            }
+            if !impairment.links().is_empty() {
+                driver.impairment = Some(Box::new(impairment));
             }
             let acfg = LtpAdapterConfig {
                 spans: policies,
@@ -501,6 +596,18 @@ impl Node {
     /// The addresses the node bound.
     pub fn addresses(&self) -> &Addresses {
         &self.addresses
+    }
+
+    /// Reads the contact plan again and routes by it from now on (what SIGHUP does). Returns
+    /// the number of contacts, or why the plan was refused, in which case the running plan is
+    /// unchanged.
+    pub async fn reload_plan(&self) -> Result<usize, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::ReloadPlan(tx))
+            .await
+            .map_err(|_| "the node is stopping".to_string())?;
+        rx.await.map_err(|_| "the node is stopping".to_string())?
     }
 
     /// A handle for agent commands (what the agent servers use).
@@ -554,6 +661,10 @@ impl Drop for Node {
 
 /// The core task: owns the engine (see the module docs).
 struct Core {
+    /// Plan-driven link states, published to the link control task.
+    links: watch::Sender<LinkStates>,
+    /// The contact plan, if configured (for reloads).
+    plan: Option<PlanState>,
     engine: BundleEngine,
     store: Store,
     targets: Vec<Target>,
@@ -572,11 +683,22 @@ impl Core {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<AgentCommand>,
+        mut control: mpsc::Receiver<Control>,
         mut received: mpsc::Receiver<Received>,
         mut outcomes: mpsc::Receiver<OutcomeReport>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let check_every = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.section.reload_check)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut plan_check = tokio::time::interval(check_every);
+        plan_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        plan_check.reset();
         loop {
+            let mut reload = None;
+            let mut check_file = false;
             self.drain_actions();
             let deadline = self.engine.poll_timeout().map(|t| {
                 let now = dtn_now();
@@ -608,6 +730,18 @@ impl Core {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.engine.handle_timeout(dtn_now());
                 }
+                Some(c) = control.recv() => reload = Some(c),
+                _ = plan_check.tick(), if self.plan.as_ref().is_some_and(|p| p.section.reload_check.is_some()) => {
+                    check_file = true;
+                }
+            }
+            // Awaited outside `select!` (its output holds a non-`Send` borrow of `shutdown`).
+            if let Some(Control::ReloadPlan(reply)) = reload {
+                let r = self.reload_plan().await;
+                let _ = reply.send(r);
+            }
+            if check_file {
+                self.check_plan_file().await;
             }
         }
         // Answer what is still queued so that no client waits forever.
@@ -617,6 +751,43 @@ impl Core {
         }
         self.registrations.clear();
         debug!("core task stopped");
+    }
+
+    /// Reads the plan again; on success the engine routes by it (bookings of the old plan are
+    /// dropped, waiting and queued bundles are routed again), on failure nothing changes.
+    async fn reload_plan(&mut self) -> Result<usize, String> {
+        let Some(p) = &mut self.plan else {
+            return Err("no [contact_plan] is configured".into());
+        };
+        let section = p.section.clone();
+        let reference = p.reference;
+        p.modified = crate::plan_source::modified(&section);
+        let read =
+            tokio::task::spawn_blocking(move || crate::plan_source::read_plan(&section, reference))
+                .await
+                .map_err(|e| format!("contact plan read task: {e}"))?;
+        match read {
+            Ok(plan) => {
+                let n = plan.contact_count();
+                let router = crate::plan_source::router(&p.section, p.local, plan);
+                self.engine.replace_router(Some(router), dtn_now());
+                info!(contacts = n, "contact plan reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                warn!("contact plan reload refused, the running plan stays: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Reloads the plan if its file's modification time changed.
+    async fn check_plan_file(&mut self) {
+        let Some(p) = &self.plan else { return };
+        let now = crate::plan_source::modified(&p.section);
+        if now.is_some() && now != p.modified {
+            let _ = self.reload_plan().await;
+        }
     }
 
     fn neighbour_of(&self, r: &Received) -> Option<NeighbourId> {
@@ -797,6 +968,13 @@ impl Core {
                     }
                     None => debug!(registration, "delivery for a registration that is gone"),
                 },
+                Action::Link { neighbour, link } => {
+                    self.links.send_modify(|states| {
+                        if let Some(s) = states.get_mut(neighbour.0) {
+                            *s = link;
+                        }
+                    });
+                }
             }
             budget -= 1;
             if budget == 0 {
@@ -830,6 +1008,20 @@ impl Core {
                 None => Err(SendError::Shutdown),
             },
         }
+    }
+}
+
+/// The LTP span settings a neighbour's configuration gives (the plan may change the light
+/// time and the rate later, see `links`).
+fn span_config(l: &LtpLink) -> ltp::SpanConfig {
+    let base = ltp::SpanConfig::default();
+    ltp::SpanConfig {
+        max_segment_size: l.segment_size,
+        max_export_sessions: l.window,
+        owlt_outbound: l.owlt.unwrap_or(base.owlt_outbound),
+        owlt_inbound: l.owlt.unwrap_or(base.owlt_inbound),
+        rate_limit: l.rate.filter(|&r| r > 0),
+        ..base
     }
 }
 

@@ -58,8 +58,8 @@ fn ltp_link(engine: u64, addr: SocketAddr) -> Link {
     Link::Ltp(LtpLink {
         engine,
         addr,
-        owlt: Duration::ZERO,
-        rate: 0,
+        owlt: None,
+        rate: None,
         green: false,
         segment_size: 1400,
         window: 8,
