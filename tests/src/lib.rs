@@ -213,6 +213,41 @@ pub struct NodeConfig {
     pub log: String,
     /// Raw TOML appended at the end (extra sections).
     pub extra: String,
+    /// `[contact_plan]` (`None`: no plan).
+    pub contact_plan: Option<ContactPlanConfig>,
+    /// `emulation = "..."` per neighbour, by neighbour name (LTP and UDP neighbours).
+    pub emulation: BTreeMap<String, String>,
+    /// Extra keys inside a neighbour's `ltp = { ... }` table, by neighbour name (e.g.
+    /// `"aggregation_size = 1, window = 4"`).
+    pub ltp_options: BTreeMap<String, String>,
+    /// `[limits] max_in_flight` (`None`: default).
+    pub max_in_flight: Option<usize>,
+}
+
+/// A `[contact_plan]` section that reads its plan from a file.
+#[derive(Clone, Debug)]
+pub struct ContactPlanConfig {
+    /// `file`.
+    pub file: PathBuf,
+    /// `reload_check` (`"1s"`; `"0s"`: only on SIGHUP).
+    pub reload_check: String,
+    /// `on_contact_end`: `"suspend"` or `"cancel"`.
+    pub on_contact_end: String,
+    /// `alternate_routes`.
+    pub alternate_routes: u32,
+}
+
+impl ContactPlanConfig {
+    /// The plan in `file`, checked every second, suspending LTP sessions at contact end, one
+    /// alternate route (the `dtnd` defaults).
+    pub fn file(file: &Path) -> ContactPlanConfig {
+        ContactPlanConfig {
+            file: file.to_path_buf(),
+            reload_check: "1s".into(),
+            on_contact_end: "suspend".into(),
+            alternate_routes: 1,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -237,6 +272,10 @@ impl NodeConfig {
             max_bundle_size: None,
             log: "warn".into(),
             extra: String::new(),
+            contact_plan: None,
+            emulation: BTreeMap::new(),
+            ltp_options: BTreeMap::new(),
+            max_in_flight: None,
         }
     }
 
@@ -282,8 +321,25 @@ impl NodeConfig {
         if let Some((engine, port)) = self.ltp {
             t += &format!("[ltp]\nengine_id = {engine}\nlisten = \"127.0.0.1:{port}\"\n\n");
         }
-        if let Some(max) = self.max_bundle_size {
-            t += &format!("[limits]\nmax_bundle_size = {max}\n\n");
+        if self.max_bundle_size.is_some() || self.max_in_flight.is_some() {
+            t += "[limits]\n";
+            if let Some(max) = self.max_bundle_size {
+                t += &format!("max_bundle_size = {max}\n");
+            }
+            if let Some(n) = self.max_in_flight {
+                t += &format!("max_in_flight = {n}\n");
+            }
+            t += "\n";
+        }
+        if let Some(p) = &self.contact_plan {
+            t += &format!(
+                "[contact_plan]\nfile = {}\nreload_check = {}\non_contact_end = {}\n\
+                 alternate_routes = {}\n\n",
+                q(&p.file.to_string_lossy()),
+                q(&p.reload_check),
+                q(&p.on_contact_end),
+                p.alternate_routes
+            );
         }
         for n in &self.neighbours {
             t += &format!(
@@ -295,8 +351,18 @@ impl NodeConfig {
                 Link::Tcpcl(p) => t += &format!("tcpcl = \"127.0.0.1:{p}\"\n"),
                 Link::Udp(p) => t += &format!("udp = \"127.0.0.1:{p}\"\n"),
                 Link::Ltp { engine, port } => {
-                    t += &format!("ltp = {{ engine = {engine}, addr = \"127.0.0.1:{port}\" }}\n")
+                    let more = self
+                        .ltp_options
+                        .get(&n.name)
+                        .map(|o| format!(", {o}"))
+                        .unwrap_or_default();
+                    t += &format!(
+                        "ltp = {{ engine = {engine}, addr = \"127.0.0.1:{port}\"{more} }}\n"
+                    )
                 }
+            }
+            if let Some(e) = self.emulation.get(&n.name) {
+                t += &format!("emulation = {}\n", q(e));
             }
             if n.accept_primary_without_crc {
                 t += "accept_primary_without_crc = true\n";
@@ -532,6 +598,26 @@ impl Dtnd {
     /// How many times this node was started.
     pub fn starts(&self) -> u32 {
         self.starts
+    }
+
+    /// The process id of the current run (`None` after [`Dtnd::kill`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends signal `sig` (a `kill -s` name such as `"HUP"`) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("dtnd is running");
+        let st = Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -s {sig} {pid}: {st}");
+    }
+
+    /// Everything this node wrote to stderr so far (all its runs).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Whether the process is still running.
@@ -827,6 +913,187 @@ pub fn start_line(dir: &Path, cl: LineCl, durability: &str) -> [Dtnd; 3] {
         }
     }
     panic!("line did not start (port conflicts): {last}")
+}
+
+/// Configurations of `ipn:N.0` nodes (`numbers`) joined by LTP `edges` (each both ways, on
+/// loopback): node N has LTP engine N, no TCPCL listener, and neighbour `nM` for each edge to M.
+/// No static routes: with a contact plan ([`NodeConfig::contact_plan`]) CGR does the routing.
+pub fn ltp_mesh_configs(dir: &Path, numbers: &[u64], edges: &[(u64, u64)]) -> Vec<NodeConfig> {
+    let mut nodes: Vec<NodeConfig> = numbers
+        .iter()
+        .map(|&n| {
+            let mut c = NodeConfig::new(&format!("ipn:{n}.0"), dir);
+            c.durability = "memory".into();
+            c.tcpcl_port = None;
+            c.ltp = Some((n, free_udp_port()));
+            c
+        })
+        .collect();
+    let index = |n: u64| {
+        numbers
+            .iter()
+            .position(|&x| x == n)
+            .unwrap_or_else(|| panic!("edge names node {n}, which is not in {numbers:?}"))
+    };
+    for &(a, b) in edges {
+        for (from, to) in [(a, b), (b, a)] {
+            let (engine, port) = nodes[index(to)].ltp.expect("ltp");
+            let node = nodes[index(to)].node_id.clone();
+            nodes[index(from)].neighbours.push(Neighbour {
+                name: format!("n{to}"),
+                node,
+                link: Link::Ltp { engine, port },
+                accept_primary_without_crc: false,
+            });
+        }
+    }
+    nodes
+}
+
+/// Starts every configuration (the last first), named `n<number>` after its node number;
+/// `make` builds the configurations and is called again with fresh ports when a port was taken
+/// meanwhile (at most 3 attempts). Returns the nodes in the order `make` gave them.
+pub fn start_nodes(dir: &Path, make: impl Fn() -> Vec<NodeConfig>) -> Vec<Dtnd> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let configs = make();
+        let mut started = Vec::with_capacity(configs.len());
+        let mut failed = None;
+        for c in configs.into_iter().rev() {
+            let name = c
+                .node_id
+                .trim_start_matches("ipn:")
+                .trim_end_matches(".0")
+                .to_string();
+            match Dtnd::start_exact(&format!("n{name}"), dir, c) {
+                Ok(d) => started.push(d),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
+                started.reverse();
+                return started;
+            }
+            Some(e) if e.addr_in_use => last = e.to_string(),
+            Some(e) => panic!("nodes did not start: {e}"),
+        }
+    }
+    panic!("nodes did not start (port conflicts): {last}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contact plans
+// ---------------------------------------------------------------------------------------------
+
+/// The current DTN time: milliseconds since 2000-01-01T00:00:00Z (RFC 9171 §4.2.6).
+pub fn dtn_now_ms() -> u64 {
+    node::daemon::dtn_now()
+}
+
+/// An ION contact plan (`ionrc(5)` lines) whose relative times `+N` count from an absolute
+/// reference written as its first line (`@ yyyy/mm/dd-hh:mm:ss`, UTC), so that several `dtnd`
+/// processes started at different moments agree on every contact's instant.
+#[derive(Clone, Debug)]
+pub struct IonPlan {
+    /// The reference, DTN ms (a whole second).
+    pub reference: u64,
+    lines: Vec<String>,
+}
+
+impl IonPlan {
+    /// A plan whose reference is now rounded up to a whole second, plus `margin` (ION absolute
+    /// times have second resolution).
+    pub fn starting_in(margin: Duration) -> IonPlan {
+        let at = dtn_now_ms() + margin.as_millis() as u64;
+        IonPlan::at(at.div_ceil(1000) * 1000)
+    }
+
+    /// A plan with the reference `reference` (DTN ms, truncated to the second).
+    pub fn at(reference: u64) -> IonPlan {
+        IonPlan {
+            reference: reference / 1000 * 1000,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The same reference, no lines.
+    pub fn empty_copy(&self) -> IonPlan {
+        IonPlan::at(self.reference)
+    }
+
+    /// `a contact +start +stop from to rate` (seconds after the reference, bytes/s).
+    pub fn contact(&mut self, start: u64, stop: u64, from: u64, to: u64, rate: u64) -> &mut Self {
+        self.lines
+            .push(format!("a contact +{start} +{stop} {from} {to} {rate}"));
+        self
+    }
+
+    /// Contacts both ways between `a` and `b`.
+    pub fn contacts_both(&mut self, start: u64, stop: u64, a: u64, b: u64, rate: u64) -> &mut Self {
+        self.contact(start, stop, a, b, rate)
+            .contact(start, stop, b, a, rate)
+    }
+
+    /// `a range +start +stop a b owlt` (seconds; also holds for `b`→`a`).
+    pub fn range(&mut self, start: u64, stop: u64, a: u64, b: u64, owlt: u64) -> &mut Self {
+        self.lines
+            .push(format!("a range +{start} +{stop} {a} {b} {owlt}"));
+        self
+    }
+
+    /// A raw line (e.g. a deliberately bad one).
+    pub fn line(&mut self, line: &str) -> &mut Self {
+        self.lines.push(line.to_string());
+        self
+    }
+
+    /// The plan text: the `@` reference line, then the lines in order.
+    pub fn text(&self) -> String {
+        let mut t = format!(
+            "# written by the conformance harness\n@ {}\n",
+            node::routing::contact_plan::format_utc_time(self.reference)
+        );
+        for l in &self.lines {
+            t += l;
+            t += "\n";
+        }
+        t
+    }
+
+    /// The instant (as DTN ms) `secs` after the reference.
+    pub fn time(&self, secs: u64) -> u64 {
+        self.reference + secs * 1000
+    }
+
+    /// Whole seconds from the reference to now, rounded up (an offset that is not in the past).
+    pub fn now_offset(&self) -> u64 {
+        dtn_now_ms().saturating_sub(self.reference).div_ceil(1000)
+    }
+
+    /// Writes the plan to `path` atomically (a temporary file renamed over it), so that a node
+    /// checking the file never reads half a plan.
+    pub fn write(&self, path: &Path) {
+        write_atomically(path, &self.text());
+    }
+}
+
+/// Replaces `path` with `text` through a temporary file and a rename.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+/// Sleeps until DTN time `t` (ms); returns at once if it passed.
+pub fn sleep_until_dtn(t: u64) {
+    let now = dtn_now_ms();
+    if t > now {
+        std::thread::sleep(Duration::from_millis(t - now));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
