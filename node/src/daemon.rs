@@ -11,7 +11,8 @@
 //! application is acknowledged (the agent's reply) and a bundle received over TCPCL is
 //! acknowledged (the final XFER_ACK, through [`convergence::adapter::CustodyAck`]) only after
 //! [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks, never
-//! in the core loop. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources".
+//! in the core loop. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources",
+//! a bundle the engine discards as invalid (RFC 9171 §5.6) XFER_REFUSE "Not Acceptable".
 //! Known limit: LTP acknowledges the red part at the LTP layer before the node stores the
 //! bundle (the LTP adapter gives no custody handle), and UDP has no acknowledgement at all.
 
@@ -831,8 +832,9 @@ impl Core {
             }
             Reception::Consumed => answer(custody, None),
             Reception::Discarded(why) => {
+                // RFC 9174 §5.2.4 "Not Acceptable": the sender must not retry it as is.
                 debug!(%cla, from = ?addr, "discarded a received bundle: {why}");
-                answer(custody, None);
+                answer(custody, Some(Refusal::NotAcceptable));
             }
             Reception::Refused(why) => {
                 debug!(%cla, from = ?addr, "refused a received bundle: {why}");

@@ -481,11 +481,15 @@ async fn bad_bundles_from_a_tcpcl_peer_are_answered_and_counted() {
     )
     .await
     .unwrap();
-    // Not a bundle: acknowledged (the transfer itself was fine), discarded and counted.
+    // Not a bundle: refused "Not Acceptable" (RFC 9174 §5.2.4), discarded and counted.
     raw.send(&b_addr, 1, Bytes::from_static(b"\x9f\x01garbage"))
         .unwrap();
     let o = timeout(WAIT, outcomes.recv()).await.unwrap().unwrap();
-    assert_eq!((o.id, o.outcome), (1, Outcome::Transferred));
+    assert_eq!(o.id, 1);
+    assert!(
+        matches!(o.outcome, Outcome::Failed(FailureReason::Refused(_))),
+        "{o:?}"
+    );
     // Over the node's size limit: refused by TCPCL (RFC 9174 transfer MRU).
     raw.send(&b_addr, 2, Bytes::from(vec![0x9f; 20_000]))
         .unwrap();
