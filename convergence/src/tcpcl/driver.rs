@@ -16,6 +16,16 @@
 //! task connects on demand (active role), reconnects with exponential backoff, and keeps the
 //! session open while it is alive. Sessions accepted by the listener (passive role) receive
 //! bundles; bundles for a neighbour are always sent on the session we open to its listen address.
+//!
+//! Link emulation ([`TcpclConfig::emulation`]): a session we open to an address listed there runs
+//! over an [`EmulatedStream`] wrapping the TCP socket, which applies the profile's delay and rate to
+//! the byte stream in both directions (so a transfer's XFER_ACK comes back through the delay too).
+//! TCPCL runs over TCP, so loss, jitter, duplication and outages of the profile do not apply at
+//! this layer (they are ignored, with a warning at start). Passive sessions are never emulated:
+//! the peer connects from an ephemeral source port, so its address cannot name the link; emulate
+//! a link on the node that opens the session (each direction of a TCPCL link is the session its
+//! sender opens). The session runner is generic over the stream's read and write halves: plain
+//! sessions keep `TcpStream::into_split` (no lock), emulated ones use `tokio::io::split`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
@@ -37,6 +47,7 @@ use crate::adapter::{
     FailureReason, Outcome, OutcomeReport, PeerAddr, Received, Refusal, SendError, TransferId,
     Verdict,
 };
+use crate::emulation::{EmulatedStream, LinkProfile};
 
 /// Name of this convergence layer in [`Received::cla`].
 pub const CLA_NAME: &str = "tcpcl";
@@ -85,6 +96,18 @@ pub struct TcpclConfig {
     /// Most received bundles per session waiting for the node's verdict before the session
     /// stops reading (with `custody_acks`).
     pub max_pending_custody: usize,
+    /// Link emulation of sessions this node opens to these peer addresses: delay and rate apply
+    /// to the byte stream both ways (RFC 9174 runs over TCP: no loss/outage at this layer).
+    ///
+    /// Matched exactly against the address a bundle is sent to (IP and port; the first entry
+    /// for an address wins). Sessions the peer opens to our listener (passive role) are not
+    /// emulated: the peer's source port is ephemeral, so its address cannot select a profile.
+    /// The profile's `queue_limit_bytes` bounds the bytes held per direction (so throughput is
+    /// at most `queue_limit_bytes / delay`, like a TCP window); its loss, jitter, duplication
+    /// and outage schedule are ignored (a warning is logged at start). Session setup takes about
+    /// four one-way delays and termination two: keep `setup_timeout` above 4 × delay and
+    /// `term_timeout` above 2 × delay.
+    pub emulation: Vec<(SocketAddr, LinkProfile)>,
 }
 
 impl TcpclConfig {
@@ -110,7 +133,16 @@ impl TcpclConfig {
             max_unacked: 64,
             custody_acks: false,
             max_pending_custody: 64,
+            emulation: Vec::new(),
         }
+    }
+
+    /// The link emulation profile for sessions we open to `peer`, if any.
+    fn emulation_for(&self, peer: SocketAddr) -> Option<&LinkProfile> {
+        self.emulation
+            .iter()
+            .find(|(a, _)| *a == peer)
+            .map(|(_, p)| p)
     }
 
     fn session_config(&self) -> SessionConfig {
@@ -179,6 +211,18 @@ impl TcpclAdapter {
         channels: AdapterChannels,
     ) -> io::Result<Arc<TcpclAdapter>> {
         let (shutdown_tx, shutdown) = watch::channel(false);
+        for (peer, p) in &config.emulation {
+            if !p.jitter.is_zero()
+                || p.loss > 0.0
+                || p.gilbert_elliott.is_some()
+                || p.duplicate > 0.0
+                || p.schedule.is_some()
+            {
+                warn!(%peer, profile = %p,
+                    "TCPCL link emulation applies only delay, rate and queue; \
+                     loss, jitter, duplication and outages are ignored");
+            }
+        }
         let listener = match config.listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -301,7 +345,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             async move {
                 let _permit = permit;
                 let _ = stream.set_nodelay(true);
-                let left = run_session(stream, Role::Passive, peer, &shared, None).await;
+                let (rd, wr) = stream.into_split();
+                let left = run_session(rd, wr, Role::Passive, peer, &shared, None).await;
                 debug_assert!(left.is_empty());
             }
             .instrument(tracing::info_span!("tcpcl_session", %peer, role = "passive")),
@@ -360,16 +405,29 @@ async fn peer_task(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
             }
             continue;
         };
+        // On the real socket, also when the session runs over an emulated stream.
         let _ = stream.set_nodelay(true);
-        let left = run_session(
-            stream,
-            Role::Active,
-            addr,
-            &shared,
-            Some((&mut rx, &mut pending)),
-        )
-        .instrument(tracing::info_span!("tcpcl_session", peer = %addr, role = "active"))
-        .await;
+        let outgoing = Some((&mut rx, &mut pending));
+        let left = match cfg.emulation_for(addr) {
+            None => {
+                let (rd, wr) = stream.into_split();
+                run_session(rd, wr, Role::Active, addr, &shared, outgoing)
+                    .instrument(tracing::info_span!("tcpcl_session", peer = %addr, role = "active"))
+                    .await
+            }
+            Some(profile) => {
+                let (mut rd, wr) = tokio::io::split(EmulatedStream::new(stream, profile));
+                let left = run_session(&mut rd, wr, Role::Active, addr, &shared, outgoing)
+                    .instrument(tracing::info_span!("tcpcl_session", peer = %addr,
+                        role = "active", emulated = %profile))
+                    .await;
+                // Dropping the stream would stop its pump and discard the bytes it still holds
+                // back (such as our reply to the peer's SESS_TERM): let them through first.
+                let limit = cfg.term_timeout + 2 * profile.delay;
+                tokio::spawn(linger(rd, limit).in_current_span());
+                left
+            }
+        };
         for mut j in left {
             j.retries += 1;
             if j.retries > cfg.connect_attempts {
@@ -397,9 +455,27 @@ async fn peer_task(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
     }
 }
 
+/// Keeps an emulated stream (whose write half is shut down) alive until the peer closes its side
+/// or `limit` passes, discarding what arrives, so that bytes still delayed by the emulation are
+/// delivered before the stream is dropped.
+async fn linger<R: AsyncRead + Unpin>(mut rd: R, limit: Duration) {
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        // Bounded by `limit`; each read either makes progress or ends the loop.
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(limit, drain).await.is_err() {
+        debug!("emulated stream still open after {limit:?}; dropping it");
+    }
+}
+
 /// Writes chunks in order through a buffered writer, flushing whenever the queue runs dry.
-async fn writer_task(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+async fn writer_task<W: AsyncWrite + Unpin>(
+    wr: W,
     mut chunks: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, wr);
@@ -413,17 +489,25 @@ async fn writer_task(
     w.shutdown().await
 }
 
-/// Runs one session to its end. Returns the bundles that never started (to retry elsewhere).
-async fn run_session(
-    stream: TcpStream,
+/// Runs one session to its end over the read and write halves of a stream: those of
+/// `TcpStream::into_split` for plain TCP, of `tokio::io::split` for any other stream (such as an
+/// [`EmulatedStream`]). `peer` is the address of the other end. The write half moves to a writer
+/// task and is shut down at the end. Returns the bundles that never started (to retry
+/// elsewhere).
+async fn run_session<R, W>(
+    mut rd: R,
+    wr: W,
     role: Role,
     peer: SocketAddr,
     shared: &Shared,
     mut outgoing: Option<(&mut mpsc::Receiver<Job>, &mut VecDeque<Job>)>,
-) -> Vec<Job> {
+) -> Vec<Job>
+where
+    R: AsyncRead + Send + Unpin,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let cfg = &shared.config;
     let mut session = Session::new(role, cfg.session_config(), Instant::now());
-    let (mut rd, wr) = stream.into_split();
     let (wtx, wrx) = mpsc::channel::<Bytes>(32);
     let writer = tokio::spawn(writer_task(wr, wrx));
     let mut shutdown = shared.shutdown.clone();
