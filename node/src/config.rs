@@ -59,7 +59,7 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # pacing without one)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
-# emulation = "delay=100ms,loss=2%"
+# emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
 
 # [[route]]
 # dest = "ipn:3.*"
@@ -763,13 +763,20 @@ impl RawConfig {
             };
             let emu = match &n.emulation {
                 Some(e) => {
-                    if matches!(link, Link::Tcpcl(_)) {
+                    let p = emulation(e)?;
+                    // TCPCL runs over TCP: only the byte stream's delay and rate can apply.
+                    let stream_only = p.loss == 0.0
+                        && p.gilbert_elliott.is_none()
+                        && p.duplicate == 0.0
+                        && p.jitter.is_zero()
+                        && p.schedule.is_none();
+                    if matches!(link, Link::Tcpcl(_)) && !stream_only {
                         return err(
                             e.span(),
-                            "emulation is supported on udp and ltp neighbours only",
+                            "a tcpcl neighbour's emulation takes delay, rate and queue only (TCP carries it: no loss, jitter, duplication or outages)",
                         );
                     }
-                    Some(emulation(e)?)
+                    Some(p)
                 }
                 None => None,
             };
@@ -1206,9 +1213,12 @@ echo = 0
         let src = "[udp]\nlisten = \"127.0.0.1:0\"\n[[neighbour]]\nname = \"n2\"\nnode = \"ipn:2.0\"\nudp = \"127.0.0.1:1\"\nemulation = \"nonsense=1\"\n";
         let (line, _) = error(src);
         assert_eq!(line, 7);
-        let (line, msg) = error(&format!("{N2}emulation = \"delay=1ms\"\n"));
+        // A TCPCL neighbour takes the byte stream's delay and rate, not datagram impairments.
+        let c = parse(&format!("{N2}emulation = \"delay=1ms,rate=1000\"\n")).unwrap();
+        assert!(c.neighbours[0].emulation.is_some());
+        let (line, msg) = error(&format!("{N2}emulation = \"delay=1ms,loss=1%\"\n"));
         assert_eq!(line, 5);
-        assert!(msg.contains("udp and ltp"), "{msg}");
+        assert!(msg.contains("delay, rate and queue only"), "{msg}");
     }
 
     #[test]

@@ -512,6 +512,11 @@ impl Node {
             t.max_bundle_len = max_bundle;
             t.max_queue = t.max_queue.max(config.limits.max_in_flight);
             t.custody_acks = true;
+            for n in &config.neighbours {
+                if let (Link::Tcpcl(a), Some(p)) = (&n.link, &n.emulation) {
+                    t.emulation.push((*a, p.clone()));
+                }
+            }
             // Custody acks wait for the store's group commit: keep enough transfers in flight
             // per session (both directions) to fill a commit interval.
             t.max_pending_custody = TCPCL_WINDOW;
