@@ -39,6 +39,14 @@ fn poll<T>(timeout: Duration, what: impl Fn() -> String, mut f: impl FnMut() -> 
     }
 }
 
+/// Brings the binaries up to date before a test computes its plan's times (a rebuild of `dtnd`
+/// can take minutes; the contacts must not start meanwhile).
+fn built() {
+    for b in ["dtnd", "bpsend", "bprecv"] {
+        bin(b);
+    }
+}
+
 /// `dtn_neighbour_up{neighbour=name}` of `node`.
 fn neighbour_up(m: &Metrics, name: &str) -> f64 {
     m.sum_where("dtn_neighbour_up", "neighbour", name)
@@ -91,6 +99,7 @@ fn plan_file(dir: &Path) -> PathBuf {
 fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     const N: usize = 20;
     let test = "contacts_wait";
+    built();
     let t0 = Instant::now();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
@@ -219,6 +228,7 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
 fn contact_cut_short_sends_the_rest_by_the_alternate_route() {
     const N: usize = 20;
     let test = "contacts_cut";
+    built();
     let t0 = Instant::now();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
@@ -378,6 +388,7 @@ fn assert_waiting(test: &str, n: &Dtnd, to: &Dtnd, count: usize, hold: Duration)
 fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
     const N: usize = 5;
     let test = "contacts_reload";
+    built();
     let t0 = Instant::now();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
@@ -489,6 +500,7 @@ fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
 fn sighup_reloads_the_plan_when_file_checks_are_off() {
     const N: usize = 3;
     let test = "contacts_sighup";
+    built();
     let t0 = Instant::now();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
@@ -551,4 +563,223 @@ fn sighup_reloads_the_plan_when_file_checks_are_off() {
     assert_eq!((n1.starts(), n2.starts()), (1, 1));
     assert_nothing_more(&n2.agent(), "ipn:2.5", Duration::from_secs(1));
     eprintln!("{test}: wall time {:?}", t0.elapsed());
+}
+
+/// Test 2b: as the cut-short test, but the contact 1→2 ends by the plan itself at +3 s (the
+/// engine's contact-change timer, no reload), with `on_contact_end = "cancel"`: the bundles
+/// queued for 2 and the one in flight are routed again, via 3. Every bundle arrives exactly
+/// once at node 4; none reaches node 3 before +3 s.
+#[test]
+fn planned_contact_end_reroutes_queued_and_cancelled_bundles() {
+    const N: usize = 20;
+    let test = "contacts_end_cancel";
+    built();
+    let t0 = Instant::now();
+    let dir = TempDir::new(test);
+    let file = plan_file(dir.path());
+    let mut plan = IonPlan::starting_in(Duration::from_millis(0));
+    plan.contact(0, 3, 1, 2, FAST)
+        .contact(0, 3600, 2, 1, FAST)
+        .contacts_both(0, 3600, 1, 3, FAST)
+        .contacts_both(0, 3600, 2, 4, FAST)
+        .contacts_both(0, 3600, 3, 4, FAST)
+        .range(0, 3600, 1, 2, 1)
+        .range(0, 3600, 1, 3, 3);
+    plan.write(&file);
+    let mut section = ContactPlanConfig::file(&file);
+    section.on_contact_end = "cancel".into();
+    let nodes = start_nodes(dir.path(), || {
+        let mut c = ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
+        with_plan(&mut c, &section);
+        c[0].emulation.insert("n2".into(), "delay=400ms".into());
+        c[0].max_in_flight = Some(1);
+        c
+    });
+    let (n1, n2, n3, n4) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    let sizes = sizes(test, N, 100, 4000);
+    let recv = bprecv_json(&n4.agent(), "ipn:4.5", N, Duration::from_secs(40));
+    bpsend_all(
+        &n1.agent(),
+        "ipn:4.5",
+        &sizes,
+        4,
+        Duration::from_secs(20),
+        None,
+    );
+    let end12 = plan.time(3);
+    let mut queued_before_end = 0.0;
+    loop {
+        let (m1, m3) = (n1.metrics(), n3.metrics());
+        if dtn_now_ms() >= end12 {
+            break;
+        }
+        assert_eq!(
+            m3.sum("dtn_bundles_received_total"),
+            0.0,
+            "{test}: a bundle went via 3 before the contact 1→2 ended"
+        );
+        queued_before_end = m1.sum_where("dtn_neighbour_queued", "neighbour", "n2");
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        queued_before_end >= 5.0,
+        "{test}: only {queued_before_end} bundles queued for node 2 just before the contact \
+         ended; the test needs a backlog"
+    );
+    poll(
+        Duration::from_secs(25),
+        || format!("{test}: {N} delivered at node 4\n{}", logs(&nodes)),
+        || (n4.metrics().sum("dtn_bundles_delivered_total") >= N as f64).then_some(()),
+    );
+    check_received(test, recv, &sizes, &nodes);
+    let (m1, m2, m3, m4) = (n1.metrics(), n2.metrics(), n3.metrics(), n4.metrics());
+    let (via2, via3) = (
+        m2.sum("dtn_bundles_forwarded_total"),
+        m3.sum("dtn_bundles_forwarded_total"),
+    );
+    eprintln!(
+        "{test}: {queued_before_end} queued for 2 just before +3 s; forwarded by node 2: {via2}, \
+         by node 3: {via3}; duplicates at 4: {}; LTP exports cancelled at 1: {}; wall time {:?}",
+        m4.sum("dtn_bundles_duplicate_total"),
+        m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
+        t0.elapsed()
+    );
+    assert!(via2 >= 1.0, "{test}: nothing went via 2");
+    assert!(via3 >= queued_before_end, "{test}: {via3} went via 3");
+    assert_eq!(neighbour_up(&m1, "n2"), 0.0);
+    assert_eq!(
+        m1.sum("dtn_store_bundles"),
+        0.0,
+        "{test}: node 1 still holds bundles"
+    );
+    assert_nothing_more(&n4.agent(), "ipn:4.5", Duration::from_secs(1));
+}
+
+/// Diamond 1→{2,3}→4 with `on_contact_end = "suspend"`; node 1 paces its LTP span to 2 at
+/// 20 kB/s by configuration (`rate`, which the plan does not know: it says the contact is fast),
+/// so one 150 kB bundle is still being sent when the contact 1→2 ends at +3 s, while five small
+/// ones sent after it are queued behind it (one transfer in flight). At the end the small ones
+/// are routed again, via 3; the big one's LTP session is suspended. With `reopen`, the plan has
+/// another contact 1→2 from then on. Polls until all six arrived at node 4 or `wait` passed;
+/// returns the bprecv output, and node 1's and node 2's metrics then.
+fn suspended_session(
+    test: &str,
+    reopen: Option<u64>,
+    wait: Duration,
+) -> (ToolOutput, Vec<usize>, Metrics, Metrics) {
+    built();
+    let t0 = Instant::now();
+    let dir = TempDir::new(test);
+    let file = plan_file(dir.path());
+    let mut plan = IonPlan::starting_in(Duration::from_millis(1000));
+    plan.contact(0, 3, 1, 2, FAST)
+        .contact(0, 3600, 2, 1, FAST)
+        .contacts_both(0, 3600, 1, 3, FAST)
+        .contacts_both(0, 3600, 2, 4, FAST)
+        .contacts_both(0, 3600, 3, 4, FAST)
+        .range(0, 3600, 1, 2, 1)
+        .range(0, 3600, 1, 3, 3);
+    if let Some(at) = reopen {
+        plan.contact(at, 3600, 1, 2, FAST);
+    }
+    plan.write(&file);
+    let section = ContactPlanConfig::file(&file);
+    let nodes = start_nodes(dir.path(), || {
+        let mut c = ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
+        with_plan(&mut c, &section);
+        c[0].ltp_options.insert("n2".into(), "rate = 20000".into());
+        c[0].max_in_flight = Some(1);
+        c
+    });
+    let (n1, n2, n4) = (&nodes[0], &nodes[1], &nodes[3]);
+    let sizes = vec![150_000, 1000, 1000, 1000, 1000, 1000];
+    let recv = bprecv_json(
+        &n4.agent(),
+        "ipn:4.5",
+        sizes.len(),
+        wait + Duration::from_secs(8),
+    );
+    // The big one first, so that it is the one in flight.
+    bpsend(&n1.agent(), "ipn:4.5", &payload(0, sizes[0])).expect("bpsend");
+    for (i, &len) in sizes.iter().enumerate().skip(1) {
+        bpsend(&n1.agent(), "ipn:4.5", &payload(i as u32, len)).expect("bpsend");
+    }
+    let reopen_at = reopen.map(|s| plan.time(s));
+    // Node 2 receives nothing while the contact is suspended (the big bundle is incomplete).
+    let until = Instant::now()
+        + Duration::from_millis(plan.time(3) - dtn_now_ms().min(plan.time(3)))
+        + wait;
+    let mut first_at_2 = None;
+    while Instant::now() < until && n4.metrics().sum("dtn_bundles_delivered_total") < 6.0 {
+        let got = n2.metrics().sum("dtn_bundles_received_total");
+        let sampled = dtn_now_ms();
+        if got > 0.0 && first_at_2.is_none() {
+            first_at_2 = Some(sampled);
+            if let Some(r) = reopen_at {
+                assert!(
+                    sampled >= r,
+                    "{test}: node 2 received the big bundle {} ms before the contact reopened",
+                    r - sampled
+                );
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    let (m1, m2) = (n1.metrics(), n2.metrics());
+    eprintln!(
+        "{test}: {} delivered at node 4 (+{} ms); node 2 received its first at +{:?} ms; node 1: \
+         {} in flight to 2, {} in the store, {} LTP exports open, {} cancelled; wall {:?}",
+        n4.metrics().sum("dtn_bundles_delivered_total"),
+        dtn_now_ms() - plan.reference,
+        first_at_2.map(|t| t - plan.reference),
+        m1.sum_where("dtn_neighbour_in_flight", "neighbour", "n2"),
+        m1.sum("dtn_store_bundles"),
+        m1.sum_where("dtn_ltp_sessions_open", "direction", "export"),
+        m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
+        t0.elapsed()
+    );
+    let out = recv.wait(Duration::from_secs(20));
+    (out, sizes, m1, m2)
+}
+
+/// Test 2c: `on_contact_end = "suspend"` with a next contact: the LTP session in flight at the
+/// end is suspended, not cancelled, and completes when the contact 1→2 reopens at +7 s (node 2
+/// receives nothing before); the bundles queued behind it went via 3. All six arrive exactly
+/// once.
+#[test]
+fn suspended_session_resumes_at_the_next_contact() {
+    let test = "contacts_suspend";
+    let (out, sizes, m1, m2) = suspended_session(test, Some(7), Duration::from_secs(12));
+    let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    check_exactly_once(&received, &sizes).unwrap_or_else(|e| panic!("{test}: {e}: {}", out.stderr));
+    assert_eq!(
+        m2.sum("dtn_bundles_received_total"),
+        1.0,
+        "{test}: only the big one via 2"
+    );
+    assert_eq!(
+        m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
+        0.0,
+        "{test}: suspend cancelled a session"
+    );
+    assert_eq!(m1.sum("dtn_store_bundles"), 0.0);
+}
+
+/// Known gap, demonstrated (run with `--ignored`): with `on_contact_end = "suspend"` and no
+/// later contact 1→2 in the plan, the bundle whose LTP session was suspended at the contact's
+/// end is never delivered, although the route via 3 is open: the session stays suspended (no
+/// link-up cue will come), the engine keeps the bundle "in flight" to 2 and never routes it
+/// again (node/src/links.rs `apply` cancels sessions only under the "cancel" policy).
+#[test]
+#[ignore = "known gap: a session suspended at the last contact to a neighbour strands its bundle"]
+fn suspended_session_without_a_next_contact_is_routed_again() {
+    let test = "contacts_suspend_last";
+    let (out, sizes, m1, _) = suspended_session(test, None, Duration::from_secs(10));
+    let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        m1.sum_where("dtn_neighbour_in_flight", "neighbour", "n2"),
+        0.0,
+        "{test}: a bundle is still in flight to node 2 10 s after its last contact ended"
+    );
+    check_exactly_once(&received, &sizes).unwrap_or_else(|e| panic!("{test}: {e}: {}", out.stderr));
 }
