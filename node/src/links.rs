@@ -4,7 +4,8 @@
 //! For an LTP neighbour a contact start is an RFC 5326 §6.1 link-state cue "up" (timers resume,
 //! queued segments go), a contact end a cue "down" (timers suspended, nothing sent), or, with
 //! `on_contact_end = "cancel"`, a cancel of the span's sessions whose bundles the engine routes
-//! again. The span's timers use the plan's one-way light time and its pacing the contact's rate,
+//! again; after the plan's last contact to the neighbour they are cancelled in any case (a
+//! suspended session would otherwise hold its bundles until they expire). The span's timers use the plan's one-way light time and its pacing the contact's rate,
 //! unless the configuration gives them explicitly. A neighbour with link emulation also has its
 //! emulated link down outside its contacts (a [`LinkGate`]), so what a laptop emulates is the
 //! space link the plan describes.
@@ -125,7 +126,10 @@ async fn apply(
         if let Err(e) = handle.set_link(span.engine, false).await {
             warn!(neighbour = %target.name, "LTP link-state cue not applied: {e}");
         }
-        if policy == ContactEndPolicy::Cancel {
+        // Suspended sessions resume at the next contact; with none left in the plan they would
+        // strand their bundles, so they are cancelled and the bundles routed again.
+        let last_contact = link.is_some_and(|l| l.next_contact.is_none());
+        if policy == ContactEndPolicy::Cancel || last_contact {
             let n = adapter.cancel_span(span.engine).await;
             info!(neighbour = %target.name, "contact ended: LTP sessions cancelled ({n:?})");
         }
@@ -148,6 +152,7 @@ mod tests {
             up: true,
             rate: Some(5000),
             owlt_ms: Some(1500),
+            next_contact: None,
         };
         let s = c.span_for(Some(&link));
         assert_eq!(s.owlt_outbound, Duration::from_millis(1500));

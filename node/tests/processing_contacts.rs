@@ -41,18 +41,20 @@ fn link_follows_its_contacts_and_bundles_wait_for_them() {
     net.engines[1].register(1, "ipn:2.1", net.now).unwrap();
     // At start the plan says down: both engines announce it.
     net.run();
-    let down = PlannedLink {
+    let down = |next_contact: Option<u64>| PlannedLink {
         up: false,
         rate: None,
         owlt_ms: Some(1000),
+        next_contact,
     };
+    let first = down(Some(T0 + 10_000));
     assert_eq!(
         net.link_changes,
-        vec![(0, 0, Some(down), T0), (1, 0, Some(down), T0)]
+        vec![(0, 0, Some(first), T0), (1, 0, Some(first), T0)]
     );
     assert_eq!(
         net.engines[0].planned_link_state(NeighbourId(0)),
-        Some(down)
+        Some(first)
     );
     for i in 0..5u8 {
         net.engines[0]
@@ -80,6 +82,7 @@ fn link_follows_its_contacts_and_bundles_wait_for_them() {
         up: true,
         rate: Some(50_000),
         owlt_ms: Some(1000),
+        next_contact: Some(T0 + 40_000),
     };
     assert!(net.link_changes.contains(&(0, 0, Some(up), T0 + 10_000)));
     assert_eq!(
@@ -90,7 +93,9 @@ fn link_follows_its_contacts_and_bundles_wait_for_them() {
     // The contact ends at +20 s: a bundle sent at +25 s waits for the next one at +40 s, and
     // goes at that contact's rate.
     net.advance_to(T0 + 25_000);
-    assert!(net.link_changes.contains(&(0, 0, Some(down), T0 + 20_000)));
+    assert!(net
+        .link_changes
+        .contains(&(0, 0, Some(down(Some(T0 + 40_000))), T0 + 20_000)));
     net.engines[0]
         .send(request("ipn:2.1", b"late"), None, net.now)
         .unwrap();
@@ -105,14 +110,16 @@ fn link_follows_its_contacts_and_bundles_wait_for_them() {
         Some(PlannedLink {
             up: true,
             rate: Some(80_000),
-            owlt_ms: Some(1000)
+            owlt_ms: Some(1000),
+            next_contact: None,
         }),
         T0 + 40_000
     )));
     // After the last contact no more changes than the end of it.
     net.advance_to(T0 + 100_000);
     let last = net.link_changes.iter().rfind(|c| c.0 == 0).unwrap();
-    assert_eq!(*last, (0, 0, Some(down), T0 + 50_000));
+    // The last contact's end says so: nothing would resume a suspended session.
+    assert_eq!(*last, (0, 0, Some(down(None)), T0 + 50_000));
 }
 
 /// A diamond 1 → {2, 3} → 4: via 2 is faster (light time 1 s against 5 s).

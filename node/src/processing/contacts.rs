@@ -22,6 +22,9 @@ pub struct PlannedLink {
     pub rate: Option<u64>,
     /// One-way light time to the neighbour from the plan's ranges, ms (`None`: no range now).
     pub owlt_ms: Option<u64>,
+    /// Start of the next contact to the neighbour after the current moment (`None`: the plan
+    /// has none, so sessions suspended now would never resume).
+    pub next_contact: Option<DtnMillis>,
 }
 
 impl BundleEngine {
@@ -80,7 +83,7 @@ impl BundleEngine {
         let node = self.neighbour_node_number(i)?;
         let local = router.local();
         let plan = router.plan();
-        if !plan.contacts().any(|c| c.from == local && c.to == node) {
+        if !plan.has_contacts(local, node) {
             return None;
         }
         let contact = plan.contact_at(local, node, now);
@@ -88,6 +91,7 @@ impl BundleEngine {
             up: contact.is_some(),
             rate: contact.map(|c| c.rate),
             owlt_ms: plan.owlt(local, node, now),
+            next_contact: plan.next_contact_after(local, node, now).map(|c| c.start),
         })
     }
 

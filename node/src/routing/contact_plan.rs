@@ -505,6 +505,36 @@ impl ContactPlan {
             .filter(|c| c.is_active(t))
     }
 
+    /// The first contact from `a` to `b` starting after `t`, if any.
+    pub fn next_contact_after(&self, a: u64, b: u64, t: DtnMillis) -> Option<&Contact> {
+        let lo = ContactKey {
+            from: a,
+            to: b,
+            start: t.saturating_add(1),
+        };
+        let hi = ContactKey {
+            from: a,
+            to: b,
+            start: DtnMillis::MAX,
+        };
+        self.contacts.range(lo..=hi).next().map(|(_, c)| c)
+    }
+
+    /// Whether the plan has any contact from `a` to `b`.
+    pub fn has_contacts(&self, a: u64, b: u64) -> bool {
+        let lo = ContactKey {
+            from: a,
+            to: b,
+            start: 0,
+        };
+        let hi = ContactKey {
+            from: a,
+            to: b,
+            start: DtnMillis::MAX,
+        };
+        self.contacts.range(lo..=hi).next().is_some()
+    }
+
     /// Transmission rate from `a` to `b` at `t` in bytes/s (the active contact's rate).
     pub fn rate(&self, a: u64, b: u64, t: DtnMillis) -> Option<u64> {
         self.contact_at(a, b, t).map(|c| c.rate)
@@ -919,6 +949,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("c.json:2: "), "{e}");
+    }
+
+    #[test]
+    fn next_contact_after_and_has_contacts() {
+        let p = ContactPlan::parse_ion(
+            "a contact +10 +20 1 2 5\na contact +40 +50 1 2 5\na contact +0 +5 2 1 5\n",
+            "p",
+            &opts(),
+        )
+        .unwrap();
+        let r = opts().reference;
+        assert_eq!(p.next_contact_after(1, 2, r).unwrap().start, r + 10_000);
+        assert_eq!(
+            p.next_contact_after(1, 2, r + 10_000).unwrap().start,
+            r + 40_000
+        );
+        assert!(p.next_contact_after(1, 2, r + 40_000).is_none());
+        assert!(p.next_contact_after(1, 3, r).is_none());
+        assert!(p.has_contacts(1, 2) && p.has_contacts(2, 1));
+        assert!(!p.has_contacts(1, 3) && !p.has_contacts(3, 1));
     }
 
     #[test]
