@@ -166,6 +166,12 @@ struct PlanState {
     local: u64,
     /// The file's modification time when it was last read.
     modified: Option<std::time::SystemTime>,
+    /// Contacts in the running plan.
+    contacts: usize,
+    /// Reloads that replaced the plan.
+    reloads: u64,
+    /// Reloads refused (bad plan; the old one stayed).
+    reloads_failed: u64,
 }
 
 /// A running node (see the module docs).
@@ -318,6 +324,9 @@ impl Node {
                 reference: started_at,
                 local,
                 modified: crate::plan_source::modified(section),
+                contacts: router.as_ref().map_or(0, |r| r.plan().contact_count()),
+                reloads: 0,
+                reloads_failed: 0,
             });
         }
         let engine_config = EngineConfig {
@@ -775,12 +784,15 @@ impl Core {
         match read {
             Ok(plan) => {
                 let n = plan.contact_count();
+                p.contacts = n;
+                p.reloads += 1;
                 let router = crate::plan_source::router(&p.section, p.local, plan);
                 self.engine.replace_router(Some(router), dtn_now());
                 info!(contacts = n, "contact plan reloaded");
                 Ok(n)
             }
             Err(e) => {
+                p.reloads_failed += 1;
                 warn!("contact plan reload refused, the running plan stays: {e}");
                 Err(e.to_string())
             }
@@ -926,6 +938,9 @@ impl Core {
             AgentCommand::Stats { reply } => {
                 let mut stats = self.engine.stats();
                 adapter_metrics(&self.adapters.counters(), &mut stats);
+                if let Some(p) = &self.plan {
+                    plan_metrics(p, &mut stats);
+                }
                 match self.adapters.ltp.as_ref().map(|l| l.ltp().clone()) {
                     Some(ltp) => {
                         // The LTP driver answers asynchronously: finish in a small task.
@@ -1084,6 +1099,27 @@ fn push(
 }
 
 /// Adds the convergence-layer adapters' counters (`dtn_cla_*{cla}`).
+fn plan_metrics(p: &PlanState, stats: &mut NodeStats) {
+    push(
+        stats,
+        "dtn_contact_plan_contacts",
+        "Contacts in the running contact plan.",
+        MetricKind::Gauge,
+        &[],
+        p.contacts as u64,
+    );
+    for (result, n) in [("ok", p.reloads), ("refused", p.reloads_failed)] {
+        push(
+            stats,
+            "dtn_contact_plan_reloads_total",
+            "Contact plan reloads (refused: a bad plan, the running one stayed).",
+            MetricKind::Counter,
+            &[("result", result)],
+            n,
+        );
+    }
+}
+
 fn adapter_metrics(adapters: &[(&'static str, CounterSnapshot)], stats: &mut NodeStats) {
     use MetricKind::Counter;
     for (cla, c) in adapters {

@@ -525,3 +525,108 @@ async fn bad_bundles_from_a_tcpcl_peer_are_answered_and_counted() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// `[contact_plan]` in a running node: a bundle waits while the plan has no contact to its next
+/// hop; a reload (the API SIGHUP uses) with a contact now sends it without a restart; a bad plan
+/// is refused with its file and line and the running plan stays; the metrics count both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_plan_reload_while_running() {
+    use node::config::{ContactEndPolicy, ContactPlanSection, PlanSource};
+    let dir = temp_dir("plan-reload");
+    let plan_file = dir.join("plan.txt");
+    std::fs::write(
+        &plan_file,
+        "a contact +3600 +3700 1 2 100000\na contact +3600 +3700 2 1 100000\n",
+    )
+    .unwrap();
+    let b = Node::start(config(2)).await.unwrap();
+    let mut ac = config(1);
+    ac.neighbours
+        .push(neighbour("b", 2, Link::Tcpcl(b.addresses().tcpcl.unwrap())));
+    ac.contact_plan = Some(ContactPlanSection {
+        source: PlanSource::File(plan_file.clone()),
+        reload_check: None,
+        on_contact_end: ContactEndPolicy::Suspend,
+        alternate_routes: 1,
+        hdtn_unix_time: false,
+    });
+    let a = Node::start(ac).await.unwrap();
+    let (ha, hb) = (a.handle(), b.handle());
+    let (reg, mut rx) = register(&hb, "ipn:2.1").await;
+    assert_eq!(stats_total(&ha, "dtn_contact_plan_contacts").await, 2.0);
+    let p = payload(1, 2000);
+    send(&ha, "ipn:2.1", p.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats_total(&ha, "dtn_bundles_waiting").await, 1.0);
+    assert!(rx.try_recv().is_err(), "no contact: nothing may arrive");
+
+    // A bad plan: refused with file and line, nothing changes.
+    std::fs::write(&plan_file, "a contact +0 +60 1 2 100000\na contact oops\n").unwrap();
+    let e = a.reload_plan().await.unwrap_err();
+    assert!(e.contains("plan.txt:2:"), "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "the refused plan must not apply");
+    assert_eq!(stats_total(&ha, "dtn_contact_plan_contacts").await, 2.0);
+
+    // A contact now: delivered without a restart.
+    std::fs::write(
+        &plan_file,
+        "a contact +0 +3600 1 2 100000\na contact +0 +3600 2 1 100000\na contact +0 +10 1 7 1\n",
+    )
+    .unwrap();
+    assert_eq!(a.reload_plan().await, Ok(3));
+    receive_all(&hb, reg, &mut rx, &[p]).await;
+    let s = ha
+        .request(|reply| AgentCommand::Stats { reply })
+        .await
+        .unwrap();
+    let reloads = |result: &str| {
+        s.metrics
+            .iter()
+            .find(|m| {
+                m.name == "dtn_contact_plan_reloads_total"
+                    && m.labels.iter().any(|(k, v)| k == "result" && v == result)
+            })
+            .map(|m| m.value)
+    };
+    assert_eq!((reloads("ok"), reloads("refused")), (Some(1.0), Some(1.0)));
+    assert_eq!(s.total("dtn_contact_plan_contacts"), Some(3.0));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node without a plan answers a reload with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_without_a_plan_is_an_error() {
+    let a = Node::start(config(1)).await.unwrap();
+    let e = a.reload_plan().await.unwrap_err();
+    assert!(e.contains("no [contact_plan]"), "{e}");
+    a.shutdown().await.unwrap();
+}
+
+/// Emulation on a TCPCL neighbour delays the byte stream: a bundle takes at least the one-way
+/// delay to arrive (and the session's setup several more), and arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcpcl_neighbour_emulation_delays_the_stream() {
+    let b = Node::start(config(2)).await.unwrap();
+    let mut ac = config(1);
+    let mut n = neighbour("b", 2, Link::Tcpcl(b.addresses().tcpcl.unwrap()));
+    n.emulation = Some("delay=250ms".parse().unwrap());
+    ac.neighbours.push(n);
+    let a = Node::start(ac).await.unwrap();
+    let (ha, hb) = (a.handle(), b.handle());
+    let (reg, mut rx) = register(&hb, "ipn:2.1").await;
+    let p = payload(3, 100_000);
+    let t0 = std::time::Instant::now();
+    send(&ha, "ipn:2.1", p.clone()).await;
+    receive_all(&hb, reg, &mut rx, &[p]).await;
+    // Contact header, SESS_INIT exchange (two one-way trips each way) and the transfer.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(750),
+        "arrived after {:?}",
+        t0.elapsed()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
