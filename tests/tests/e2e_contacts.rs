@@ -91,7 +91,7 @@ fn plan_file(dir: &Path) -> PathBuf {
     dir.join("contacts.txt")
 }
 
-/// Test 1: line 1–2–3 over LTP with a 50 ms emulated delay on every link; contacts 1↔2 from
+/// Test 1: line 1–2–3 over LTP with 50 ms delay and 3% loss emulated on every link; contacts 1↔2 from
 /// +6 s and 2↔3 from +8 s. Twenty bundles sent from 1 to `ipn:3.5` before +6 s wait at node 1
 /// (none received by 2, no LTP segment sent), then arrive exactly once, node 2 receiving none
 /// before +6 s and node 3 none before +8 s.
@@ -113,7 +113,7 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
         with_plan(&mut c, &ContactPlanConfig::file(&file));
         for n in &mut c {
             for nb in n.neighbours.clone() {
-                n.emulation.insert(nb.name, "delay=50ms".into());
+                n.emulation.insert(nb.name, "delay=50ms,loss=3%".into());
             }
         }
         c
@@ -214,7 +214,12 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     assert_eq!(neighbour_up(&m1, "n2"), 1.0);
     assert_eq!(n3.metrics().sum("dtn_bundles_delivered_total"), N as f64);
     assert_nothing_more(&n3.agent(), "ipn:3.5", Duration::from_secs(1));
-    eprintln!("{test}: wall time {:?}", t0.elapsed());
+    eprintln!(
+        "{test}: LTP retransmissions (3% emulated loss): node 1 {}, node 2 {}; wall time {:?}",
+        m1.sum("dtn_ltp_retransmissions_total"),
+        n2.metrics().sum("dtn_ltp_retransmissions_total"),
+        t0.elapsed()
+    );
 }
 
 /// Test 2: diamond 1→{2,3}→4 over LTP. The plan makes the route via 2 the best (light time 1 s
@@ -352,13 +357,14 @@ fn pair(dir: &Path, section: &ContactPlanConfig, log: &str) -> Vec<Dtnd> {
 }
 
 /// Polls until node `n` has `count` bundles waiting; then checks for `hold` that they stay
-/// waiting (the link down, nothing received at `to`).
+/// waiting (the link to `to` down, nothing more received at `to`).
 fn assert_waiting(test: &str, n: &Dtnd, to: &Dtnd, count: usize, hold: Duration) {
     poll(
         Duration::from_secs(5),
         || format!("{test}: {count} bundles waiting at {}", n.name),
         || (n.metrics().sum("dtn_bundles_waiting") == count as f64).then_some(()),
     );
+    let received = to.metrics().sum("dtn_bundles_received_total");
     let until = Instant::now() + hold;
     while Instant::now() < until {
         let m = n.metrics();
@@ -370,7 +376,7 @@ fn assert_waiting(test: &str, n: &Dtnd, to: &Dtnd, count: usize, hold: Duration)
         assert_eq!(neighbour_up(&m, &to.name), 0.0, "{test}: link up");
         assert_eq!(
             to.metrics().sum("dtn_bundles_received_total"),
-            0.0,
+            received,
             "{test}: {} received a bundle without a contact",
             to.name
         );
@@ -483,6 +489,20 @@ fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
         n2.metrics().sum("dtn_bundles_delivered_total"),
         (N + 1) as f64
     );
+    // A good plan after the bad one is taken: no contact for an hour, so a bundle waits again.
+    later.write(&file);
+    poll(
+        Duration::from_secs(8),
+        || {
+            format!(
+                "{test}: the good plan after the bad one closes the link\n{}",
+                logs(&nodes)
+            )
+        },
+        || (neighbour_up(&n1.metrics(), "n2") == 0.0).then_some(()),
+    );
+    bpsend(&n1.agent(), "ipn:2.5", &payload(N as u32 + 1, 100)).expect("bpsend");
+    assert_waiting(test, n1, n2, 1, Duration::from_millis(500));
     assert_eq!((n1.pid(), n2.pid()), pids, "{test}: a node was restarted");
     assert_eq!((n1.starts(), n2.starts()), (1, 1));
     let mut nodes = nodes;
@@ -782,4 +802,48 @@ fn suspended_session_without_a_next_contact_is_routed_again() {
         "{test}: a bundle is still in flight to node 2 10 s after its last contact ended"
     );
     check_exactly_once(&received, &sizes).unwrap_or_else(|e| panic!("{test}: {e}: {}", out.stderr));
+}
+
+/// Test 5: an LTP neighbour without `rate` in its configuration is paced at the rate of the
+/// plan's contact: one 300 kB bundle over a 50 kB/s contact takes at least the time the bytes
+/// beyond the LTP pacing burst (64 KiB) need, about 4.7 s, where a fast contact takes well
+/// under a second.
+#[test]
+fn ltp_span_is_paced_at_the_contact_rate() {
+    const RATE: u64 = 50_000;
+    const SIZE: usize = 300_000;
+    let test = "contacts_rate";
+    built();
+    let t0 = Instant::now();
+    let dir = TempDir::new(test);
+    let file = plan_file(dir.path());
+    let mut plan = IonPlan::starting_in(Duration::from_millis(0));
+    plan.contact(0, 3600, 1, 2, RATE)
+        .contact(0, 3600, 2, 1, FAST)
+        .range(0, 3600, 1, 2, 1);
+    plan.write(&file);
+    let nodes = pair(dir.path(), &ContactPlanConfig::file(&file), "warn");
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let recv = bprecv_json(&n2.agent(), "ipn:2.5", 1, Duration::from_secs(30));
+    sleep_until_dtn(plan.time(0));
+    let sent = Instant::now();
+    bpsend(&n1.agent(), "ipn:2.5", &payload(0, SIZE)).expect("bpsend");
+    poll(
+        Duration::from_secs(20),
+        || format!("{test}: the bundle delivered\n{}", logs(&nodes)),
+        || (n2.metrics().sum("dtn_bundles_delivered_total") >= 1.0).then_some(()),
+    );
+    let took = sent.elapsed();
+    check_received(test, recv, &[SIZE], &nodes);
+    let least = Duration::from_millis(((SIZE as u64 - 65_536) * 1000 / RATE) * 8 / 10);
+    eprintln!(
+        "{test}: {SIZE} bytes over a {RATE} B/s contact took {took:?} (at least {least:?} \
+         expected); wall time {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        took >= least,
+        "{test}: {SIZE} bytes took {took:?} over a {RATE} B/s contact: the LTP span is not paced \
+         at the contact's rate"
+    );
 }
