@@ -180,6 +180,7 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     // From +6 s: node 2 receives, node 3 not before +8 s; all delivered at node 3.
     let mut first_at_2 = None;
     let mut first_at_3 = None;
+    let mut most_waiting_at_2 = 0.0f64;
     poll(
         Duration::from_secs(30),
         || format!("{test}: {N} bundles delivered at node 3\n{}", logs(&nodes)),
@@ -189,6 +190,7 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
             if m2.sum("dtn_bundles_received_total") > 0.0 && first_at_2.is_none() {
                 first_at_2 = Some(sampled);
             }
+            most_waiting_at_2 = most_waiting_at_2.max(m2.sum("dtn_bundles_waiting"));
             if m3.sum("dtn_bundles_received_total") > 0.0 && first_at_3.is_none() {
                 first_at_3 = Some(sampled);
                 assert!(
@@ -203,12 +205,18 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     let all_at = dtn_now_ms();
     eprintln!(
         "{test}: first at node 2 ≤ +{} ms, first at node 3 ≤ +{} ms, all {N} delivered ≤ +{} ms \
-         after the reference ({samples_before} samples before +6 s)",
+         after the reference ({samples_before} samples before +6 s; at most \
+         {most_waiting_at_2} waiting at node 2)",
         first_at_2.map_or(-1, |t| (t - plan.reference) as i64),
         first_at_3.map_or(-1, |t| (t - plan.reference) as i64),
         all_at - plan.reference
     );
     check_received(test, recv, &sizes, &nodes);
+    // Between +6 s and +8 s every bundle reached node 2 and waited there for the contact 2→3.
+    assert_eq!(
+        most_waiting_at_2, N as f64,
+        "{test}: the bundles did not all wait at node 2 for the contact 2→3"
+    );
     let m1 = n1.metrics();
     assert_eq!(m1.sum("dtn_bundles_waiting"), 0.0);
     assert_eq!(neighbour_up(&m1, "n2"), 1.0);
