@@ -916,7 +916,8 @@ pub fn start_line(dir: &Path, cl: LineCl, durability: &str) -> [Dtnd; 3] {
 }
 
 /// Configurations of `ipn:N.0` nodes (`numbers`) joined by LTP `edges` (each both ways, on
-/// loopback): node N has LTP engine N, no TCPCL listener, and neighbour `nM` for each edge to M.
+/// loopback): node N has LTP engine N, a memory store, no TCPCL listener, and neighbour `nM` for
+/// each edge to M.
 /// No static routes: with a contact plan ([`NodeConfig::contact_plan`]) CGR does the routing.
 pub fn ltp_mesh_configs(dir: &Path, numbers: &[u64], edges: &[(u64, u64)]) -> Vec<NodeConfig> {
     let mut nodes: Vec<NodeConfig> = numbers
