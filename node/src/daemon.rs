@@ -164,8 +164,8 @@ struct PlanState {
     reference: DtnMillis,
     /// This node's ipn node number.
     local: u64,
-    /// The file's modification time when it was last read.
-    modified: Option<std::time::SystemTime>,
+    /// The file's modification time and length when it was last read.
+    modified: Option<crate::plan_source::FileStamp>,
     /// Contacts in the running plan.
     contacts: usize,
     /// Reloads that replaced the plan.
@@ -769,20 +769,30 @@ impl Core {
     }
 
     /// Reads the plan again; on success the engine routes by it (bookings of the old plan are
-    /// dropped, waiting and queued bundles are routed again), on failure nothing changes.
+    /// dropped, waiting and queued bundles are routed again), on failure nothing changes. A
+    /// file that changes while it is read (written in place) is not applied: the next check
+    /// reads it again.
     async fn reload_plan(&mut self) -> Result<usize, String> {
         let Some(p) = &mut self.plan else {
             return Err("no [contact_plan] is configured".into());
         };
         let section = p.section.clone();
         let reference = p.reference;
-        p.modified = crate::plan_source::modified(&section);
-        let read =
-            tokio::task::spawn_blocking(move || crate::plan_source::read_plan(&section, reference))
-                .await
-                .map_err(|e| format!("contact plan read task: {e}"))?;
+        let read = tokio::task::spawn_blocking(move || {
+            let before = crate::plan_source::modified(&section);
+            let plan = crate::plan_source::read_plan(&section, reference);
+            let after = crate::plan_source::modified(&section);
+            (before, plan, after)
+        })
+        .await
+        .map_err(|e| format!("contact plan read task: {e}"))?;
         match read {
-            Ok(plan) => {
+            (before, _, after) if before != after => {
+                debug!("contact plan file changed while read: read again at the next check");
+                Err("the plan file changed while it was read; try again".into())
+            }
+            (stamp, Ok(plan), _) => {
+                p.modified = stamp;
                 let n = plan.contact_count();
                 p.contacts = n;
                 p.reloads += 1;
@@ -791,7 +801,8 @@ impl Core {
                 info!(contacts = n, "contact plan reloaded");
                 Ok(n)
             }
-            Err(e) => {
+            (stamp, Err(e), _) => {
+                p.modified = stamp;
                 p.reloads_failed += 1;
                 warn!("contact plan reload refused, the running plan stays: {e}");
                 Err(e.to_string())
@@ -799,7 +810,7 @@ impl Core {
         }
     }
 
-    /// Reloads the plan if its file's modification time changed.
+    /// Reloads the plan if its file's modification time or length changed.
     async fn check_plan_file(&mut self) {
         let Some(p) = &self.plan else { return };
         let now = crate::plan_source::modified(&p.section);

@@ -5,7 +5,7 @@
 //! `dtnd --print-config` prints the default configuration; `dtnd demo` runs the built-in
 //! three-node Mars-relay scenario (see `node::demo`).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,6 +71,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -124,6 +125,7 @@ fn demo(loss: f64, payload: usize, log: &str) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let opts = node::demo::DemoOptions {
         loss: loss / 100.0,

@@ -50,16 +50,22 @@ pub fn router(section: &ContactPlanSection, local: u64, plan: ContactPlan) -> Ro
     )
 }
 
-/// The modification time of the plan file (`None` for an inline plan or an unreadable file).
-pub fn modified(section: &ContactPlanSection) -> Option<SystemTime> {
+/// What identifies a version of the plan file: its modification time and length.
+pub type FileStamp = (SystemTime, u64);
+
+/// The plan file's [`FileStamp`] (`None` for an inline plan or an unreadable file). The daemon
+/// reloads when it changes, and takes the stamps before and after reading to notice a file
+/// written in place while it was read.
+pub fn modified(section: &ContactPlanSection) -> Option<FileStamp> {
     match &section.source {
-        PlanSource::File(path) => file_modified(path),
+        PlanSource::File(path) => file_stamp(path),
         PlanSource::Inline(_) => None,
     }
 }
 
-fn file_modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 #[cfg(test)]
