@@ -488,51 +488,41 @@ impl ContactPlan {
 
     /// The contact from `a` to `b` active at `t`, if any.
     pub fn contact_at(&self, a: u64, b: u64, t: DtnMillis) -> Option<&Contact> {
-        let lo = ContactKey {
+        self.pair_contacts(a, b, 0..=t)
+            .next_back()
+            .filter(|c| c.is_active(t))
+    }
+
+    /// The contacts from `a` to `b` starting within `starts`, in start order.
+    fn pair_contacts(
+        &self,
+        a: u64,
+        b: u64,
+        starts: std::ops::RangeInclusive<DtnMillis>,
+    ) -> impl DoubleEndedIterator<Item = &Contact> {
+        let key = |start| ContactKey {
             from: a,
             to: b,
-            start: 0,
-        };
-        let hi = ContactKey {
-            from: a,
-            to: b,
-            start: t,
+            start,
         };
         self.contacts
-            .range(lo..=hi)
-            .next_back()
+            .range(key(*starts.start())..=key(*starts.end()))
             .map(|(_, c)| c)
-            .filter(|c| c.is_active(t))
     }
 
     /// The first contact from `a` to `b` starting after `t`, if any.
     pub fn next_contact_after(&self, a: u64, b: u64, t: DtnMillis) -> Option<&Contact> {
-        let lo = ContactKey {
-            from: a,
-            to: b,
-            start: t.saturating_add(1),
-        };
-        let hi = ContactKey {
-            from: a,
-            to: b,
-            start: DtnMillis::MAX,
-        };
-        self.contacts.range(lo..=hi).next().map(|(_, c)| c)
+        if t == DtnMillis::MAX {
+            return None;
+        }
+        self.pair_contacts(a, b, t + 1..=DtnMillis::MAX).next()
     }
 
     /// Whether the plan has any contact from `a` to `b`.
     pub fn has_contacts(&self, a: u64, b: u64) -> bool {
-        let lo = ContactKey {
-            from: a,
-            to: b,
-            start: 0,
-        };
-        let hi = ContactKey {
-            from: a,
-            to: b,
-            start: DtnMillis::MAX,
-        };
-        self.contacts.range(lo..=hi).next().is_some()
+        self.pair_contacts(a, b, 0..=DtnMillis::MAX)
+            .next()
+            .is_some()
     }
 
     /// Transmission rate from `a` to `b` at `t` in bytes/s (the active contact's rate).
