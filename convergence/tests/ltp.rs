@@ -1,41 +1,23 @@
 //! The LTP convergence layer over loopback: aggregated red blocks through 5 % loss in both
 //! directions deliver every bundle byte-identically, with exactly one outcome each.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use convergence::adapter::{
-    AdapterChannels, ConvergenceLayer, Outcome, OutcomeReport, PeerAddr, Received, SendError,
-};
-use convergence::ltp_adapter::{LtpAdapter, LtpAdapterConfig, SpanPolicy};
-use ltp::driver::{DriverConfig, SimpleImpairment};
-use ltp::{Engine, EngineConfig, SpanConfig};
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use common::{fake_bundle, ltp_node, vector, LtpSpan, Node};
+use convergence::adapter::{ConvergenceLayer, Outcome, PeerAddr, SendError};
+use convergence::ltp_adapter::{LtpAdapter, SpanPolicy};
+use ltp::driver::SimpleImpairment;
+use ltp::SpanConfig;
+
+type Side = Node<LtpAdapter>;
 
 const A: u64 = 10;
 const B: u64 = 20;
 const WAIT: Duration = Duration::from_secs(30);
-
-fn vector(name: &str) -> Bytes {
-    let path = format!(
-        "{}/../../shared/vectors/bpv7/{name}.hex",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Bytes::from(hex::decode(text.trim()).unwrap())
-}
-
-/// A bundle-shaped CBOR item: `[_ bstr(payload)]`.
-fn fake_bundle(len: usize, tag: u8) -> Bytes {
-    let mut v = vec![0x9f, 0x59, (len >> 8) as u8, len as u8];
-    v.extend(std::iter::repeat_n(tag, len));
-    v.push(0xff);
-    Bytes::from(v)
-}
 
 fn span() -> SpanConfig {
     SpanConfig {
@@ -47,12 +29,8 @@ fn span() -> SpanConfig {
     }
 }
 
-struct Side {
-    cla: Arc<LtpAdapter>,
-    rx: mpsc::Receiver<Received>,
-    outcomes: mpsc::Receiver<OutcomeReport>,
-}
-
+/// The LTP node of engine `local` with a span to `peer` (at `peer_addr` if known yet), `loss` on
+/// the datagrams it sends.
 fn side(
     local: u64,
     peer: u64,
@@ -60,40 +38,14 @@ fn side(
     loss: f64,
     policy: SpanPolicy,
 ) -> Side {
-    let mut engine = Engine::new(
-        local,
-        EngineConfig {
-            seed: local,
-            ..EngineConfig::default()
-        },
-    );
-    engine.add_span(peer, span());
-    let mut driver = DriverConfig::new("127.0.0.1:0".parse().unwrap());
-    if let Some(addr) = peer_addr {
-        driver.spans = vec![(peer, addr)];
-    }
-    driver.impairment = Some(Box::new(SimpleImpairment::new(
-        loss,
-        Duration::ZERO,
-        local + 100,
-    )));
-    let (rtx, rx) = mpsc::channel(4096);
-    let (otx, outcomes) = mpsc::channel(4096);
-    let config = LtpAdapterConfig {
-        spans: vec![policy],
-        ..LtpAdapterConfig::default()
+    let span = LtpSpan {
+        peer,
+        addr: peer_addr,
+        config: span(),
+        policy,
     };
-    let cla = LtpAdapter::spawn(
-        engine,
-        driver,
-        config,
-        AdapterChannels {
-            received: rtx,
-            outcomes: otx,
-        },
-    )
-    .unwrap();
-    Side { cla, rx, outcomes }
+    let loss = SimpleImpairment::new(loss, Duration::ZERO, local + 100);
+    ltp_node(local, vec![span], Some(loss))
 }
 
 async fn pair(loss: f64, policy_a: SpanPolicy) -> (Side, Side) {
@@ -102,12 +54,8 @@ async fn pair(loss: f64, policy_a: SpanPolicy) -> (Side, Side) {
 
 async fn pair_with(loss: f64, policy_a: SpanPolicy, policy_b: SpanPolicy) -> (Side, Side) {
     let b = side(B, A, None, loss, policy_b);
-    let a = side(A, B, Some(b.cla.ltp().local_addr()), loss, policy_a);
-    b.cla
-        .ltp()
-        .set_span_address(A, a.cla.ltp().local_addr())
-        .await
-        .unwrap();
+    let a = side(A, B, Some(b.ltp_addr()), loss, policy_a);
+    b.learn_span_address(A, &a).await;
     (a, b)
 }
 
@@ -133,10 +81,7 @@ async fn red_bundles_all_delivered_through_loss() {
     }
     let mut ids = HashSet::new();
     for _ in 0..sent.len() {
-        let o = timeout(WAIT, a.outcomes.recv())
-            .await
-            .expect("outcome")
-            .unwrap();
+        let o = a.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred, "{o:?}");
         assert_eq!(o.peer, PeerAddr::LtpEngine(B));
         assert!(ids.insert(o.id));
@@ -145,7 +90,7 @@ async fn red_bundles_all_delivered_through_loss() {
     // bundle arrives exactly once.
     let mut got = Vec::new();
     for _ in 0..sent.len() {
-        let r = timeout(WAIT, b.rx.recv()).await.expect("bundle").unwrap();
+        let r = b.next_received(WAIT).await;
         assert_eq!(r.cla, "ltp");
         assert_eq!(r.from, PeerAddr::LtpEngine(A));
         got.push(r.bundle);
@@ -181,11 +126,11 @@ async fn urgent_bypasses_aggregation() {
     a.cla
         .send_urgent(&PeerAddr::LtpEngine(B), 2, fake_bundle(10, 2))
         .unwrap();
-    let first = timeout(WAIT, b.rx.recv()).await.expect("bundle").unwrap();
-    let second = timeout(WAIT, b.rx.recv()).await.expect("bundle").unwrap();
+    let first = b.next_received(WAIT).await;
+    let second = b.next_received(WAIT).await;
     assert_eq!((first.bundle, second.bundle), (x, fake_bundle(10, 2)));
     for _ in 0..2 {
-        let o = timeout(WAIT, a.outcomes.recv()).await.unwrap().unwrap();
+        let o = a.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred);
     }
     assert!(matches!(
@@ -212,18 +157,12 @@ async fn green_span_delivers_without_loss() {
         sent.push(bundle);
     }
     for _ in 0..sent.len() {
-        let o = timeout(WAIT, b.outcomes.recv()).await.unwrap().unwrap();
+        let o = b.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred);
     }
     let mut got = Vec::new();
     for _ in 0..sent.len() {
-        got.push(
-            timeout(WAIT, a.rx.recv())
-                .await
-                .expect("bundle")
-                .unwrap()
-                .bundle,
-        );
+        got.push(a.next_received(WAIT).await.bundle);
     }
     got.sort();
     sent.sort();
@@ -247,7 +186,7 @@ async fn pending_bundles_fail_with_shutdown() {
         .send(&PeerAddr::LtpEngine(B), 7, fake_bundle(10, 7))
         .unwrap();
     a.cla.shutdown();
-    let o = timeout(WAIT, a.outcomes.recv()).await.unwrap().unwrap();
+    let o = a.next_outcome(WAIT).await;
     assert_eq!(o.id, 7);
     assert_eq!(
         o.outcome,

@@ -4,35 +4,24 @@
 //! per-link emulation in the LTP driver keeps two peers' links apart, and a link gate holds a
 //! span's transfers until it opens.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use convergence::adapter::{
-    AdapterChannels, ConvergenceLayer, FailureReason, Outcome, OutcomeReport, PeerAddr, Received,
-    SendError,
-};
+use common::{fake_bundle, ltp_node, LtpSpan, Node};
+use convergence::adapter::{ConvergenceLayer, FailureReason, Outcome, PeerAddr, SendError};
 use convergence::emulation::{LinkGate, LinkProfile, LtpImpairment};
-use convergence::ltp_adapter::{LtpAdapter, LtpAdapterConfig, SpanCancelled, SpanPolicy};
-use ltp::driver::DriverConfig;
-use ltp::{Engine, EngineConfig, EngineId, SpanConfig};
-use tokio::sync::mpsc;
+use convergence::ltp_adapter::{LtpAdapter, SpanCancelled, SpanPolicy};
+use ltp::{EngineId, SpanConfig};
 use tokio::time::timeout;
 
 const A: EngineId = 10;
 const B: EngineId = 20;
 const C: EngineId = 30;
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A bundle-shaped CBOR item: `[_ bstr(payload)]`.
-fn fake_bundle(len: usize, tag: u8) -> Bytes {
-    let mut v = vec![0x9f, 0x59, (len >> 8) as u8, len as u8];
-    v.extend(std::iter::repeat_n(tag, len));
-    v.push(0xff);
-    Bytes::from(v)
-}
 
 fn span(window: usize) -> SpanConfig {
     SpanConfig {
@@ -45,12 +34,6 @@ fn span(window: usize) -> SpanConfig {
     }
 }
 
-struct Node {
-    cla: Arc<LtpAdapter>,
-    rx: mpsc::Receiver<Received>,
-    outcomes: mpsc::Receiver<OutcomeReport>,
-}
-
 /// An LTP node `local` with spans to `peers` (engine, address if known, policy), window
 /// `window`, and `impairment` on its sent datagrams.
 fn node(
@@ -58,61 +41,23 @@ fn node(
     peers: &[(EngineId, Option<SocketAddr>, SpanPolicy)],
     window: usize,
     impairment: Option<LtpImpairment>,
-) -> Node {
-    let mut engine = Engine::new(
-        local,
-        EngineConfig {
-            seed: local,
-            ..EngineConfig::default()
-        },
-    );
-    let mut driver = DriverConfig::new("127.0.0.1:0".parse().unwrap());
-    for (peer, addr, _) in peers {
-        engine.add_span(*peer, span(window));
-        if let Some(addr) = addr {
-            driver.spans.push((*peer, *addr));
-        }
-    }
-    if let Some(imp) = impairment {
-        driver.impairment = Some(Box::new(imp));
-    }
-    let (rtx, rx) = mpsc::channel(4096);
-    let (otx, outcomes) = mpsc::channel(4096);
-    let config = LtpAdapterConfig {
-        spans: peers.iter().map(|(_, _, p)| p.clone()).collect(),
-        ..LtpAdapterConfig::default()
-    };
-    let cla = LtpAdapter::spawn(
-        engine,
-        driver,
-        config,
-        AdapterChannels {
-            received: rtx,
-            outcomes: otx,
-        },
-    )
-    .unwrap();
-    Node { cla, rx, outcomes }
-}
-
-async fn outcome(n: &mut Node) -> OutcomeReport {
-    timeout(WAIT, n.outcomes.recv())
-        .await
-        .expect("outcome within the timeout")
-        .expect("outcome channel open")
-}
-
-async fn received(n: &mut Node) -> Received {
-    timeout(WAIT, n.rx.recv())
-        .await
-        .expect("bundle within the timeout")
-        .expect("received channel open")
+) -> Node<LtpAdapter> {
+    let spans = peers
+        .iter()
+        .map(|(peer, addr, policy)| LtpSpan {
+            peer: *peer,
+            addr: *addr,
+            config: span(window),
+            policy: policy.clone(),
+        })
+        .collect();
+    ltp_node(local, spans, impairment)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_span_fails_every_bundle_once_and_the_span_works_again() {
     let mut b = node(B, &[(A, None, SpanPolicy::new(A))], 2, None);
-    let b_addr = b.cla.ltp().local_addr();
+    let b_addr = b.ltp_addr();
     // Everything A sends to B takes 20 s: no session can complete during the test.
     let mut imp = LtpImpairment::empty();
     let start = Instant::now();
@@ -125,11 +70,7 @@ async fn cancel_span_fails_every_bundle_once_and_the_span_works_again() {
         ..SpanPolicy::new(B)
     };
     let mut a = node(A, &[(B, Some(b_addr), policy)], 2, Some(imp.clone()));
-    b.cla
-        .ltp()
-        .set_span_address(A, a.cla.ltp().local_addr())
-        .await
-        .unwrap();
+    b.learn_span_address(A, &a).await;
 
     // Bundles 0..=8 go out in 9 blocks (2 sessions open, 7 queued); bundle 9 is aggregating.
     let n = 10u64;
@@ -184,14 +125,14 @@ async fn cancel_span_fails_every_bundle_once_and_the_span_works_again() {
     }
     let mut ids = HashSet::new();
     for _ in 0..later.len() {
-        let o = outcome(&mut a).await;
+        let o = a.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred, "{o:?}");
         assert!(ids.insert(o.id));
     }
     assert_eq!(ids, (100..103).collect::<HashSet<_>>());
     let mut got = Vec::new();
     for _ in 0..later.len() {
-        got.push(received(&mut b).await.bundle);
+        got.push(b.next_received(WAIT).await.bundle);
     }
     got.sort();
     assert_eq!(got, later);
@@ -216,7 +157,7 @@ async fn cancel_span_fails_every_bundle_once_and_the_span_works_again() {
 async fn per_link_emulation_and_gate_in_one_driver() {
     let mut b = node(B, &[(A, None, SpanPolicy::new(A))], 8, None);
     let mut c = node(C, &[(A, None, SpanPolicy::new(A))], 8, None);
-    let (b_addr, c_addr) = (b.cla.ltp().local_addr(), c.cla.ltp().local_addr());
+    let (b_addr, c_addr) = (b.ltp_addr(), c.ltp_addr());
     // B: a 300 ms link; C: a perfect link behind a gate that starts down.
     let mut imp = LtpImpairment::empty();
     let now = Instant::now();
@@ -234,11 +175,7 @@ async fn per_link_emulation_and_gate_in_one_driver() {
         Some(imp.clone()),
     );
     for n in [&b, &c] {
-        n.cla
-            .ltp()
-            .set_span_address(A, a.cla.ltp().local_addr())
-            .await
-            .unwrap();
+        n.learn_span_address(A, &a).await;
     }
     let sent_at = Instant::now();
     a.cla
@@ -248,18 +185,21 @@ async fn per_link_emulation_and_gate_in_one_driver() {
         .send(&PeerAddr::LtpEngine(C), 2, fake_bundle(1000, 2))
         .unwrap();
     // B's bundle arrives after the link's delay; C's link is down meanwhile.
-    assert_eq!(received(&mut b).await.bundle, fake_bundle(1000, 1));
+    assert_eq!(b.next_received(WAIT).await.bundle, fake_bundle(1000, 1));
     assert!(sent_at.elapsed() >= Duration::from_millis(300));
-    let o = outcome(&mut a).await;
+    let o = a.next_outcome(WAIT).await;
     assert_eq!((o.id, o.outcome), (1, Outcome::Transferred));
-    assert!(c.rx.try_recv().is_err(), "nothing passes a closed gate");
+    assert!(
+        c.received.try_recv().is_err(),
+        "nothing passes a closed gate"
+    );
     let dropped = imp.link_stats(&c_addr).unwrap().dropped_down;
     assert!(dropped > 0, "C's datagrams were dropped as an outage");
     assert_eq!(imp.link_stats(&b_addr).unwrap().dropped_down, 0);
     // The contact with C starts: checkpoint retransmission (RFC 5326 §6.7) gets it through.
     gate.set(true);
-    assert_eq!(received(&mut c).await.bundle, fake_bundle(1000, 2));
-    let o = outcome(&mut a).await;
+    assert_eq!(c.next_received(WAIT).await.bundle, fake_bundle(1000, 2));
+    let o = a.next_outcome(WAIT).await;
     assert_eq!((o.id, o.outcome), (2, Outcome::Transferred));
     let stats: HashMap<SocketAddr, _> = imp
         .links()

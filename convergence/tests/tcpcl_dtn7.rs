@@ -3,15 +3,19 @@
 //! `$HOME/.cache/dtn-stack/dtn7/bin`, installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to
 //! skip when it is not installed.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bpv7::{Bundle, BundleBuilder, CreationTimestamp, DecodeOptions, DtnTime, Eid};
-use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
-use convergence::{AdapterChannels, ConvergenceLayer, Outcome, PeerAddr};
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use common::{start_tcpcl, tcpcl_node};
+use convergence::tcpcl::TcpclConfig;
+use convergence::{ConvergenceLayer, Outcome, PeerAddr};
+
+/// How long one transfer, or one delivery by `dtnd`, may take.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn bin_dir() -> PathBuf {
     std::env::var_os("DTN7_BIN_DIR")
@@ -99,23 +103,14 @@ async fn dtn7_interop_both_ways() {
             dtnd_bin.display()
         );
     }
-    let (rtx, mut received) = mpsc::channel(8);
-    let (otx, mut outcomes) = mpsc::channel(8);
-    let mut cfg = TcpclConfig::new("dtn://ours/", Some("127.0.0.1:0".parse().unwrap()));
-    cfg.transfer_mru = 16 << 20;
-    // dtn7-rs 0.21 advertises a transfer MRU of 64,000 but accepts larger transfers (INTEROP.md):
-    // attempt them and let the receiver decide.
-    cfg.enforce_peer_transfer_mru = false;
-    let ours = TcpclAdapter::start(
-        cfg,
-        AdapterChannels {
-            received: rtx,
-            outcomes: otx,
-        },
-    )
-    .await
-    .unwrap();
-    let our_port = ours.local_addr().unwrap().port();
+    let mut ours = tcpcl_node("ours", |cfg| {
+        cfg.transfer_mru = 16 << 20;
+        // dtn7-rs 0.21 advertises a transfer MRU of 64,000 but accepts larger transfers
+        // (INTEROP.md): attempt them and let the receiver decide.
+        cfg.enforce_peer_transfer_mru = false;
+    })
+    .await;
+    let our_port = ours.cla.local_addr().unwrap().port();
 
     let dir = std::env::temp_dir().join(format!("tcpcl-dtn7-{}-{}", std::process::id(), our_port));
     std::fs::create_dir_all(&dir).unwrap();
@@ -164,19 +159,9 @@ async fn dtn7_interop_both_ways() {
         assert!(Instant::now() < deadline, "dtnd did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (ttx, _third_received) = mpsc::channel(8);
-    let (totx, mut third_outcomes) = mpsc::channel(8);
     let mut tcfg = TcpclConfig::new("dtn://third/", None);
     tcfg.enforce_peer_transfer_mru = false;
-    let third = TcpclAdapter::start(
-        tcfg,
-        AdapterChannels {
-            received: ttx,
-            outcomes: totx,
-        },
-    )
-    .await
-    .unwrap();
+    let mut third = start_tcpcl(tcfg).await;
     let peer = PeerAddr::Socket(format!("127.0.0.1:{tcp_port}").parse().unwrap());
     let sizes = [10usize, 100 * 1024, 10 * 1024 * 1024];
 
@@ -197,18 +182,15 @@ async fn dtn7_interop_both_ways() {
         .unwrap()
         .to_bytes()
         .unwrap();
-        ours.send(&peer, i as u64, bundle).unwrap();
-        let o = timeout(Duration::from_secs(60), outcomes.recv())
-            .await
-            .expect("no outcome")
-            .unwrap();
+        ours.cla.send(&peer, i as u64, bundle).unwrap();
+        let o = ours.next_outcome(WAIT).await;
         assert_eq!(
             (o.id, &o.outcome),
             (i as u64, &Outcome::Transferred),
             "{o:?}"
         );
         let out = dir.join(format!("recv{i}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + WAIT;
         let got =
             tokio::task::spawn_blocking(move || dtnrecv(web_port, "incoming", &out, deadline))
                 .await
@@ -247,17 +229,11 @@ async fn dtn7_interop_both_ways() {
             .unwrap()
             .to_bytes()
             .unwrap();
-            third.send(&peer, 100 + i as u64, bundle).unwrap();
-            let o = timeout(Duration::from_secs(60), third_outcomes.recv())
-                .await
-                .expect("no outcome")
-                .unwrap();
+            third.cla.send(&peer, 100 + i as u64, bundle).unwrap();
+            let o = third.next_outcome(WAIT).await;
             assert_eq!(o.outcome, Outcome::Transferred, "{o:?}");
         }
-        let r = timeout(Duration::from_secs(60), received.recv())
-            .await
-            .expect("bundle from dtnd did not arrive")
-            .unwrap();
+        let r = ours.next_received(WAIT).await;
         // dtn7-rs 0.21's dtnsend/`/send` builds bundles whose primary block has no CRC (and no BIB),
         // which RFC 9171 §4.3.1 forbids; the node decides what to do with them, so only the
         // payload is checked here.
@@ -274,6 +250,6 @@ async fn dtn7_interop_both_ways() {
             Some("dtn://d7")
         );
     }
-    ours.shutdown();
+    ours.cla.shutdown();
     drop(dtnd);
 }

@@ -7,72 +7,36 @@
 //! Durations are only bounded from below (the machine running the tests may be slow); every wait
 //! is bounded by [`WAIT`] and every loop by a count.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::{pattern, tcpcl_node, Node};
 use convergence::emulation::LinkProfile;
 use convergence::tcpcl::message::{ContactHeader, DecodeLimits, Message};
-use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
-use convergence::{
-    AdapterChannels, ConvergenceLayer, FailureReason, Outcome, OutcomeReport, PeerAddr, Received,
-};
+use convergence::tcpcl::TcpclAdapter;
+use convergence::{ConvergenceLayer, FailureReason, Outcome, PeerAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(60);
 const DELAY: Duration = Duration::from_millis(300);
 const MIB: usize = 1 << 20;
 
-struct Node {
-    adapter: Arc<TcpclAdapter>,
-    received: mpsc::Receiver<Received>,
-    outcomes: mpsc::Receiver<OutcomeReport>,
-}
-
-impl Node {
-    fn addr(&self) -> PeerAddr {
-        PeerAddr::Socket(self.adapter.local_addr().unwrap())
-    }
-}
-
-async fn node(name: &str, emulation: Vec<(PeerAddr, &str)>) -> Node {
-    let (rtx, received) = mpsc::channel(4);
-    let (otx, outcomes) = mpsc::channel(64);
-    let mut cfg = TcpclConfig::new(
-        format!("dtn://{name}/"),
-        Some("127.0.0.1:0".parse().unwrap()),
-    );
-    for (peer, profile) in emulation {
-        let PeerAddr::Socket(addr) = peer else {
-            panic!("not a socket address")
-        };
-        cfg.emulation
-            .push((addr, profile.parse::<LinkProfile>().unwrap()));
-    }
-    let adapter = TcpclAdapter::start(
-        cfg,
-        AdapterChannels {
-            received: rtx,
-            outcomes: otx,
-        },
-    )
+/// A TCPCL node on loopback whose sessions to each `(peer, profile)` are emulated.
+async fn node(name: &str, emulation: Vec<(PeerAddr, &str)>) -> Node<TcpclAdapter> {
+    tcpcl_node(name, |cfg| {
+        for (peer, profile) in emulation {
+            let PeerAddr::Socket(addr) = peer else {
+                panic!("not a socket address")
+            };
+            cfg.emulation
+                .push((addr, profile.parse::<LinkProfile>().unwrap()));
+        }
+    })
     .await
-    .unwrap();
-    Node {
-        adapter,
-        received,
-        outcomes,
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 /// Times of one transfer from `send`: until the receiver got the bundle, and until the sender
@@ -84,20 +48,19 @@ struct Timing {
 
 /// Sends `bundle` from `from` to `to` and waits (bounded) for its delivery and its outcome;
 /// checks that the bundle arrived byte-identical and was reported transferred.
-async fn transfer(from: &mut Node, to: &mut Node, id: u64, bundle: Bytes) -> Timing {
+async fn transfer(
+    from: &mut Node<TcpclAdapter>,
+    to: &mut Node<TcpclAdapter>,
+    id: u64,
+    bundle: Bytes,
+) -> Timing {
     let start = Instant::now();
-    from.adapter.send(&to.addr(), id, bundle.clone()).unwrap();
-    let r = timeout(WAIT, to.received.recv())
-        .await
-        .expect("bundle not received")
-        .unwrap();
+    from.cla.send(&to.addr(), id, bundle.clone()).unwrap();
+    let r = to.next_received(WAIT).await;
     let received = start.elapsed();
     assert_eq!(r.bundle.len(), bundle.len());
     assert!(r.bundle == bundle, "bundle {id} differs");
-    let o = timeout(WAIT, from.outcomes.recv())
-        .await
-        .expect("no outcome")
-        .unwrap();
+    let o = from.next_outcome(WAIT).await;
     let outcome = start.elapsed();
     assert_eq!((o.id, o.outcome), (id, Outcome::Transferred));
     Timing { received, outcome }
@@ -133,14 +96,11 @@ async fn delay_applies_to_data_and_acks() {
     assert!(timeout(Duration::from_millis(200), a.outcomes.recv())
         .await
         .is_err());
-    assert_eq!(a.adapter.counters().bundles_out, 3);
-    assert_eq!(b.adapter.counters().bundles_in, 3);
-    assert_eq!(
-        a.adapter.counters().bad_input + b.adapter.counters().bad_input,
-        0
-    );
-    a.adapter.shutdown();
-    b.adapter.shutdown();
+    assert_eq!(a.cla.counters().bundles_out, 3);
+    assert_eq!(b.cla.counters().bundles_in, 3);
+    assert_eq!(a.cla.counters().bad_input + b.cla.counters().bad_input, 0);
+    a.cla.shutdown();
+    b.cla.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,8 +117,8 @@ async fn rate_limits_the_byte_stream() {
         t.received
     );
     assert!(t.outcome >= t.received);
-    a.adapter.shutdown();
-    b.adapter.shutdown();
+    a.cla.shutdown();
+    b.cla.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,15 +130,12 @@ async fn other_sessions_are_not_emulated() {
     // Both sessions start together; the one to `c` is plain TCP and finishes while the one to
     // `b` is still setting up through its delays (at least five of them before an outcome).
     let start = Instant::now();
-    a.adapter.send(&b.addr(), 1, pattern(MIB, 1)).unwrap();
-    a.adapter.send(&c.addr(), 2, pattern(MIB, 2)).unwrap();
+    a.cla.send(&b.addr(), 1, pattern(MIB, 1)).unwrap();
+    a.cla.send(&c.addr(), 2, pattern(MIB, 2)).unwrap();
     let mut order = Vec::new();
     let mut elapsed = Vec::new();
     for _ in 0..2 {
-        let o = timeout(WAIT, a.outcomes.recv())
-            .await
-            .expect("no outcome")
-            .unwrap();
+        let o = a.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred);
         order.push(o.id);
         elapsed.push(start.elapsed());
@@ -190,7 +147,7 @@ async fn other_sessions_are_not_emulated() {
         elapsed[1]
     );
     for (n, seed) in [(&mut c, 2u8), (&mut b, 1)] {
-        let r = timeout(WAIT, n.received.recv()).await.unwrap().unwrap();
+        let r = n.next_received(WAIT).await;
         assert!(r.bundle == pattern(MIB, seed));
     }
 
@@ -198,9 +155,9 @@ async fn other_sessions_are_not_emulated() {
     // is plain TCP whatever `a` emulates towards `b`; it works and is fine both ways.
     let t = transfer(&mut b, &mut a, 3, pattern(10, 3)).await;
     assert!(t.outcome >= t.received);
-    a.adapter.shutdown();
-    b.adapter.shutdown();
-    c.adapter.shutdown();
+    a.cla.shutdown();
+    b.cla.shutdown();
+    c.cla.shutdown();
 }
 
 /// A passive peer written by hand: it ends the session itself once set up, and the emulated
@@ -214,7 +171,7 @@ async fn sess_term_reply_survives_the_delay() {
 
     // A bundle above the peer's transfer MRU makes `a` open the session and fail the bundle
     // without starting a transfer (§4.7), leaving an idle established session.
-    a.adapter.send(&peer, 1, pattern(1000, 1)).unwrap();
+    a.cla.send(&peer, 1, pattern(1000, 1)).unwrap();
     let (mut s, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
     let mut buf = BytesMut::new();
     let limits = DecodeLimits::default();
@@ -256,7 +213,7 @@ async fn sess_term_reply_survives_the_delay() {
     init.extend_from_slice(b"ipn:2.0");
     init.extend_from_slice(&0u32.to_be_bytes());
     s.write_all(&init).await.unwrap();
-    let o = timeout(WAIT, a.outcomes.recv()).await.unwrap().unwrap();
+    let o = a.next_outcome(WAIT).await;
     assert_eq!(o.id, 1);
     assert!(
         matches!(o.outcome, Outcome::Failed(FailureReason::TooLarge { .. })),
@@ -279,5 +236,5 @@ async fn sess_term_reply_survives_the_delay() {
         [Message::SessTerm(t)] => assert!(t.is_reply(), "{t:?}"),
         other => panic!("expected one SESS_TERM reply, got {other:?}"),
     }
-    a.adapter.shutdown();
+    a.cla.shutdown();
 }

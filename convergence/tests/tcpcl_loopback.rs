@@ -1,55 +1,26 @@
 //! Two `TcpclAdapter`s on 127.0.0.1 exchanging bundles both ways, refusal of oversized bundles,
 //! exactly one outcome per bundle, and the RFC 9174 answers to a misbehaving peer over a socket.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{pattern, tcpcl_node, Node};
 use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
-use convergence::{
-    AdapterChannels, ConvergenceLayer, FailureReason, Outcome, OutcomeReport, PeerAddr, Received,
-};
+use convergence::{ConvergenceLayer, FailureReason, Outcome, PeerAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-struct Node {
-    adapter: Arc<TcpclAdapter>,
-    received: mpsc::Receiver<Received>,
-    outcomes: mpsc::Receiver<OutcomeReport>,
-}
-
-async fn node(name: &str, f: impl FnOnce(&mut TcpclConfig)) -> Node {
-    let (rtx, received) = mpsc::channel(4);
-    let (otx, outcomes) = mpsc::channel(64);
-    let mut cfg = TcpclConfig::new(
-        format!("dtn://{name}/"),
-        Some("127.0.0.1:0".parse().unwrap()),
-    );
-    cfg.transfer_mru = 12 << 20;
-    f(&mut cfg);
-    let adapter = TcpclAdapter::start(
-        cfg,
-        AdapterChannels {
-            received: rtx,
-            outcomes: otx,
-        },
-    )
+/// A TCPCL node on loopback accepting transfers of up to 12 MiB, once `f` adjusted its
+/// configuration.
+async fn node(name: &str, f: impl FnOnce(&mut TcpclConfig)) -> Node<TcpclAdapter> {
+    tcpcl_node(name, |cfg| {
+        cfg.transfer_mru = 12 << 20;
+        f(cfg);
+    })
     .await
-    .unwrap();
-    Node {
-        adapter,
-        received,
-        outcomes,
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -58,16 +29,16 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn bundles_both_ways_byte_identical() {
     let mut a = node("a", |_| {}).await;
     let mut b = node("b", |_| {}).await;
-    let pa = PeerAddr::Socket(a.adapter.local_addr().unwrap());
-    let pb = PeerAddr::Socket(b.adapter.local_addr().unwrap());
+    let pa = a.addr();
+    let pb = b.addr();
     let sizes = [10usize, 100 * 1024, 10 * 1024 * 1024];
     let mut sent_ab = Vec::new();
     let mut sent_ba = Vec::new();
     for (i, &len) in sizes.iter().enumerate() {
         let x = pattern(len, i as u8);
         let y = pattern(len, 100 + i as u8);
-        a.adapter.send(&pb, i as u64, x.clone()).unwrap();
-        b.adapter.send(&pa, 10 + i as u64, y.clone()).unwrap();
+        a.cla.send(&pb, i as u64, x.clone()).unwrap();
+        b.cla.send(&pa, 10 + i as u64, y.clone()).unwrap();
         sent_ab.push(x);
         sent_ba.push(y);
     }
@@ -108,11 +79,11 @@ async fn bundles_both_ways_byte_identical() {
     assert!(timeout(Duration::from_millis(200), a.outcomes.recv())
         .await
         .is_err());
-    let c = a.adapter.counters();
+    let c = a.cla.counters();
     assert_eq!((c.bundles_out, c.bundles_in), (3, 3));
     assert_eq!(c.bad_input, 0);
-    a.adapter.shutdown();
-    b.adapter.shutdown();
+    a.cla.shutdown();
+    b.cla.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,10 +91,10 @@ async fn oversize_bundles_fail_or_are_refused() {
     let mut a = node("a", |_| {}).await;
     let mut lax = node("lax", |c| c.enforce_peer_transfer_mru = false).await;
     let b = node("b", |c| c.transfer_mru = 1 << 20).await;
-    let pb = PeerAddr::Socket(b.adapter.local_addr().unwrap());
+    let pb = b.addr();
     // The sender honours the peer's transfer MRU (§4.7) ...
-    a.adapter.send(&pb, 1, pattern(2 << 20, 1)).unwrap();
-    let o = timeout(WAIT, a.outcomes.recv()).await.unwrap().unwrap();
+    a.cla.send(&pb, 1, pattern(2 << 20, 1)).unwrap();
+    let o = a.next_outcome(WAIT).await;
     assert_eq!(
         o.outcome,
         Outcome::Failed(FailureReason::TooLarge {
@@ -132,19 +103,19 @@ async fn oversize_bundles_fail_or_are_refused() {
         })
     );
     // ... and a sender that ignores it (as dtn7-rs does) is refused by the receiver.
-    lax.adapter.send(&pb, 2, pattern(2 << 20, 2)).unwrap();
-    lax.adapter.send(&pb, 3, pattern(1000, 3)).unwrap();
-    let o = timeout(WAIT, lax.outcomes.recv()).await.unwrap().unwrap();
+    lax.cla.send(&pb, 2, pattern(2 << 20, 2)).unwrap();
+    lax.cla.send(&pb, 3, pattern(1000, 3)).unwrap();
+    let o = lax.next_outcome(WAIT).await;
     assert_eq!(o.id, 2);
     assert!(
         matches!(o.outcome, Outcome::Failed(FailureReason::Refused(_))),
         "{o:?}"
     );
-    let o = timeout(WAIT, lax.outcomes.recv()).await.unwrap().unwrap();
+    let o = lax.next_outcome(WAIT).await;
     assert_eq!((o.id, o.outcome), (3, Outcome::Transferred));
     // Locally too large: not accepted at all.
     assert!(a
-        .adapter
+        .cla
         .send(&pb, 4, Bytes::from(vec![0u8; (64 << 20) + 1]))
         .is_err());
     // Unreachable peer: one Unreachable outcome.
@@ -157,10 +128,10 @@ async fn oversize_bundles_fail_or_are_refused() {
         c.backoff_initial = Duration::from_millis(10);
     })
     .await;
-    d.adapter
+    d.cla
         .send(&PeerAddr::Socket(dead), 5, pattern(10, 0))
         .unwrap();
-    let o = timeout(WAIT, d.outcomes.recv()).await.unwrap().unwrap();
+    let o = d.next_outcome(WAIT).await;
     assert!(matches!(
         o.outcome,
         Outcome::Failed(FailureReason::Unreachable(_))
@@ -189,7 +160,7 @@ async fn expect_closed(s: &mut TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_peer_over_socket() {
     let b = node("b", |_| {}).await;
-    let addr = b.adapter.local_addr().unwrap();
+    let addr = b.cla.local_addr().unwrap();
 
     // Wrong magic: closed, nothing sent (§4.3).
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -233,12 +204,12 @@ async fn misbehaving_peer_over_socket() {
     expect_closed(&mut s).await;
 
     // The adapter is unharmed and counted the bad input.
-    let bad = b.adapter.counters().bad_input;
+    let bad = b.cla.counters().bad_input;
     assert!(bad >= 4, "bad_input = {bad}");
     let mut a = node("a", |_| {}).await;
-    a.adapter
+    a.cla
         .send(&PeerAddr::Socket(addr), 1, pattern(1000, 9))
         .unwrap();
-    let o = timeout(WAIT, a.outcomes.recv()).await.unwrap().unwrap();
+    let o = a.next_outcome(WAIT).await;
     assert_eq!(o.outcome, Outcome::Transferred);
 }

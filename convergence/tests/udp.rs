@@ -1,29 +1,19 @@
 //! The UDP convergence layer over loopback: byte-identical exchange, size limits on both
 //! sides, plausibility check, emulated delay and loss, back-pressure, one outcome per send.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use convergence::adapter::{
-    AdapterChannels, ConvergenceLayer, Outcome, OutcomeReport, PeerAddr, Received, SendError,
-};
+use common::{vector, Node};
+use convergence::adapter::{ConvergenceLayer, Outcome, PeerAddr, SendError};
 use convergence::emulation::{LinkGate, LinkProfile};
 use convergence::udp::{UdpAdapter, UdpConfig};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn vector(name: &str) -> Bytes {
-    let path = format!(
-        "{}/../../shared/vectors/bpv7/{name}.hex",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Bytes::from(hex::decode(text.trim()).unwrap())
-}
 
 /// A bundle-shaped datagram of `len` bytes (starts with 0x9f; the adapter checks no more).
 fn fake_bundle(len: usize, tag: u8) -> Bytes {
@@ -32,45 +22,17 @@ fn fake_bundle(len: usize, tag: u8) -> Bytes {
     Bytes::from(v)
 }
 
-struct Node {
-    cla: Arc<UdpAdapter>,
-    rx: mpsc::Receiver<Received>,
-    outcomes: mpsc::Receiver<OutcomeReport>,
-    channels: Option<AdapterChannels>,
-}
-
-async fn node(config: UdpConfig, received_capacity: usize) -> Node {
-    let (rtx, rx) = mpsc::channel(received_capacity);
-    let (otx, outcomes) = mpsc::channel(4096);
-    let channels = AdapterChannels {
-        received: rtx,
-        outcomes: otx,
-    };
+/// A UDP adapter on loopback with room for `received_capacity` received bundles; the node
+/// keeps a copy of the adapter's channels (dropped by the tests that wait for them to close).
+async fn node(config: UdpConfig, received_capacity: usize) -> Node<UdpAdapter> {
+    let (channels, received, outcomes) = common::channels(received_capacity, 4096);
     let cla = UdpAdapter::bind(config, channels.clone()).await.unwrap();
     Node {
         cla,
-        rx,
+        received,
         outcomes,
         channels: Some(channels),
     }
-}
-
-fn peer(n: &Node) -> PeerAddr {
-    PeerAddr::Socket(n.cla.local_addr())
-}
-
-async fn recv(n: &mut Node) -> Received {
-    timeout(WAIT, n.rx.recv())
-        .await
-        .expect("bundle within timeout")
-        .expect("channel open")
-}
-
-async fn outcome(n: &mut Node) -> OutcomeReport {
-    timeout(WAIT, n.outcomes.recv())
-        .await
-        .expect("outcome within timeout")
-        .expect("channel open")
 }
 
 #[tokio::test]
@@ -80,19 +42,19 @@ async fn exchange_real_bundles_both_directions() {
     let simple = vector("ipn_simple_bp7");
     let other = vector("dtn_eids_bp7");
 
-    a.cla.send(&peer(&b), 1, simple.clone()).unwrap();
-    let got = recv(&mut b).await;
+    a.cla.send(&b.addr(), 1, simple.clone()).unwrap();
+    let got = b.next_received(WAIT).await;
     assert_eq!(got.bundle, simple);
     assert_eq!(got.cla, "udp");
-    assert_eq!(got.from, peer(&a));
+    assert_eq!(got.from, a.addr());
     assert_eq!(got.peer_node_id, None);
-    let o = outcome(&mut a).await;
+    let o = a.next_outcome(WAIT).await;
     assert_eq!((o.id, o.outcome), (1, Outcome::Transferred));
-    assert_eq!(o.peer, peer(&b));
+    assert_eq!(o.peer, b.addr());
 
-    b.cla.send(&peer(&a), 2, other.clone()).unwrap();
-    assert_eq!(recv(&mut a).await.bundle, other);
-    assert_eq!(outcome(&mut b).await.outcome, Outcome::Transferred);
+    b.cla.send(&a.addr(), 2, other.clone()).unwrap();
+    assert_eq!(a.next_received(WAIT).await.bundle, other);
+    assert_eq!(b.next_outcome(WAIT).await.outcome, Outcome::Transferred);
 
     let ca = a.cla.counters();
     assert_eq!((ca.bundles_out, ca.bytes_out), (1, simple.len() as u64));
@@ -111,18 +73,18 @@ async fn oversize_refused_on_both_sides() {
     let big = node(UdpConfig::default(), 16).await;
 
     // Sender side: refused before sending, no outcome.
-    match a.cla.send(&peer(&b), 1, fake_bundle(101, 1)) {
+    match a.cla.send(&b.addr(), 1, fake_bundle(101, 1)) {
         Err(SendError::TooLarge { size, limit }) => assert_eq!((size, limit), (101, 100)),
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    a.cla.send(&peer(&b), 2, fake_bundle(100, 2)).unwrap();
-    assert_eq!(recv(&mut b).await.bundle.len(), 100);
+    a.cla.send(&b.addr(), 2, fake_bundle(100, 2)).unwrap();
+    assert_eq!(b.next_received(WAIT).await.bundle.len(), 100);
 
     // Receiver side: a 101-byte datagram from a sender with a larger limit is dropped and
     // counted; the 100-byte one sent after it arrives (loopback keeps order).
-    big.cla.send(&peer(&b), 3, fake_bundle(101, 3)).unwrap();
-    big.cla.send(&peer(&b), 4, fake_bundle(100, 4)).unwrap();
-    let got = recv(&mut b).await;
+    big.cla.send(&b.addr(), 3, fake_bundle(101, 3)).unwrap();
+    big.cla.send(&b.addr(), 4, fake_bundle(100, 4)).unwrap();
+    let got = b.next_received(WAIT).await;
     assert_eq!(got.bundle, fake_bundle(100, 4));
     assert_eq!(b.cla.counters().bad_input, 1);
     assert_eq!(b.cla.counters().bundles_in, 2);
@@ -136,7 +98,7 @@ async fn non_bundle_datagrams_are_counted_and_dropped() {
     raw.send_to(b"\x82\x01\x02", to).await.unwrap(); // definite array: not a bundle
     raw.send_to(b"", to).await.unwrap(); // empty
     raw.send_to(&vector("ipn_simple_bp7"), to).await.unwrap();
-    let got = recv(&mut b).await;
+    let got = b.next_received(WAIT).await;
     assert_eq!(got.bundle, vector("ipn_simple_bp7"));
     assert_eq!(b.cla.counters().bad_input, 2);
 }
@@ -150,7 +112,7 @@ async fn unknown_peer_and_shutdown() {
     ));
     a.cla.shutdown();
     assert!(matches!(
-        a.cla.send(&peer(&a), 2, fake_bundle(10, 0)),
+        a.cla.send(&a.addr(), 2, fake_bundle(10, 0)),
         Err(SendError::Shutdown)
     ));
     // No outcome for refused sends: the channel closes empty once the adapter's tasks end.
@@ -168,12 +130,12 @@ async fn exactly_one_outcome_per_send() {
     let n = 500u64;
     for id in 0..n {
         a.cla
-            .send(&peer(&b), id, fake_bundle(200, id as u8))
+            .send(&b.addr(), id, fake_bundle(200, id as u8))
             .unwrap();
     }
     let mut ids = HashSet::new();
     for _ in 0..n {
-        let o = outcome(&mut a).await;
+        let o = a.next_outcome(WAIT).await;
         assert_eq!(o.outcome, Outcome::Transferred);
         assert!(ids.insert(o.id), "duplicate outcome for {}", o.id);
     }
@@ -188,7 +150,7 @@ async fn exactly_one_outcome_per_send() {
     assert_eq!(ids.len() as u64, n);
     // All arrived (loopback, no emulation).
     for _ in 0..n {
-        recv(&mut b).await;
+        b.next_received(WAIT).await;
     }
 }
 
@@ -201,11 +163,11 @@ async fn back_pressure_holds_bundles_until_consumed() {
     let n = 50u8;
     for i in 0..n {
         a.cla
-            .send(&peer(&b), i as u64, fake_bundle(300, i))
+            .send(&b.addr(), i as u64, fake_bundle(300, i))
             .unwrap();
     }
     for i in 0..n {
-        assert_eq!(recv(&mut b).await.bundle, fake_bundle(300, i));
+        assert_eq!(b.next_received(WAIT).await.bundle, fake_bundle(300, i));
     }
 }
 
@@ -230,24 +192,24 @@ async fn emulated_delay_and_loss() {
     let start = Instant::now();
     for id in 0..n {
         a.cla
-            .send(&peer(&b), id, fake_bundle(100, id as u8))
+            .send(&b.addr(), id, fake_bundle(100, id as u8))
             .unwrap();
     }
     // Every send is reported Transferred: loss on the (emulated) network is invisible to UDP.
     for _ in 0..n {
-        assert_eq!(outcome(&mut a).await.outcome, Outcome::Transferred);
+        assert_eq!(a.next_outcome(WAIT).await.outcome, Outcome::Transferred);
     }
     let stats = a.cla.emulation_stats(&b.cla.local_addr()).unwrap();
     assert_eq!(stats.submitted, n);
     let expected = n - stats.dropped_loss;
-    let first = recv(&mut b).await;
+    let first = b.next_received(WAIT).await;
     assert!(
         start.elapsed() >= delay,
         "delivered before the emulated delay"
     );
     drop(first);
     for _ in 1..expected {
-        recv(&mut b).await;
+        b.next_received(WAIT).await;
     }
     // Delivered fraction: 0.8 ± 0.04 (σ ≈ 0.009 for 2000 datagrams).
     let fraction = expected as f64 / n as f64;
@@ -270,30 +232,30 @@ async fn gated_peer_receives_nothing_until_the_gate_opens() {
     let mut a = node(config, 16).await;
     for id in 0..10u64 {
         a.cla
-            .send(&peer(&b), id, fake_bundle(100, id as u8))
+            .send(&b.addr(), id, fake_bundle(100, id as u8))
             .unwrap();
     }
     // UDP cannot tell: every send is Transferred, but the gate dropped all of them.
     for _ in 0..10 {
-        assert_eq!(outcome(&mut a).await.outcome, Outcome::Transferred);
+        assert_eq!(a.next_outcome(WAIT).await.outcome, Outcome::Transferred);
     }
     let stats = a.cla.emulation_stats(&b.cla.local_addr()).unwrap();
     assert_eq!((stats.submitted, stats.dropped_down), (10, 10));
     // Another peer is not gated.
-    a.cla.send(&peer(&c), 50, fake_bundle(100, 50)).unwrap();
-    assert_eq!(recv(&mut c).await.bundle, fake_bundle(100, 50));
+    a.cla.send(&c.addr(), 50, fake_bundle(100, 50)).unwrap();
+    assert_eq!(c.next_received(WAIT).await.bundle, fake_bundle(100, 50));
     assert!(a.cla.emulation_stats(&c.cla.local_addr()).is_none());
     // The contact starts: the next bundle arrives, and only it.
     gate.set(true);
-    a.cla.send(&peer(&b), 99, fake_bundle(100, 99)).unwrap();
-    assert_eq!(recv(&mut b).await.bundle, fake_bundle(100, 99));
-    assert!(b.rx.try_recv().is_err());
+    a.cla.send(&b.addr(), 99, fake_bundle(100, 99)).unwrap();
+    assert_eq!(b.next_received(WAIT).await.bundle, fake_bundle(100, 99));
+    assert!(b.received.try_recv().is_err());
     // A gate attached at run time closes the other peer's link.
     let gate_c = LinkGate::new(false);
     a.cla.set_gate(c.cla.local_addr(), gate_c);
-    a.cla.send(&peer(&c), 51, fake_bundle(100, 51)).unwrap();
+    a.cla.send(&c.addr(), 51, fake_bundle(100, 51)).unwrap();
     for _ in 0..3 {
-        outcome(&mut a).await;
+        a.next_outcome(WAIT).await;
     }
     let stats = a.cla.emulation_stats(&c.cla.local_addr()).unwrap();
     assert_eq!((stats.submitted, stats.dropped_down), (1, 1));
@@ -307,7 +269,7 @@ async fn socket_error_reports_failed_unreachable() {
     a.cla
         .send(&PeerAddr::Socket(v6), 5, fake_bundle(10, 0))
         .unwrap();
-    let o = outcome(&mut a).await;
+    let o = a.next_outcome(WAIT).await;
     assert_eq!(o.id, 5);
     assert!(
         matches!(
