@@ -243,3 +243,27 @@ fn a_plan_reload_changes_the_links_without_a_restart() {
     net.run();
     assert_eq!(net.engines[0].planned_link_state(NeighbourId(0)), None);
 }
+
+#[test]
+fn a_light_time_change_within_a_contact_is_announced_when_it_happens() {
+    let mut net = two_nodes(
+        "a contact +0 +100 1 2 1000\na contact +0 +100 2 1 1000\n\
+         a range +0 +30 1 2 1\na range +30 +100 1 2 4\n",
+    );
+    net.run();
+    net.advance_to(T0 + 29_999);
+    assert_eq!(
+        net.engines[0]
+            .planned_link_state(NeighbourId(0))
+            .unwrap()
+            .owlt_ms,
+        Some(1000)
+    );
+    net.advance_to(T0 + 30_000);
+    let now = net.engines[0].planned_link_state(NeighbourId(0)).unwrap();
+    assert_eq!((now.up, now.owlt_ms), (true, Some(4000)));
+    assert!(net
+        .link_changes
+        .iter()
+        .any(|c| c.0 == 0 && c.3 == T0 + 30_000 && c.2.is_some_and(|l| l.owlt_ms == Some(4000))));
+}

@@ -38,8 +38,27 @@ impl BundleEngine {
 
     /// Recompute every plan-driven link at `now`; a change updates the neighbour's state (which
     /// re-routes its queue when it goes down, pumps it when it comes up) and emits
-    /// [`Action::Link`]. Called at start, at each contact change and after a plan reload.
+    /// [`Action::Link`]. Called at start, at each contact or range change and after a plan
+    /// reload; sets the next such change as a timer.
     pub(super) fn apply_contacts(&mut self, now: DtnMillis) {
+        self.update_links(now);
+        self.next_contact_change = self.next_plan_change(now);
+    }
+
+    /// The next time after `now` at which a contact of this node starts or ends, or the light
+    /// time to a plan-driven neighbour changes (a range starts or ends).
+    fn next_plan_change(&self, now: DtnMillis) -> Option<DtnMillis> {
+        let router = self.router.as_ref()?;
+        let local = router.local();
+        (0..self.neighbours.len())
+            .filter(|&i| self.planned[i].is_some())
+            .filter_map(|i| self.neighbour_node_number(i))
+            .filter_map(|node| router.plan().owlt_change_after(local, node, now))
+            .chain(router.next_contact_change(now))
+            .min()
+    }
+
+    fn update_links(&mut self, now: DtnMillis) {
         for i in 0..self.neighbours.len() {
             let planned = self.planned_link(i, now);
             if self.planned[i] == planned {

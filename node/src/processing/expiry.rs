@@ -26,10 +26,6 @@ impl BundleEngine {
         self.end_pauses(now);
         // A contact started or ended: route the waiting bundles again.
         if self.next_contact_change.is_some_and(|t| t <= now) {
-            self.next_contact_change = self
-                .router
-                .as_ref()
-                .and_then(|r| r.next_contact_change(now));
             self.apply_contacts(now);
             self.reroute_waiting(now);
         }
@@ -154,10 +150,6 @@ impl BundleEngine {
             .store
             .next_expiry()
             .map_err(|e| AgentError::Storage(e.to_string()))?;
-        self.next_contact_change = self
-            .router
-            .as_ref()
-            .and_then(|r| r.next_contact_change(now));
         self.apply_contacts(now);
         tracing::info!(
             bundles = self.entries.len(),

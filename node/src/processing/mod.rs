@@ -543,10 +543,6 @@ impl BundleEngine {
         // Bookings refer to the old plan's contacts: they are dropped with it.
         self.bookings.clear();
         self.router = router;
-        self.next_contact_change = self
-            .router
-            .as_ref()
-            .and_then(|r| r.next_contact_change(now));
         self.apply_contacts(now);
         for n in 0..self.neighbours.len() {
             self.requeue_neighbour(NeighbourId(n), now);
