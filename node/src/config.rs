@@ -82,6 +82,8 @@ max_bundle_size = 67108864
 max_reassembly_bytes = 268435456
 delivery_window = 64
 max_in_flight = 64
+hop_limit = 64                     # put in bundles created here (1-255)
+retry_delay = "1s"                 # after a failed transfer
 
 [services]
 echo = 7                           # 0 disables
@@ -167,6 +169,11 @@ pub struct LimitsSection {
     pub delivery_window: usize,
     /// Transfers in flight per neighbour.
     pub max_in_flight: usize,
+    /// Hop limit put in the hop-count block of bundles created here (RFC 9171 §4.4.3, 1–255).
+    pub hop_limit: u64,
+    /// Wait before a bundle whose transfer failed is routed again (the neighbour is paused as
+    /// long).
+    pub retry_delay: Duration,
 }
 
 /// `[ltp]`: this node's LTP engine.
@@ -343,6 +350,8 @@ impl Default for Config {
                 max_reassembly_bytes: 256 << 20,
                 delivery_window: 64,
                 max_in_flight: 64,
+                hop_limit: 64,
+                retry_delay: Duration::from_secs(1),
             },
             echo_service: Some(7),
         }
@@ -482,6 +491,8 @@ struct RawLimits {
     max_reassembly_bytes: Option<u64>,
     delivery_window: Option<S<usize>>,
     max_in_flight: Option<S<usize>>,
+    hop_limit: Option<S<u64>>,
+    retry_delay: Option<S<RawDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -873,6 +884,21 @@ impl RawConfig {
                 }
                 c.limits.max_in_flight = *v.get_ref();
             }
+            if let Some(v) = &l.hop_limit {
+                if !(1..=255).contains(v.get_ref()) {
+                    return err(
+                        v.span(),
+                        "hop_limit must be between 1 and 255 (RFC 9171 §4.4.3)",
+                    );
+                }
+                c.limits.hop_limit = *v.get_ref();
+            }
+            if let Some(v) = &l.retry_delay {
+                c.limits.retry_delay = duration(v)?;
+                if c.limits.retry_delay.is_zero() {
+                    return err(v.span(), "retry_delay must be positive");
+                }
+            }
         }
         if let Some(s) = self.services {
             c.echo_service = s.echo.filter(|e| *e != 0);
@@ -943,6 +969,9 @@ impl Config {
             if !self.neighbours.iter().any(|n| n.name == r.via) {
                 return Err(invalid(format!("route via unknown neighbour {:?}", r.via)));
             }
+        }
+        if !(1..=255).contains(&self.limits.hop_limit) {
+            return Err(invalid("hop_limit must be between 1 and 255".into()));
         }
         if self.limits.delivery_window == 0 || self.limits.max_in_flight == 0 {
             return Err(invalid(
@@ -1049,6 +1078,8 @@ max_bundle_size = 100
 max_reassembly_bytes = 200
 delivery_window = 3
 max_in_flight = 4
+hop_limit = 9
+retry_delay = "250ms"
 [services]
 echo = 0
 "#,
@@ -1076,6 +1107,8 @@ echo = 0
         assert_eq!(c.routes[1].via, "n4");
         assert!(!c.status_reports.enabled);
         assert_eq!(c.limits.delivery_window, 3);
+        assert_eq!(c.limits.hop_limit, 9);
+        assert_eq!(c.limits.retry_delay, Duration::from_millis(250));
         assert_eq!(c.echo_service, None);
         c.validate().unwrap();
     }
@@ -1208,6 +1241,8 @@ echo = 0
         assert!(msg.contains("duration"), "{msg}");
         let (line, _) = error("[limits]\ndelivery_window = 0\n");
         assert_eq!(line, 2);
+        let (line, msg) = error("[limits]\nhop_limit = 256\n");
+        assert_eq!(line, 2, "{msg}");
         let (line, _) = error("[store]\nquota_bytes = \"lots\"\n");
         assert_eq!(line, 2);
         let src = "[udp]\nlisten = \"127.0.0.1:0\"\n[[neighbour]]\nname = \"n2\"\nnode = \"ipn:2.0\"\nudp = \"127.0.0.1:1\"\nemulation = \"nonsense=1\"\n";

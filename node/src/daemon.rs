@@ -54,10 +54,6 @@ use crate::agent::server as agent_server;
 
 /// Milliseconds between the Unix epoch and the DTN epoch 2000-01-01T00:00:00Z (RFC 9171 §4.2.6).
 pub const DTN_EPOCH_UNIX_MS: u64 = 946_684_800_000;
-/// Hop limit put in bundles created by this node.
-pub const DEFAULT_HOP_LIMIT: u64 = 64;
-/// Wait before a bundle whose transfer failed is routed again.
-pub const RETRY_DELAY_MS: u64 = 1000;
 /// Capacity of the agent command channel.
 pub const COMMAND_QUEUE: usize = 1024;
 /// Capacity of the channel of bundles received by the adapters (back-pressure beyond).
@@ -341,8 +337,10 @@ impl Node {
             max_bundle_size: config.limits.max_bundle_size,
             max_reassembly_bytes: config.limits.max_reassembly_bytes,
             echo_service: config.echo_service,
-            default_hop_limit: DEFAULT_HOP_LIMIT,
-            retry_delay_ms: RETRY_DELAY_MS,
+            default_hop_limit: config.limits.hop_limit,
+            retry_delay_ms: u64::try_from(config.limits.retry_delay.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             delivery_window: config.limits.delivery_window,
         };
         let engine_store = store.clone();
