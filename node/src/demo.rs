@@ -4,7 +4,7 @@
 //! engine on a loopback UDP socket: a ground station (`ipn:1`), an orbiting relay (`ipn:2`) and
 //! a surface node (`ipn:3`). One contact plan, shared through an absolute `@` reference line,
 //! says the relay sees the ground only from +0 s to +10 s and from +22 s to +32 s, and the
-//! surface only from +6 s to +16 s and from +28 s to +38 s, with one-way light times of 1 s
+//! surface only from +6 s to +18 s and from +28 s to +46 s, with one-way light times of 1 s
 //! (ground–relay) and 2 s (relay–surface). Every link is emulated: its light time as delay, a
 //! few percent random loss, and down outside its contacts. The nodes derive their LTP timers
 //! from the plan's light times and their pacing from the contact rates, and route by Contact
@@ -57,7 +57,7 @@ impl Default for DemoOptions {
             send_interval: Duration::from_millis(200),
             send_for: Duration::from_secs(26),
             payload: 1500,
-            deadline: Duration::from_secs(50),
+            deadline: Duration::from_secs(55),
             progress_every: Duration::from_secs(2),
         }
     }
@@ -107,7 +107,7 @@ pub fn demo_plan(reference: u64) -> String {
         "# dtnd demo: ground ipn:1, relay ipn:2, surface ipn:3\n@ {}\n",
         format_utc_time(reference)
     );
-    let windows = [(1, 2, [(0, 10), (22, 32)]), (2, 3, [(6, 16), (28, 38)])];
+    let windows = [(1, 2, [(0, 10), (22, 32)]), (2, 3, [(6, 18), (28, 46)])];
     for (a, b, spans) in windows {
         for (s, e) in spans {
             plan += &format!("a contact +{s} +{e} {a} {b} {RATE}\n");
@@ -222,7 +222,7 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> anyhow::Re
         out,
         "dtnd demo: ground ipn:1 -- relay ipn:2 -- surface ipn:3 over LTP on loopback UDP\n\
          contacts ground<->relay +0..+10 s, +22..+32 s (light time 1 s); \
-         relay<->surface +6..+16 s, +28..+38 s (light time 2 s); {:.0}% loss on every link\n\
+         relay<->surface +6..+18 s, +28..+46 s (light time 2 s); {:.0}% loss on every link\n\
          the ground sends a {} B bundle every {} ms for {} s to ipn:3.{SERVICE}\n",
         opts.loss * 100.0,
         opts.payload,
