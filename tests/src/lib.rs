@@ -819,7 +819,18 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_every(Duration::from_millis(50), timeout, || what.to_string(), f)
+}
+
+/// Polls `f` every `every` until it returns `Some`, or panics after `timeout` with `what()`
+/// (computed only then, so it may gather logs).
+pub fn poll_every<T>(
+    every: Duration,
+    timeout: Duration,
+    what: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -827,9 +838,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
+            "timed out after {timeout:?}: {}",
+            what()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
