@@ -30,27 +30,18 @@ const FAST: u64 = 10_000_000;
 const POLL: Duration = Duration::from_millis(150);
 
 /// Polls `f` every [`POLL`] until it returns `Some`, or panics with `what()` after `timeout`.
-fn poll<T>(timeout: Duration, what: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {}",
-            what()
-        );
-        std::thread::sleep(POLL);
-    }
+fn poll<T>(timeout: Duration, what: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    poll_every(POLL, timeout, what, f)
 }
 
 /// Brings the binaries up to date before a test computes its plan's times (a rebuild of `dtnd`
-/// can take minutes; the contacts must not start meanwhile).
-fn built() {
+/// can take minutes; the contacts must not start meanwhile). Returns the instant after that,
+/// from which the test's wall time counts.
+fn built() -> Instant {
     for b in ["dtnd", "bpsend", "bprecv"] {
         bin(b);
     }
+    Instant::now()
 }
 
 /// `dtn_neighbour_up{neighbour=name}` of `node`.
@@ -73,19 +64,52 @@ fn logs(nodes: &[Dtnd]) -> String {
         .join("\n")
 }
 
-/// Waits for `bprecv` and checks that every bundle arrived exactly once, byte-identical.
-fn check_received(test: &str, recv: Tool, sizes: &[usize], nodes: &[Dtnd]) {
-    let out = recv.wait(Duration::from_secs(60));
+/// Checks that `bprecv`'s output `out` holds every bundle of `sizes` exactly once,
+/// byte-identical; a failure shows `context()` (e.g. the nodes' logs).
+fn assert_exactly_once(
+    test: &str,
+    out: &ToolOutput,
+    sizes: &[usize],
+    context: impl Fn() -> String,
+) {
     let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
     if let Err(e) = check_exactly_once(&received, sizes) {
         panic!(
             "{test}: {e}\nbprecv: {:?} {}\n{}",
             out.status,
             out.stderr,
-            logs(nodes)
+            context()
         );
     }
+}
+
+/// Waits for `bprecv` and checks that every bundle arrived exactly once, byte-identical.
+fn check_received(test: &str, recv: Tool, sizes: &[usize], nodes: &[Dtnd]) {
+    let out = recv.wait(Duration::from_secs(60));
+    assert_exactly_once(test, &out, sizes, || logs(nodes));
     assert!(out.success(), "{test}: bprecv failed: {}", out.stderr);
+}
+
+/// Starts `bprecv` at `to` for the bundles of `sizes` to `eid` (giving up after `recv_for`),
+/// then sends them from `from` with `workers` `bpsend` threads; returns the receiver.
+fn send_all(
+    from: &Dtnd,
+    to: &Dtnd,
+    eid: &str,
+    sizes: &[usize],
+    workers: usize,
+    recv_for: Duration,
+) -> Tool {
+    let recv = bprecv_json(&to.agent(), eid, sizes.len(), recv_for);
+    bpsend_all(
+        &from.agent(),
+        eid,
+        sizes,
+        workers,
+        Duration::from_secs(20),
+        None,
+    );
+    recv
 }
 
 fn sizes(test: &str, n: usize, lo: u64, hi: u64) -> Vec<usize> {
@@ -105,8 +129,7 @@ fn plan_file(dir: &Path) -> PathBuf {
 fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     const N: usize = 20;
     let test = "contacts_wait";
-    built();
-    let t0 = Instant::now();
+    let t0 = built();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
     let mut plan = IonPlan::starting_in(Duration::from_millis(500));
@@ -126,15 +149,7 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
     });
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let sizes = sizes(test, N, 100, 20_000);
-    let recv = bprecv_json(&n3.agent(), "ipn:3.5", N, Duration::from_secs(40));
-    bpsend_all(
-        &n1.agent(),
-        "ipn:3.5",
-        &sizes,
-        4,
-        Duration::from_secs(20),
-        None,
-    );
+    let recv = send_all(n1, n3, "ipn:3.5", &sizes, 4, Duration::from_secs(40));
     let sent_at = dtn_now_ms();
     eprintln!(
         "{test}: {N} bundles sent {} ms before the first contact ({:?} after the test start)",
@@ -247,46 +262,16 @@ fn bundles_sent_before_any_contact_wait_and_are_delivered_when_contacts_open() {
 fn contact_cut_short_sends_the_rest_by_the_alternate_route() {
     const N: usize = 20;
     let test = "contacts_cut";
-    built();
-    let t0 = Instant::now();
-    let dir = TempDir::new(test);
-    let file = plan_file(dir.path());
-    let mut plan = IonPlan::starting_in(Duration::from_millis(0));
-    let full = |plan: &mut IonPlan, end12: u64| {
-        plan.contact(0, end12, 1, 2, FAST)
-            .contact(0, 3600, 2, 1, FAST)
-            .contacts_both(0, 3600, 1, 3, FAST)
-            .contacts_both(0, 3600, 2, 4, FAST)
-            .contacts_both(0, 3600, 3, 4, FAST)
-            .range(0, 3600, 1, 2, 1)
-            .range(0, 3600, 1, 3, 5);
-    };
-    full(&mut plan, 3600);
-    plan.write(&file);
-    let mut section = ContactPlanConfig::file(&file);
-    section.on_contact_end = "cancel".into();
-    let nodes = start_nodes(dir.path(), || {
-        let mut c = ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
-        with_plan(&mut c, &section);
-        c[0].emulation.insert("n2".into(), "delay=400ms".into());
-        c[0].max_in_flight = Some(1);
-        c
-    });
-    let (n1, n2, n3, n4) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
-    let sizes = sizes(test, N, 100, 4000);
-    let recv = bprecv_json(&n4.agent(), "ipn:4.5", N, Duration::from_secs(40));
-    bpsend_all(
-        &n1.agent(),
-        "ipn:4.5",
-        &sizes,
-        4,
-        Duration::from_secs(20),
-        None,
-    );
+    let t0 = built();
+    let mut plan = IonPlan::starting_in(Duration::ZERO);
+    diamond_contacts(&mut plan, 3600, 5);
+    let d = Diamond::start(test, t0, &plan, "cancel", delayed_link_to_2);
+    let [n1, n2, n3, _] = d.nodes();
+    let (recv, sizes) = d.send(N);
     // Let a few go via 2, then cut the contact 1→2 while the rest are queued for it.
     poll(
         Duration::from_secs(20),
-        || format!("{test}: 3 bundles forwarded by node 2\n{}", logs(&nodes)),
+        || format!("{test}: 3 bundles forwarded by node 2\n{}", d.logs()),
         || (n2.metrics().sum("dtn_bundles_forwarded_total") >= 3.0).then_some(()),
     );
     let (m1, m3) = (n1.metrics(), n3.metrics());
@@ -303,8 +288,8 @@ fn contact_cut_short_sends_the_rest_by_the_alternate_route() {
     );
     let mut cut = plan.empty_copy();
     let end12 = plan.now_offset();
-    full(&mut cut, end12);
-    cut.write(&file);
+    diamond_contacts(&mut cut, end12, 5);
+    cut.write(&d.file);
     let cut_at = dtn_now_ms();
     eprintln!(
         "{test}: cut the contact 1→2 at +{end12} s ({queued_for_2} bundles queued for node 2, \
@@ -314,48 +299,156 @@ fn contact_cut_short_sends_the_rest_by_the_alternate_route() {
     );
     poll(
         Duration::from_secs(10),
-        || format!("{test}: node 1 takes the link to 2 down\n{}", logs(&nodes)),
+        || format!("{test}: node 1 takes the link to 2 down\n{}", d.logs()),
         || (neighbour_up(&n1.metrics(), "n2") == 0.0).then_some(()),
     );
     eprintln!(
         "{test}: link 1→2 down {} ms after the plan was rewritten",
         dtn_now_ms() - cut_at
     );
-    poll(
-        Duration::from_secs(30),
-        || format!("{test}: {N} bundles delivered at node 4\n{}", logs(&nodes)),
-        || (n4.metrics().sum("dtn_bundles_delivered_total") >= N as f64).then_some(()),
-    );
-    check_received(test, recv, &sizes, &nodes);
-    let (m1, m2, m3, m4) = (n1.metrics(), n2.metrics(), n3.metrics(), n4.metrics());
-    let (via2, via3) = (
-        m2.sum("dtn_bundles_forwarded_total"),
-        m3.sum("dtn_bundles_forwarded_total"),
-    );
-    eprintln!(
-        "{test}: forwarded by node 2: {via2}, by node 3: {via3}; duplicates at node 4: {}; \
-         LTP export sessions cancelled at node 1: {}; wall time {:?}",
-        m4.sum("dtn_bundles_duplicate_total"),
-        m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
-        t0.elapsed()
-    );
-    assert!(via2 >= 3.0, "{test}: {via2} bundles went via node 2");
-    assert!(
-        via3 >= 1.0,
-        "{test}: no bundle went via node 3 after the cut"
-    );
-    assert!(
-        via2 + via3 >= N as f64,
-        "{test}: {via2} + {via3} forwarded for {N} delivered"
-    );
-    assert_eq!(m1.sum("dtn_bundles_waiting"), 0.0);
-    assert_eq!(
-        m1.sum("dtn_store_bundles"),
-        0.0,
-        "{test}: node 1 still holds bundles"
-    );
-    assert_eq!(m4.sum("dtn_bundles_delivered_total"), N as f64);
-    assert_nothing_more(&n4.agent(), "ipn:4.5", Duration::from_secs(1));
+    // Some went via 2 before the cut, the rest via 3 after it.
+    d.delivered_via_2_and_3(recv, &sizes, 3.0, 1.0);
+}
+
+/// The diamond 1→{2,3}→4 of tests 2–2d: every contact fast and open from +0 for an hour, but
+/// the contact 1→2 ends at `+end12`; the light time is 1 s via 2 and `owlt13` s via 3, so the
+/// plan makes the route via 2 the best.
+fn diamond_contacts(plan: &mut IonPlan, end12: u64, owlt13: u64) -> &mut IonPlan {
+    plan.contact(0, end12, 1, 2, FAST)
+        .contact(0, 3600, 2, 1, FAST)
+        .contacts_both(0, 3600, 1, 3, FAST)
+        .contacts_both(0, 3600, 2, 4, FAST)
+        .contacts_both(0, 3600, 3, 4, FAST)
+        .range(0, 3600, 1, 2, 1)
+        .range(0, 3600, 1, 3, owlt13)
+}
+
+/// Node 1's link to 2 slow in fact: an emulated 400 ms delay.
+fn delayed_link_to_2(n1: &mut NodeConfig) {
+    n1.emulation.insert("n2".into(), "delay=400ms".into());
+}
+
+/// Node 1's LTP span to 2 paced at 20 kB/s by configuration (`rate`, which the plan does not
+/// know: it says the contact is fast).
+fn paced_link_to_2(n1: &mut NodeConfig) {
+    n1.ltp_options.insert("n2".into(), "rate = 20000".into());
+}
+
+/// The diamond's four `dtnd` processes over LTP, routing by one plan file.
+struct Diamond {
+    test: String,
+    /// The test's start (after the build), for its wall time.
+    t0: Instant,
+    /// Nodes 1 to 4 (stopped when dropped, before the directory is removed).
+    nodes: Vec<Dtnd>,
+    /// The plan file.
+    file: PathBuf,
+    _dir: TempDir,
+}
+
+impl Diamond {
+    /// Writes `plan` to the test's plan file and starts the diamond's nodes routing by it, with
+    /// `on_contact_end`; node 1 keeps one transfer in flight at a time, over a link to 2 that
+    /// `slow_link_to_2` makes slower than the plan says (so that bundles queue for it).
+    fn start(
+        test: &str,
+        t0: Instant,
+        plan: &IonPlan,
+        on_contact_end: &str,
+        slow_link_to_2: fn(&mut NodeConfig),
+    ) -> Diamond {
+        let dir = TempDir::new(test);
+        let file = plan_file(dir.path());
+        plan.write(&file);
+        let mut section = ContactPlanConfig::file(&file);
+        section.on_contact_end = on_contact_end.into();
+        let nodes = start_nodes(dir.path(), || {
+            let mut c =
+                ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
+            with_plan(&mut c, &section);
+            slow_link_to_2(&mut c[0]);
+            c[0].max_in_flight = Some(1);
+            c
+        });
+        Diamond {
+            test: test.into(),
+            t0,
+            nodes,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Nodes 1 to 4.
+    fn nodes(&self) -> [&Dtnd; 4] {
+        [
+            &self.nodes[0],
+            &self.nodes[1],
+            &self.nodes[2],
+            &self.nodes[3],
+        ]
+    }
+
+    fn logs(&self) -> String {
+        logs(&self.nodes)
+    }
+
+    /// Sends `n` bundles of 100–4000 bytes (sizes seeded by the test's name) from node 1 to
+    /// `ipn:4.5`, from 4 threads; returns the `bprecv` waiting for them at node 4, and the sizes.
+    fn send(&self, n: usize) -> (Tool, Vec<usize>) {
+        let sizes = sizes(&self.test, n, 100, 4000);
+        let [n1, _, _, n4] = self.nodes();
+        let recv = send_all(n1, n4, "ipn:4.5", &sizes, 4, Duration::from_secs(40));
+        (recv, sizes)
+    }
+
+    /// The end of tests 2 and 2b, the contact 1→2 over for good: waits until node 4 delivered
+    /// every bundle of `sizes` and checks that each arrived exactly once, that at least
+    /// `least_via2` of them went via node 2 and `least_via3` via node 3 (and all via one of
+    /// them), and that node 1, its link to 2 down, holds none.
+    fn delivered_via_2_and_3(&self, recv: Tool, sizes: &[usize], least_via2: f64, least_via3: f64) {
+        let (test, n) = (&self.test, sizes.len());
+        let [n1, n2, n3, n4] = self.nodes();
+        poll(
+            Duration::from_secs(30),
+            || format!("{test}: {n} bundles delivered at node 4\n{}", self.logs()),
+            || (n4.metrics().sum("dtn_bundles_delivered_total") >= n as f64).then_some(()),
+        );
+        check_received(test, recv, sizes, &self.nodes);
+        let (m1, m2, m3, m4) = (n1.metrics(), n2.metrics(), n3.metrics(), n4.metrics());
+        let (via2, via3) = (
+            m2.sum("dtn_bundles_forwarded_total"),
+            m3.sum("dtn_bundles_forwarded_total"),
+        );
+        eprintln!(
+            "{test}: forwarded by node 2: {via2}, by node 3: {via3}; duplicates at node 4: {}; \
+             LTP export sessions cancelled at node 1: {}; wall time {:?}",
+            m4.sum("dtn_bundles_duplicate_total"),
+            m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
+            self.t0.elapsed()
+        );
+        assert!(
+            via2 >= least_via2,
+            "{test}: {via2} bundles went via node 2, not at least {least_via2}"
+        );
+        assert!(
+            via3 >= least_via3,
+            "{test}: {via3} bundles went via node 3, not at least {least_via3}"
+        );
+        assert!(
+            via2 + via3 >= n as f64,
+            "{test}: {via2} + {via3} forwarded for {n} delivered"
+        );
+        assert_eq!(neighbour_up(&m1, "n2"), 0.0, "{test}: link 1→2 up");
+        assert_eq!(m1.sum("dtn_bundles_waiting"), 0.0);
+        assert_eq!(
+            m1.sum("dtn_store_bundles"),
+            0.0,
+            "{test}: node 1 still holds bundles"
+        );
+        assert_eq!(m4.sum("dtn_bundles_delivered_total"), n as f64);
+        assert_nothing_more(&n4.agent(), "ipn:4.5", Duration::from_secs(1));
+    }
 }
 
 /// Two nodes 1–2 over LTP whose plan `section` names (its file written already).
@@ -408,8 +501,7 @@ fn assert_waiting(test: &str, n: &Dtnd, to: &Dtnd, count: usize, hold: Duration)
 fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
     const N: usize = 5;
     let test = "contacts_reload";
-    built();
-    let t0 = Instant::now();
+    let t0 = built();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
     let mut later = IonPlan::starting_in(Duration::from_millis(0));
@@ -420,15 +512,7 @@ fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
     let pids = (n1.pid(), n2.pid());
     let mut sizes = sizes(test, N + 1, 10, 3000);
     let extra = sizes.pop().expect("N + 1 sizes");
-    let recv = bprecv_json(&n2.agent(), "ipn:2.5", N, Duration::from_secs(30));
-    bpsend_all(
-        &n1.agent(),
-        "ipn:2.5",
-        &sizes,
-        2,
-        Duration::from_secs(20),
-        None,
-    );
+    let recv = send_all(n1, n2, "ipn:2.5", &sizes, 2, Duration::from_secs(30));
     assert_waiting(test, n1, n2, N, Duration::from_secs(2));
 
     let mut now = later.empty_copy();
@@ -534,8 +618,7 @@ fn plan_file_reload_takes_effect_without_restart_and_a_bad_plan_is_refused() {
 fn sighup_reloads_the_plan_when_file_checks_are_off() {
     const N: usize = 3;
     let test = "contacts_sighup";
-    built();
-    let t0 = Instant::now();
+    let t0 = built();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
     let mut later = IonPlan::starting_in(Duration::from_millis(0));
@@ -546,15 +629,7 @@ fn sighup_reloads_the_plan_when_file_checks_are_off() {
     let nodes = pair(dir.path(), &section, "info");
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let sizes = sizes(test, N, 10, 3000);
-    let recv = bprecv_json(&n2.agent(), "ipn:2.5", N, Duration::from_secs(30));
-    bpsend_all(
-        &n1.agent(),
-        "ipn:2.5",
-        &sizes,
-        1,
-        Duration::from_secs(20),
-        None,
-    );
+    let recv = send_all(n1, n2, "ipn:2.5", &sizes, 1, Duration::from_secs(30));
     assert_waiting(test, n1, n2, N, Duration::from_millis(300));
 
     let mut now = later.empty_copy();
@@ -607,39 +682,12 @@ fn sighup_reloads_the_plan_when_file_checks_are_off() {
 fn planned_contact_end_reroutes_queued_and_cancelled_bundles() {
     const N: usize = 20;
     let test = "contacts_end_cancel";
-    built();
-    let t0 = Instant::now();
-    let dir = TempDir::new(test);
-    let file = plan_file(dir.path());
-    let mut plan = IonPlan::starting_in(Duration::from_millis(0));
-    plan.contact(0, 3, 1, 2, FAST)
-        .contact(0, 3600, 2, 1, FAST)
-        .contacts_both(0, 3600, 1, 3, FAST)
-        .contacts_both(0, 3600, 2, 4, FAST)
-        .contacts_both(0, 3600, 3, 4, FAST)
-        .range(0, 3600, 1, 2, 1)
-        .range(0, 3600, 1, 3, 3);
-    plan.write(&file);
-    let mut section = ContactPlanConfig::file(&file);
-    section.on_contact_end = "cancel".into();
-    let nodes = start_nodes(dir.path(), || {
-        let mut c = ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
-        with_plan(&mut c, &section);
-        c[0].emulation.insert("n2".into(), "delay=400ms".into());
-        c[0].max_in_flight = Some(1);
-        c
-    });
-    let (n1, n2, n3, n4) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
-    let sizes = sizes(test, N, 100, 4000);
-    let recv = bprecv_json(&n4.agent(), "ipn:4.5", N, Duration::from_secs(40));
-    bpsend_all(
-        &n1.agent(),
-        "ipn:4.5",
-        &sizes,
-        4,
-        Duration::from_secs(20),
-        None,
-    );
+    let t0 = built();
+    let mut plan = IonPlan::starting_in(Duration::ZERO);
+    diamond_contacts(&mut plan, 3, 3);
+    let d = Diamond::start(test, t0, &plan, "cancel", delayed_link_to_2);
+    let [n1, _, n3, _] = d.nodes();
+    let (recv, sizes) = d.send(N);
     let end12 = plan.time(3);
     let mut queued_before_end = 0.0;
     loop {
@@ -660,72 +708,31 @@ fn planned_contact_end_reroutes_queued_and_cancelled_bundles() {
         "{test}: only {queued_before_end} bundles queued for node 2 just before the contact \
          ended; the test needs a backlog"
     );
-    poll(
-        Duration::from_secs(25),
-        || format!("{test}: {N} delivered at node 4\n{}", logs(&nodes)),
-        || (n4.metrics().sum("dtn_bundles_delivered_total") >= N as f64).then_some(()),
-    );
-    check_received(test, recv, &sizes, &nodes);
-    let (m1, m2, m3, m4) = (n1.metrics(), n2.metrics(), n3.metrics(), n4.metrics());
-    let (via2, via3) = (
-        m2.sum("dtn_bundles_forwarded_total"),
-        m3.sum("dtn_bundles_forwarded_total"),
-    );
-    eprintln!(
-        "{test}: {queued_before_end} queued for 2 just before +3 s; forwarded by node 2: {via2}, \
-         by node 3: {via3}; duplicates at 4: {}; LTP exports cancelled at 1: {}; wall time {:?}",
-        m4.sum("dtn_bundles_duplicate_total"),
-        m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export"),
-        t0.elapsed()
-    );
-    assert!(via2 >= 1.0, "{test}: nothing went via 2");
-    assert!(via3 >= queued_before_end, "{test}: {via3} went via 3");
-    assert_eq!(neighbour_up(&m1, "n2"), 0.0);
-    assert_eq!(
-        m1.sum("dtn_store_bundles"),
-        0.0,
-        "{test}: node 1 still holds bundles"
-    );
-    assert_nothing_more(&n4.agent(), "ipn:4.5", Duration::from_secs(1));
+    eprintln!("{test}: {queued_before_end} queued for 2 just before +3 s");
+    // At least one went via 2 before the end, and the backlog via 3 after it.
+    d.delivered_via_2_and_3(recv, &sizes, 1.0, queued_before_end);
 }
 
 /// Diamond 1→{2,3}→4 with `on_contact_end = "suspend"`; node 1 paces its LTP span to 2 at
-/// 20 kB/s by configuration (`rate`, which the plan does not know: it says the contact is fast),
-/// so one 150 kB bundle is still being sent when the contact 1→2 ends at +3 s, while five small
-/// ones sent after it are queued behind it (one transfer in flight). At the end the small ones
-/// are routed again, via 3; the big one's LTP session is suspended. With `reopen`, the plan has
-/// another contact 1→2 from then on. Polls until all six arrived at node 4 or `wait` passed;
-/// returns the bprecv output, and node 1's and node 2's metrics then.
+/// 20 kB/s ([`paced_link_to_2`]), so one 150 kB bundle is still being sent when the contact 1→2
+/// ends at +3 s, while five small ones sent after it are queued behind it (one transfer in
+/// flight). At the end the small ones are routed again, via 3; the big one's LTP session is
+/// suspended. With `reopen`, the plan has another contact 1→2 from then on. Polls until all six
+/// arrived at node 4 or `wait` passed; returns the bprecv output, and node 1's and node 2's
+/// metrics then.
 fn suspended_session(
     test: &str,
     reopen: Option<u64>,
     wait: Duration,
 ) -> (ToolOutput, Vec<usize>, Metrics, Metrics) {
-    built();
-    let t0 = Instant::now();
-    let dir = TempDir::new(test);
-    let file = plan_file(dir.path());
+    let t0 = built();
     let mut plan = IonPlan::starting_in(Duration::from_millis(1000));
-    plan.contact(0, 3, 1, 2, FAST)
-        .contact(0, 3600, 2, 1, FAST)
-        .contacts_both(0, 3600, 1, 3, FAST)
-        .contacts_both(0, 3600, 2, 4, FAST)
-        .contacts_both(0, 3600, 3, 4, FAST)
-        .range(0, 3600, 1, 2, 1)
-        .range(0, 3600, 1, 3, 3);
+    diamond_contacts(&mut plan, 3, 3);
     if let Some(at) = reopen {
         plan.contact(at, 3600, 1, 2, FAST);
     }
-    plan.write(&file);
-    let section = ContactPlanConfig::file(&file);
-    let nodes = start_nodes(dir.path(), || {
-        let mut c = ltp_mesh_configs(dir.path(), &[1, 2, 3, 4], &[(1, 2), (1, 3), (2, 4), (3, 4)]);
-        with_plan(&mut c, &section);
-        c[0].ltp_options.insert("n2".into(), "rate = 20000".into());
-        c[0].max_in_flight = Some(1);
-        c
-    });
-    let (n1, n2, n4) = (&nodes[0], &nodes[1], &nodes[3]);
+    let d = Diamond::start(test, t0, &plan, "suspend", paced_link_to_2);
+    let [n1, n2, _, n4] = d.nodes();
     let sizes = vec![150_000, 1000, 1000, 1000, 1000, 1000];
     let recv = bprecv_json(
         &n4.agent(),
@@ -784,8 +791,7 @@ fn suspended_session(
 fn suspended_session_resumes_at_the_next_contact() {
     let test = "contacts_suspend";
     let (out, sizes, m1, m2) = suspended_session(test, Some(7), Duration::from_secs(12));
-    let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
-    check_exactly_once(&received, &sizes).unwrap_or_else(|e| panic!("{test}: {e}: {}", out.stderr));
+    assert_exactly_once(test, &out, &sizes, String::new);
     assert_eq!(
         m2.sum("dtn_bundles_received_total"),
         1.0,
@@ -807,13 +813,12 @@ fn suspended_session_resumes_at_the_next_contact() {
 fn suspended_session_after_the_last_contact_is_cancelled_and_routed_again() {
     let test = "contacts_suspend_last";
     let (out, sizes, m1, m2) = suspended_session(test, None, Duration::from_secs(10));
-    let received = parse_bprecv_json(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         m1.sum_where("dtn_neighbour_in_flight", "neighbour", "n2"),
         0.0,
         "{test}: a bundle is still in flight to node 2 10 s after its last contact ended"
     );
-    check_exactly_once(&received, &sizes).unwrap_or_else(|e| panic!("{test}: {e}: {}", out.stderr));
+    assert_exactly_once(test, &out, &sizes, String::new);
     assert!(
         m1.sum_where("dtn_ltp_sessions_cancelled_total", "direction", "export") >= 1.0,
         "{test}: the suspended session was not cancelled"
@@ -831,8 +836,7 @@ fn ltp_span_is_paced_at_the_contact_rate() {
     const RATE: u64 = 50_000;
     const SIZE: usize = 300_000;
     let test = "contacts_rate";
-    built();
-    let t0 = Instant::now();
+    let t0 = built();
     let dir = TempDir::new(test);
     let file = plan_file(dir.path());
     let mut plan = IonPlan::starting_in(Duration::from_millis(0));
