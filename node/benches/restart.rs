@@ -32,6 +32,7 @@ fn engine_config() -> EngineConfig {
             reliable: true,
             max_in_flight: 64,
             accept_primary_without_crc: false,
+            pace_at_contact_rate: false,
         }],
         routes: Vec::new(),
         router: None,
@@ -108,6 +109,7 @@ fn relay(store: Store, label: &str, count: usize) {
             reliable: true,
             max_in_flight: 64,
             accept_primary_without_crc: false,
+            pace_at_contact_rate: false,
         },
         Neighbour {
             name: "c".into(),
@@ -116,6 +118,7 @@ fn relay(store: Store, label: &str, count: usize) {
             reliable: true,
             max_in_flight: 64,
             accept_primary_without_crc: false,
+            pace_at_contact_rate: false,
         },
     ];
     cfg.node_id = "ipn:2.0".parse().unwrap();

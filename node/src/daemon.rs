@@ -276,6 +276,8 @@ impl Node {
                 reliable,
                 max_in_flight: config.limits.max_in_flight,
                 accept_primary_without_crc: n.accept_primary_without_crc,
+                // LTP spans are paced by the LTP engine at the contact's rate (see `links`).
+                pace_at_contact_rate: !matches!(n.link, Link::Ltp(_)),
             });
             targets.push(target);
         }

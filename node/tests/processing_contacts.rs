@@ -267,3 +267,34 @@ fn a_light_time_change_within_a_contact_is_announced_when_it_happens() {
         .iter()
         .any(|c| c.0 == 0 && c.3 == T0 + 30_000 && c.2.is_some_and(|l| l.owlt_ms == Some(4000))));
 }
+
+#[test]
+fn a_paced_neighbour_gets_bundles_at_the_contact_rate() {
+    // 10,000 bytes/s from +10 s: bundles of about 1 KiB go about 100 ms apart.
+    let text = "a contact +10 +100 1 2 10000\na contact +10 +100 2 1 10000\n";
+    let mut a = config(1, &[("b", 2)]);
+    a.router = Some(Router::new(1, plan(text)));
+    a.neighbours[0].pace_at_contact_rate = true;
+    a.neighbours[0].max_in_flight = 1000;
+    let b = config(2, &[("a", 1)]);
+    let mut net = Net::new(vec![
+        (a, memory_store(1000, 1 << 30)),
+        (b, memory_store(1000, 1 << 30)),
+    ]);
+    net.link(0, 0, 1, 0);
+    net.engines[1].register(1, "ipn:2.1", net.now).unwrap();
+    for i in 0..10u8 {
+        net.engines[0]
+            .send(request("ipn:2.1", &[i; 950]), None, net.now)
+            .unwrap();
+    }
+    net.advance_to(T0 + 10_000);
+    let first = net.delivered_to(1).len();
+    assert!((1..=2).contains(&first), "{first} at the contact's start");
+    net.advance_to(T0 + 10_450);
+    let mid = net.delivered_to(1).len();
+    assert!((4..=6).contains(&mid), "{mid} after 450 ms at 10 kB/s");
+    net.advance_to(T0 + 11_100);
+    assert_eq!(net.delivered_to(1).len(), 10);
+    assert_eq!(net.sent.len(), 10, "each bundle handed over once");
+}

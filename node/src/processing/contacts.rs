@@ -7,6 +7,11 @@
 //! RFC 5326 §6.1 link-state cues), pace it at the contact's rate, set the span's light time
 //! from the plan's ranges, and emulate the link as down.
 //!
+//! Bundles go at the contact's rate: an LTP span is paced by the LTP engine (the daemon sets
+//! the span's rate); a neighbour with [`super::Neighbour::pace_at_contact_rate`] (TCPCL, UDP)
+//! is paced here, each bundle handed to the adapter once the link has had time to send the
+//! ones before it (with [`super::PACE_BURST_MS`] of slack).
+//!
 //! Neighbours the plan does not name as a receiver of ours keep their adapter-driven state
 //! (static routes over always-on links still work beside a plan).
 
@@ -67,6 +72,14 @@ impl BundleEngine {
             let was = self.planned[i];
             self.planned[i] = planned;
             let n = NeighbourId(i);
+            let s = &mut self.neighbours[i];
+            s.pace_rate = planned
+                .filter(|_| s.cfg.pace_at_contact_rate)
+                .and_then(|l| l.rate)
+                .filter(|&r| r > 0);
+            if s.pace_rate.is_none() {
+                s.pace_wake = None;
+            }
             match planned {
                 Some(link) => {
                     tracing::info!(

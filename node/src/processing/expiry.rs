@@ -24,6 +24,7 @@ impl BundleEngine {
             self.route(id, now);
         }
         self.end_pauses(now);
+        self.end_pacing_waits(now);
         // A contact started or ended: route the waiting bundles again.
         if self.next_contact_change.is_some_and(|t| t <= now) {
             self.apply_contacts(now);

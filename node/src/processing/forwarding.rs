@@ -25,7 +25,7 @@ use bpv7::{BundleFlags, ReasonCode};
 use super::meta::Kind;
 use super::reception::supported_block;
 use super::status_reports::Report;
-use super::{prio_index, Action, BundleEngine, Id, NeighbourId, State};
+use super::{prio_index, Action, BundleEngine, Id, NeighbourId, State, PACE_BURST_MS};
 use crate::api::{DtnMillis, Priority};
 use convergence::{FailureReason, TransferId};
 
@@ -254,17 +254,37 @@ impl BundleEngine {
         }
     }
 
-    /// Hand queued bundles to the neighbour, expedited first, up to `max_in_flight`.
+    /// Hand queued bundles to the neighbour, expedited first, up to `max_in_flight`, and no
+    /// faster than its contact's rate if it is paced (see `contacts`).
     pub(super) fn pump(&mut self, n: NeighbourId, now: DtnMillis) {
         loop {
             let s = &mut self.neighbours[n.0];
             if !s.usable(now) || s.in_flight >= s.cfg.max_in_flight.max(1) {
                 return;
             }
+            if s.pace_rate.is_some() && s.pace_free_at > now.saturating_add(PACE_BURST_MS) {
+                s.pace_wake = Some(s.pace_free_at - PACE_BURST_MS);
+                return;
+            }
             let Some(id) = s.queues.iter_mut().rev().find_map(|q| q.pop_first()) else {
                 return;
             };
+            if let Some(rate) = s.pace_rate {
+                let size = self.entries.get(&id).map_or(0, |e| e.size);
+                let ms = size.saturating_mul(1000).div_ceil(rate.max(1));
+                s.pace_free_at = s.pace_free_at.max(now).saturating_add(ms);
+            }
             self.transmit(id, n, now);
+        }
+    }
+
+    /// Paced neighbours whose wait ended at `now` take their next bundles.
+    pub(super) fn end_pacing_waits(&mut self, now: DtnMillis) {
+        for i in 0..self.neighbours.len() {
+            if self.neighbours[i].pace_wake.is_some_and(|t| t <= now) {
+                self.neighbours[i].pace_wake = None;
+                self.pump(NeighbourId(i), now);
+            }
         }
     }
 

@@ -72,6 +72,10 @@ pub struct Neighbour {
     /// Accept a primary block without CRC from this neighbour (dtn7-rs 0.21 sends such bundles;
     /// see INTEROP.md). Default false.
     pub accept_primary_without_crc: bool,
+    /// With a contact plan, hand bundles to the adapter no faster than the active contact's
+    /// rate (for convergence layers that do not pace themselves: TCPCL, UDP; an LTP span is
+    /// paced by the LTP engine at that rate instead).
+    pub pace_at_contact_rate: bool,
 }
 
 /// A static route: destinations matching `pattern` go via `via`.
@@ -191,6 +195,9 @@ const GENERATED_LIFETIME_MS: u64 = 86_400_000;
 const EXPIRY_BATCH: usize = 1024;
 /// Interval of the delivered-id record pruning.
 const PRUNE_INTERVAL_MS: u64 = 60_000;
+/// How far ahead of the contact rate a paced neighbour may be handed bundles, ms (keeps the
+/// adapter busy between wake-ups without exceeding the rate by more than this much data).
+pub const PACE_BURST_MS: u64 = 50;
 /// Most partial bundles held by the reassembler.
 const MAX_PARTIAL_BUNDLES: usize = 4096;
 
@@ -262,6 +269,12 @@ struct NeighbourState {
     learnt_max: Option<u64>,
     /// Not used until then after a failed transfer.
     paused_until: Option<DtnMillis>,
+    /// Contact-rate pacing (see [`contacts`]): bytes/s while a paced contact is active.
+    pace_rate: Option<u64>,
+    /// When the link will have sent what was handed to it at `pace_rate`.
+    pace_free_at: DtnMillis,
+    /// The queue waits for pacing until then.
+    pace_wake: Option<DtnMillis>,
     /// Queues by priority (index: Bulk, Normal, Expedited), in arrival order.
     queues: [BTreeSet<Id>; 3],
     in_flight: usize,
@@ -422,6 +435,9 @@ impl BundleEngine {
                     up: true,
                     learnt_max: None,
                     paused_until: None,
+                    pace_rate: None,
+                    pace_free_at: 0,
+                    pace_wake: None,
                     queues: Default::default(),
                     in_flight: 0,
                     bundles_out: 0,
@@ -568,6 +584,7 @@ impl BundleEngine {
             self.next_contact_change,
             self.reassembly_retry.values().min().copied(),
             self.neighbours.iter().filter_map(|n| n.paused_until).min(),
+            self.neighbours.iter().filter_map(|n| n.pace_wake).min(),
             Some(self.next_prune),
         ]
         .into_iter()

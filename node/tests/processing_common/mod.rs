@@ -40,6 +40,7 @@ pub fn config(n: u64, neighbours: &[(&str, u64)]) -> EngineConfig {
                 reliable: true,
                 max_in_flight: 8,
                 accept_primary_without_crc: false,
+                pace_at_contact_rate: false,
             })
             .collect(),
         routes: Vec::new(),
