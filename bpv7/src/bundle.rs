@@ -157,7 +157,6 @@ fn verify_crc(r: &mut Reader<'_>, start: usize, crc: CrcType, block: u64) -> Res
     if crc.is_none() {
         return Ok(());
     }
-    let at = r.pos();
     let span = match r.bytes_span() {
         Ok(s) => s,
         Err(Error::UnexpectedType { .. }) | Err(Error::IndefiniteLength { .. }) => {
@@ -165,12 +164,14 @@ fn verify_crc(r: &mut Reader<'_>, start: usize, crc: CrcType, block: u64) -> Res
         }
         Err(e) => return Err(e),
     };
-    let _ = at;
     if span.len() != crc.len() {
         return Err(Error::CrcLength { block });
     }
     let computed = crc.compute(&r.buf()[start..span.end]);
-    if computed[..crc.len()] != r.buf()[span] {
+    // Compared as fixed-size arrays (zero-padded like `computed`): no memcmp call.
+    let mut stored = [0u8; 4];
+    stored[..span.len()].copy_from_slice(&r.buf()[span]);
+    if computed != stored {
         return Err(Error::CrcMismatch { block });
     }
     Ok(())
@@ -723,12 +724,14 @@ fn validate(b: &Bundle, opts: &DecodeOptions) -> Result<()> {
     if b.blocks.len() > MAX_BLOCKS {
         return Err(Error::Invalid("too many blocks"));
     }
-    let mut numbers = std::collections::HashSet::with_capacity(b.blocks.len());
+    // Block numbers below 64 seen so far, as bits (the usual case, no hashing); larger ones
+    // are compared with the blocks before (at most MAX_BLOCKS of them).
+    let mut small_numbers: u64 = 0;
     let mut seen_payload = false;
     let (mut prev, mut age, mut hop) = (0, 0, 0);
     let mut bcb_targets = Vec::new();
     let mut bib_targets_primary = false;
-    for blk in &b.blocks {
+    for (i, blk) in b.blocks.iter().enumerate() {
         if seen_payload {
             // §4.1: the payload block is the last block.
             return Err(if blk.block_type == BlockType::Payload {
@@ -753,7 +756,15 @@ fn validate(b: &Bundle, opts: &DecodeOptions) -> Result<()> {
             return Err(Error::BlockNumberZero);
         }
         // §4.3.2: block numbers are unique.
-        if !numbers.insert(blk.number) {
+        let duplicate = if blk.number < 64 {
+            let bit = 1u64 << blk.number;
+            let seen = small_numbers & bit != 0;
+            small_numbers |= bit;
+            seen
+        } else {
+            b.blocks[..i].iter().any(|o| o.number == blk.number)
+        };
+        if duplicate {
             return Err(Error::DuplicateBlockNumber(blk.number));
         }
         // §4.4: at most one of each of these extension blocks.
@@ -1426,6 +1437,22 @@ mod tests {
         );
         assert_eq!(Bundle::decode_slice(&[0x9f]), Err(Error::MissingBreak));
         assert!(Bundle::decode_slice(&[]).is_err());
+        // duplicate block numbers, small (bitset) and large (compared with earlier blocks)
+        for n in [5u64, 63, 64, 1_000_000] {
+            let mut d = b.clone();
+            let age = CanonicalBlock::bundle_age(n, 1, CrcType::None);
+            let hop = CanonicalBlock::hop_count(
+                n,
+                HopCount {
+                    limit: 30,
+                    count: 1,
+                },
+                CrcType::None,
+            );
+            d.blocks.insert(0, hop);
+            d.blocks.insert(0, age);
+            assert_eq!(d.encode(), Err(Error::DuplicateBlockNumber(n)), "{n}");
+        }
         // no payload block
         let mut nb = b.clone();
         nb.blocks.clear();
