@@ -856,10 +856,11 @@ impl ParsedBundle {
 
     /// Decode and validate (RFC 9171 §4); the bundle must be exactly `bytes`.
     pub fn decode_with(bytes: Bytes, opts: &DecodeOptions) -> Result<ParsedBundle> {
-        let (p, used) = Self::decode_prefix_with(bytes.clone(), opts)?;
+        let len = bytes.len();
+        let (p, used) = Self::decode_prefix_with(bytes, opts)?;
         // §4.1: nothing follows the bundle.
-        if used != bytes.len() {
-            return Err(Error::TrailingBytes(bytes.len() - used));
+        if used != len {
+            return Err(Error::TrailingBytes(len - used));
         }
         Ok(p)
     }
@@ -887,8 +888,9 @@ impl ParsedBundle {
         let ps = r.pos();
         let primary = PrimaryBlock::decode(&mut r)?;
         let primary_span = ps..r.pos();
-        let mut blocks = Vec::new();
-        let mut block_spans = Vec::new();
+        // Most bundles carry a few extension blocks and the payload: one allocation each.
+        let mut blocks = Vec::with_capacity(8);
+        let mut block_spans = Vec::with_capacity(8);
         loop {
             // §4.1: the bundle ends with a break byte.
             let b = r.peek().map_err(|_| Error::MissingBreak)?;
