@@ -110,6 +110,13 @@ impl<'a> Reader<'a> {
 
     /// Read an unsigned integer.
     pub fn uint(&mut self) -> Result<u64, Error> {
+        // Fast path: an unsigned integer below 24 is its own one-byte head.
+        if let Some(&ib) = self.buf.get(self.pos) {
+            if ib < 24 {
+                self.pos += 1;
+                return Ok(u64::from(ib));
+            }
+        }
         let at = self.pos;
         let h = self.head()?;
         match (h.major, h.arg) {
