@@ -154,6 +154,8 @@ pub enum CrcType {
 // Slice-by-16 tables: the CRC runs over whole payloads on decode, so throughput matters.
 pub(crate) const CRC16: crc::Crc<u16, crc::Table<16>> =
     crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_IBM_SDLC);
+/// Blocks up to this long (octets, without the CRC field) are checksummed from a stack copy.
+const SHORT_BLOCK: usize = 124;
 #[cfg(test)]
 pub(crate) const CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
@@ -211,7 +213,15 @@ impl CrcType {
                 // The `crc32c` crate uses the SSE 4.2 / ARMv8 CRC instructions when the CPU has
                 // them (detected at run time), a table otherwise; same polynomial as
                 // `CRC_32_ISCSI` (checked against it in the tests).
-                let crc = crc32c::crc32c_append(crc32c::crc32c(body), &[0, 0, 0, 0]);
+                let crc = if body.len() <= SHORT_BLOCK {
+                    // Short blocks (primary, extension blocks): one call over a stack copy
+                    // with the zeroed CRC field, instead of two.
+                    let mut buf = [0u8; SHORT_BLOCK + 4];
+                    buf[..body.len()].copy_from_slice(body);
+                    crc32c::crc32c(&buf[..body.len() + 4])
+                } else {
+                    crc32c::crc32c_append(crc32c::crc32c(body), &[0, 0, 0, 0])
+                };
                 out.copy_from_slice(&crc.to_be_bytes());
             }
         }
@@ -335,6 +345,24 @@ mod tests {
         assert_eq!(CRC16.checksum(b"123456789"), 0x906e);
         assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+        // `compute` (stack copy for short blocks, two calls for long ones) equals the table CRC
+        // over the block with its CRC field zeroed, on both sides of the short-block limit.
+        for len in [
+            0usize,
+            1,
+            10,
+            SHORT_BLOCK - 1,
+            SHORT_BLOCK,
+            SHORT_BLOCK + 1,
+            1000,
+        ] {
+            let mut block: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            block.extend_from_slice(&[0xaa; 4]);
+            let mut zeroed = block.clone();
+            zeroed[len..].fill(0);
+            let want = CRC32C.checksum(&zeroed).to_be_bytes();
+            assert_eq!(CrcType::Crc32c.compute(&block), want, "len {len}");
+        }
         // The accelerated CRC-32C equals the table one on every length and alignment.
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for len in [0, 1, 3, 4, 7, 8, 15, 16, 63, 64, 1000, 4999] {
