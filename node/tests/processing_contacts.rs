@@ -23,8 +23,14 @@ a range +0 +3600 1 2 1
 ";
 
 fn two_nodes(text: &str) -> Net {
+    two_nodes_with(text, |_| {})
+}
+
+/// Nodes 1 and 2 linked, both routing by `text`; `adjust` changes node 1's configuration.
+fn two_nodes_with(text: &str, adjust: impl FnOnce(&mut node::processing::EngineConfig)) -> Net {
     let mut a = config(1, &[("b", 2)]);
     a.router = Some(Router::new(1, plan(text)));
+    adjust(&mut a);
     let mut b = config(2, &[("a", 1)]);
     b.router = Some(Router::new(2, plan(text)));
     let mut net = Net::new(vec![
@@ -272,16 +278,10 @@ fn a_light_time_change_within_a_contact_is_announced_when_it_happens() {
 fn a_paced_neighbour_gets_bundles_at_the_contact_rate() {
     // 10,000 bytes/s from +10 s: bundles of about 1 KiB go about 100 ms apart.
     let text = "a contact +10 +100 1 2 10000\na contact +10 +100 2 1 10000\n";
-    let mut a = config(1, &[("b", 2)]);
-    a.router = Some(Router::new(1, plan(text)));
-    a.neighbours[0].pace_at_contact_rate = true;
-    a.neighbours[0].max_in_flight = 1000;
-    let b = config(2, &[("a", 1)]);
-    let mut net = Net::new(vec![
-        (a, memory_store(1000, 1 << 30)),
-        (b, memory_store(1000, 1 << 30)),
-    ]);
-    net.link(0, 0, 1, 0);
+    let mut net = two_nodes_with(text, |a| {
+        a.neighbours[0].pace_at_contact_rate = true;
+        a.neighbours[0].max_in_flight = 1000;
+    });
     net.engines[1].register(1, "ipn:2.1", net.now).unwrap();
     for i in 0..10u8 {
         net.engines[0]
