@@ -455,6 +455,12 @@ impl Engine {
                 (_, None, _, _) => None,
             };
         }
+        self.start_queued_exports(peer);
+    }
+
+    /// Starts blocks queued for `peer` while its export window has room (after a session
+    /// ended, or the window was widened).
+    fn start_queued_exports(&mut self, peer: EngineId) {
         loop {
             let Some(s) = self.spans.get_mut(&peer) else {
                 return;
@@ -902,11 +908,7 @@ impl Engine {
             return;
         };
         span.active_exports = span.active_exports.saturating_sub(1);
-        if span.active_exports < span.cfg.max_export_sessions {
-            if let Some(pb) = span.pending.pop_front() {
-                self.start_export(ex.peer, pb);
-            }
-        }
+        self.start_queued_exports(ex.peer);
     }
 
     /// §6.15 (cancel from the block sender): the user or a limit ends the export.
