@@ -776,12 +776,7 @@ impl RawConfig {
                 Some(e) => {
                     let p = emulation(e)?;
                     // TCPCL runs over TCP: only the byte stream's delay and rate can apply.
-                    let stream_only = p.loss == 0.0
-                        && p.gilbert_elliott.is_none()
-                        && p.duplicate == 0.0
-                        && p.jitter.is_zero()
-                        && p.schedule.is_none();
-                    if matches!(link, Link::Tcpcl(_)) && !stream_only {
+                    if matches!(link, Link::Tcpcl(_)) && !p.is_stream_only() {
                         return err(
                             e.span(),
                             "a tcpcl neighbour's emulation takes delay, rate and queue only (TCP carries it: no loss, jitter, duplication or outages)",

@@ -206,6 +206,16 @@ impl LinkProfile {
         }
     }
 
+    /// Whether only what a byte stream can carry is set: delay, rate and queue (no loss, burst
+    /// loss, duplication, jitter or outages, which need datagrams).
+    pub fn is_stream_only(&self) -> bool {
+        self.loss == 0.0
+            && self.gilbert_elliott.is_none()
+            && self.duplicate == 0.0
+            && self.jitter.is_zero()
+            && self.schedule.is_none()
+    }
+
     /// Check every field's range; the error names the field.
     pub fn validate(&self) -> Result<(), ProfileError> {
         check_probability("loss", self.loss)?;
@@ -532,6 +542,24 @@ impl fmt::Display for LinkProfile {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn stream_only_profiles() {
+        for ok in ["", "delay=300ms", "delay=1s,rate=2000000,queue=1000000"] {
+            let p: LinkProfile = ok.parse().unwrap();
+            assert!(p.is_stream_only(), "{ok:?}");
+        }
+        for datagram in [
+            "loss=1%",
+            "jitter=5ms",
+            "duplicate=1%",
+            "ge=0.01/0.5",
+            "down=1s-2s",
+        ] {
+            let p: LinkProfile = datagram.parse().unwrap();
+            assert!(!p.is_stream_only(), "{datagram:?}");
+        }
+    }
 
     #[test]
     fn parses_example() {

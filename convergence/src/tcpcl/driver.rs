@@ -212,12 +212,7 @@ impl TcpclAdapter {
     ) -> io::Result<Arc<TcpclAdapter>> {
         let (shutdown_tx, shutdown) = watch::channel(false);
         for (peer, p) in &config.emulation {
-            if !p.jitter.is_zero()
-                || p.loss > 0.0
-                || p.gilbert_elliott.is_some()
-                || p.duplicate > 0.0
-                || p.schedule.is_some()
-            {
+            if !p.is_stream_only() {
                 warn!(%peer, profile = %p,
                     "TCPCL link emulation applies only delay, rate and queue; \
                      loss, jitter, duplication and outages are ignored");
