@@ -44,6 +44,7 @@ use crate::api::{
 };
 use crate::config::{Config, ContactEndPolicy, ContactPlanSection, DurabilityMode, Link, LtpLink};
 use crate::links::{LinkStates, LinkTarget, LtpSpanControl};
+use crate::plan_source::PlanRead;
 use crate::processing::{
     Action, BundleEngine, EngineConfig, Neighbour, NeighbourId, Reception, StaticRoute,
     StatusReportPolicy,
@@ -119,6 +120,13 @@ struct Adapters {
 }
 
 impl Adapters {
+    /// A new gate (up) for neighbour `name`'s emulated link, kept for the link control.
+    fn new_gate(&mut self, name: &str) -> LinkGate {
+        let g = LinkGate::new(true);
+        self.gates.insert(name.to_string(), g.clone());
+        g
+    }
+
     fn shutdown(&self) {
         if let Some(a) = &self.tcpcl {
             a.shutdown();
@@ -304,25 +312,31 @@ impl Node {
                 }
             };
             let s = section.clone();
-            let read =
-                tokio::task::spawn_blocking(move || crate::plan_source::read_plan(&s, started_at))
-                    .await
-                    .context("contact plan read task")?;
-            let plan = match read {
-                Ok(p) => p,
-                Err(e) => {
+            let read = tokio::task::spawn_blocking(move || {
+                crate::plan_source::read_settled(&s, started_at)
+            })
+            .await
+            .context("contact plan read task")?;
+            let (plan, stamp) = match read {
+                Some(PlanRead { plan: Ok(p), stamp }) => (p, stamp),
+                Some(PlanRead { plan: Err(e), .. }) => {
                     adapters.shutdown();
                     anyhow::bail!("contact plan: {e}");
                 }
+                None => {
+                    adapters.shutdown();
+                    anyhow::bail!("contact plan: the file kept changing while it was read");
+                }
             };
-            info!(contacts = plan.contact_count(), "contact plan loaded");
+            let contacts = plan.contact_count();
+            info!(contacts, "contact plan loaded");
             router = Some(crate::plan_source::router(section, local, plan));
             plan_state = Some(PlanState {
                 section: section.clone(),
                 reference: started_at,
                 local,
-                modified: crate::plan_source::modified(section),
-                contacts: router.as_ref().map_or(0, |r| r.plan().contact_count()),
+                modified: stamp,
+                contacts,
                 reloads: 0,
                 reloads_failed: 0,
             });
@@ -545,9 +559,7 @@ impl Node {
                 if let (Link::Udp(a), Some(p)) = (&n.link, &n.emulation) {
                     u.emulation.push((*a, p.clone()));
                     if planned {
-                        let g = LinkGate::new(true);
-                        adapters.gates.insert(n.name.clone(), g.clone());
-                        u.gates.push((*a, g));
+                        u.gates.push((*a, adapters.new_gate(&n.name)));
                     }
                 }
             }
@@ -571,11 +583,7 @@ impl Node {
                 engine.add_span(l.engine, span_config(l));
                 driver.spans.push((l.engine, l.addr));
                 if let Some(p) = &n.emulation {
-                    let gate = planned.then(|| {
-                        let g = LinkGate::new(true);
-                        adapters.gates.insert(n.name.clone(), g.clone());
-                        g
-                    });
+                    let gate = planned.then(|| adapters.new_gate(&n.name));
                     impairment.add_link(
                         l.addr,
                         p.clone(),
@@ -770,8 +778,8 @@ impl Core {
 
     /// Reads the plan again; on success the engine routes by it (bookings of the old plan are
     /// dropped, waiting and queued bundles are routed again), on failure nothing changes. A
-    /// file that changes while it is read (written in place) is not applied: the next check
-    /// reads it again.
+    /// file that keeps changing while it is read (written in place) is not applied: the next
+    /// check reads it again.
     async fn reload_plan(&mut self) -> Result<usize, String> {
         let Some(p) = &mut self.plan else {
             return Err("no [contact_plan] is configured".into());
@@ -779,19 +787,16 @@ impl Core {
         let section = p.section.clone();
         let reference = p.reference;
         let read = tokio::task::spawn_blocking(move || {
-            let before = crate::plan_source::modified(&section);
-            let plan = crate::plan_source::read_plan(&section, reference);
-            let after = crate::plan_source::modified(&section);
-            (before, plan, after)
+            crate::plan_source::read_settled(&section, reference)
         })
         .await
         .map_err(|e| format!("contact plan read task: {e}"))?;
-        match read {
-            (before, _, after) if before != after => {
-                debug!("contact plan file changed while read: read again at the next check");
-                Err("the plan file changed while it was read; try again".into())
-            }
-            (stamp, Ok(plan), _) => {
+        let Some(PlanRead { plan, stamp }) = read else {
+            debug!("contact plan file kept changing while read: read again at the next check");
+            return Err("the plan file changed while it was read; try again".into());
+        };
+        match plan {
+            Ok(plan) => {
                 p.modified = stamp;
                 let n = plan.contact_count();
                 p.contacts = n;
@@ -801,7 +806,7 @@ impl Core {
                 info!(contacts = n, "contact plan reloaded");
                 Ok(n)
             }
-            (stamp, Err(e), _) => {
+            Err(e) => {
                 p.modified = stamp;
                 p.reloads_failed += 1;
                 warn!("contact plan reload refused, the running plan stays: {e}");
@@ -1109,7 +1114,7 @@ fn push(
     });
 }
 
-/// Adds the convergence-layer adapters' counters (`dtn_cla_*{cla}`).
+/// Adds the contact plan's gauges and reload counters (`dtn_contact_plan_*`).
 fn plan_metrics(p: &PlanState, stats: &mut NodeStats) {
     push(
         stats,
@@ -1131,6 +1136,7 @@ fn plan_metrics(p: &PlanState, stats: &mut NodeStats) {
     }
 }
 
+/// Adds the convergence-layer adapters' counters (`dtn_cla_*{cla}`).
 fn adapter_metrics(adapters: &[(&'static str, CounterSnapshot)], stats: &mut NodeStats) {
     use MetricKind::Counter;
     for (cla, c) in adapters {

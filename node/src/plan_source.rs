@@ -53,9 +53,38 @@ pub fn router(section: &ContactPlanSection, local: u64, plan: ContactPlan) -> Ro
 /// What identifies a version of the plan file: its modification time and length.
 pub type FileStamp = (SystemTime, u64);
 
+/// Reads of a file written in place while it is read, before [`read_settled`] gives up.
+const READ_ATTEMPTS: usize = 3;
+
+/// A read of the plan and the version of the file it came from.
+#[derive(Debug)]
+pub struct PlanRead {
+    /// The plan, or why it was refused.
+    pub plan: Result<ContactPlan, PlanError>,
+    /// The file's stamp when it was read (`None` for an inline plan or an unreadable file):
+    /// a later different stamp means the file changed since.
+    pub stamp: Option<FileStamp>,
+}
+
+/// Reads the plan like [`read_plan`], taking the file's stamp before and after: a read during
+/// which the file changed (written in place, so possibly half written) is not used but read
+/// again, up to a few times; `None` if the file kept changing.
+pub fn read_settled(section: &ContactPlanSection, reference: DtnMillis) -> Option<PlanRead> {
+    for _ in 0..READ_ATTEMPTS {
+        let before = modified(section);
+        let plan = read_plan(section, reference);
+        if modified(section) == before {
+            return Some(PlanRead {
+                plan,
+                stamp: before,
+            });
+        }
+    }
+    None
+}
+
 /// The plan file's [`FileStamp`] (`None` for an inline plan or an unreadable file). The daemon
-/// reloads when it changes, and takes the stamps before and after reading to notice a file
-/// written in place while it was read.
+/// reloads when it changes.
 pub fn modified(section: &ContactPlanSection) -> Option<FileStamp> {
     match &section.source {
         PlanSource::File(path) => file_stamp(path),
@@ -116,6 +145,9 @@ mod tests {
         let e = read_plan(&s, 0).unwrap_err().to_string();
         assert!(e.contains("plan.txt:1:"), "{e}");
         assert!(modified(&s).is_some());
+        let read = read_settled(&s, 0).unwrap();
+        assert_eq!(read.stamp, modified(&s));
+        assert!(read.plan.is_err());
         let missing = section(PlanSource::File(dir.join("none.txt")));
         assert!(read_plan(&missing, 0).is_err());
         assert!(modified(&missing).is_none());
