@@ -33,14 +33,6 @@ pub struct PlannedLink {
 }
 
 impl BundleEngine {
-    /// The `ipn` node number of neighbour `i`, if it has one.
-    fn neighbour_node_number(&self, i: usize) -> Option<u64> {
-        match self.neighbours[i].cfg.node_id {
-            Some(bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. }) => Some(node),
-            _ => None,
-        }
-    }
-
     /// Recompute every plan-driven link at `now`; a change updates the neighbour's state (which
     /// re-routes its queue when it goes down, pumps it when it comes up) and emits
     /// [`Action::Link`]. Called at start, at each contact or range change and after a plan
@@ -57,7 +49,7 @@ impl BundleEngine {
         let local = router.local();
         (0..self.neighbours.len())
             .filter(|&i| self.planned[i].is_some())
-            .filter_map(|i| self.neighbour_node_number(i))
+            .filter_map(|i| self.neighbours[i].cfg.node_number())
             .filter_map(|node| router.plan().owlt_change_after(local, node, now))
             .chain(router.next_contact_change(now))
             .min()
@@ -112,7 +104,7 @@ impl BundleEngine {
     /// node to it (or there is no plan).
     fn planned_link(&self, i: usize, now: DtnMillis) -> Option<PlannedLink> {
         let router = self.router.as_ref()?;
-        let node = self.neighbour_node_number(i)?;
+        let node = self.neighbours[i].cfg.node_number()?;
         let local = router.local();
         let plan = router.plan();
         if !plan.has_contacts(local, node) {

@@ -78,6 +78,17 @@ pub struct Neighbour {
     pub pace_at_contact_rate: bool,
 }
 
+impl Neighbour {
+    /// Its `ipn` node number (two- or three-element form), if its node ID is an ipn one: how
+    /// CGR next hops and contact plans name it.
+    pub fn node_number(&self) -> Option<u64> {
+        match self.node_id {
+            Some(bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. }) => Some(node),
+            _ => None,
+        }
+    }
+}
+
 /// A static route: destinations matching `pattern` go via `via`.
 #[derive(Clone, Debug)]
 pub struct StaticRoute {
@@ -410,7 +421,7 @@ impl BundleEngine {
     pub fn new(config: EngineConfig, store: Store, now: DtnMillis) -> Result<Self, AgentError> {
         let mut by_node_number = HashMap::new();
         for (i, n) in config.neighbours.iter().enumerate() {
-            if let Some(bpv7::Eid::Ipn { node, .. } | bpv7::Eid::Ipn3 { node, .. }) = n.node_id {
+            if let Some(node) = n.node_number() {
                 by_node_number.entry(node).or_insert(NeighbourId(i));
             }
         }
