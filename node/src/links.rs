@@ -5,10 +5,11 @@
 //! queued segments go), a contact end a cue "down" (timers suspended, nothing sent), or, with
 //! `on_contact_end = "cancel"`, a cancel of the span's sessions whose bundles the engine routes
 //! again; after the plan's last contact to the neighbour they are cancelled in any case (a
-//! suspended session would otherwise hold its bundles until they expire). The span's timers use the plan's one-way light time and its pacing the contact's rate,
-//! unless the configuration gives them explicitly. A neighbour with link emulation also has its
-//! emulated link down outside its contacts (a [`LinkGate`]), so what a laptop emulates is the
-//! space link the plan describes.
+//! suspended session would otherwise hold its bundles until they expire). The span's timers use
+//! the plan's one-way light time and its pacing the contact's rate, unless the configuration
+//! gives them explicitly. A neighbour with link emulation also has its emulated link down
+//! outside its contacts (a [`LinkGate`]), so what a laptop emulates is the space link the plan
+//! describes.
 //!
 //! The core publishes the whole vector of link states through a `watch` channel: a burst of
 //! contact changes coalesces into the latest state per neighbour, with no queue to bound.
