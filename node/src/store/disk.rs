@@ -51,6 +51,45 @@ pub const MAX_PENDING_OPS: usize = 256 * 1024;
 /// Most buffered value bytes before a writer applies the buffer itself.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
+/// How long [`open_sled`] waits for the database's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Open sled at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
+///
+/// sled releases the lock on its data file only when the last of its background I/O tasks
+/// lets go of the file, which can be a moment after the `Db` itself is dropped; a store
+/// closed and reopened at once (a daemon restarted by its supervisor, a test) would otherwise
+/// fail. A lock still held after the wait means another process has the store open, and the
+/// error says so.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        // Flushing is ours: per write (`Sync`) or by the group-commit thread.
+        .flush_every_ms(None);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) if is_lock_error(&e) => {
+                return Err(StoreError::Db(format!(
+                    "opening {}: {e} (is another dtnd using this store?)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(StoreError::Db(format!("opening {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// sled reports a held file lock only in its message (an `Io` error of kind `Other`).
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -128,13 +167,7 @@ impl DiskBackend {
     /// Open (or create) the database at `path` and rebuild the usage counters; `buffered`
     /// selects the write-back buffer (group commit).
     pub(super) fn open(path: &Path, buffered: bool) -> Result<DiskBackend, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            // Flushing is ours: per write (`Sync`) or by the group-commit thread.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
+        let db = open_sled(path)?;
         let tree = db.open_tree("store").map_err(db_err)?;
         let mut st = State::default();
         let mut corrupt = 0u64;

@@ -597,6 +597,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_store_held_open_is_refused_with_a_clear_error() {
+        let d = TempDir::new("held");
+        let _held = Store::open(&config(&d, Durability::Sync)).unwrap();
+        let err = Store::open(&config(&d, Durability::Sync)).unwrap_err();
+        assert!(
+            err.to_string().contains("another dtnd"),
+            "unclear error: {err}"
+        );
+    }
+
+    #[test]
     fn group_store_works_and_reopens() {
         let d = TempDir::new("group");
         {
