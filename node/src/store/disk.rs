@@ -61,7 +61,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// closed and reopened at once (a daemon restarted by its supervisor, a test) would otherwise
 /// fail. A lock still held after the wait means another process has the store open, and the
 /// error says so.
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)

@@ -835,7 +835,7 @@ pub(crate) mod tests {
             s.insert(&key(2), 2, b"meta", b"defg").unwrap();
         }
         {
-            let db = sled::open(&d.0).unwrap();
+            let db = disk::open_sled(&d.0).unwrap(); // waits for the lock, as Store::open does
             let t = db.open_tree("store").unwrap();
             let mut k = vec![b'M'];
             k.extend_from_slice(&key(1).0);
