@@ -27,6 +27,15 @@
 //!   an indefinite-length array ending with the break byte 0xff, RFC 9171 §4.1), found by a
 //!   bounded CBOR skipper ([`split_bundles`]). A block that does not split cleanly delivers the
 //!   bundles before the bad item and counts the rest as bad input.
+//! - **Custody** (when the engine is built with `EngineConfig::confirm_red_parts`): each
+//!   bundle of a received red part reaches the node with a [`CustodyAck`]; the LTP report that
+//!   acknowledges the whole red part is held until every bundle of the block is answered.
+//!   Accepted (stored), or refused as not acceptable (retrying would not help; the node
+//!   discarded it): the block is acknowledged (`Engine::accept_block`). Refused for lack of
+//!   resources or a failed write: the import is cancelled with USR_CNCLD
+//!   (`Engine::refuse_block`, RFC 5326 §6.17), so the sender keeps the block and its node
+//!   routes the bundles again. Without that engine setting (or for green data) bundles arrive
+//!   with no custody handle and LTP acknowledges the red part as soon as it is complete.
 //! - The received-bundle channel back-pressures the adapter task, which stops draining the LTP
 //!   driver's events, which stops the driver reading its socket.
 
@@ -42,8 +51,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::adapter::{
-    AdapterChannels, ConvergenceLayer, CounterSnapshot, Counters, FailureReason, Outcome,
-    OutcomeReport, PeerAddr, Received, SendError, TransferId,
+    AdapterChannels, ConvergenceLayer, CounterSnapshot, Counters, CustodyAck, CustodyWait,
+    FailureReason, Outcome, OutcomeReport, PeerAddr, Received, Refusal, SendError, TransferId,
+    Verdict,
 };
 
 /// The adapter's name, used in [`Received::cla`].
@@ -165,6 +175,7 @@ impl LtpAdapter {
                 "send_queue must be positive",
             ));
         }
+        let custody = engine.confirms_red_parts();
         let (handle, events) = LtpDriver::spawn(driver, engine)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(config.send_queue);
@@ -181,6 +192,7 @@ impl LtpAdapter {
             green: HashMap::new(),
             green_order: VecDeque::new(),
             green_bytes: 0,
+            custody,
         };
         tokio::spawn(task.run(rx, events));
         Ok(Arc::new(LtpAdapter {
@@ -323,6 +335,8 @@ struct Task {
     green: HashMap<SessionId, GreenBlock>,
     green_order: VecDeque<SessionId>,
     green_bytes: usize,
+    /// The engine holds red parts until they are accepted (see the module docs).
+    custody: bool,
 }
 
 impl Task {
@@ -536,12 +550,19 @@ impl Task {
                 red,
             } => {
                 if client_service_id == self.config.client_service_id {
-                    self.deliver_block(session.originator, red).await;
+                    self.deliver_red(session, red).await;
                 } else {
                     tracing::debug!(
                         client_service_id,
                         "LTP block for another client service ignored"
                     );
+                    if self.custody {
+                        // Nobody here can take it: do not leave the sender waiting.
+                        let _ = self
+                            .handle
+                            .refuse_block(session, ltp::CancelReason::UnreachableClient)
+                            .await;
+                    }
                 }
             }
             Event::GreenSegment {
@@ -625,32 +646,90 @@ impl Task {
         for part in g.parts.values() {
             block.extend_from_slice(part);
         }
-        self.deliver_block(g.from, block.freeze()).await;
+        // Green data is never acknowledged: no custody handle.
+        self.deliver_block(g.from, block.freeze(), None).await;
     }
 
-    async fn deliver_block(&self, from: EngineId, block: Bytes) {
+    /// A received red part: its bundles go to the node, and with custody the LTP report that
+    /// acknowledges the block waits for the node's verdicts on all of them.
+    async fn deliver_red(&self, session: SessionId, red: Bytes) {
+        if !self.custody {
+            self.deliver_block(session.originator, red, None).await;
+            return;
+        }
+        let mut waits = Vec::new();
+        self.deliver_block(session.originator, red, Some(&mut waits))
+            .await;
+        let handle = self.handle.clone();
+        // Bounded: each wait resolves when the node answers or drops the bundle's handle.
+        tokio::spawn(async move {
+            match block_verdict(waits).await {
+                None => {
+                    let _ = handle.accept_block(session).await;
+                }
+                Some(refusal) => {
+                    tracing::debug!(?session, ?refusal, "LTP block refused by the node");
+                    let _ = handle
+                        .refuse_block(session, ltp::CancelReason::UserCancelled)
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// Split `block` into bundles and hand them to the node; with `custody`, each bundle gets a
+    /// [`CustodyAck`] whose wait is pushed there.
+    async fn deliver_block(
+        &self,
+        from: EngineId,
+        block: Bytes,
+        mut custody: Option<&mut Vec<CustodyWait>>,
+    ) {
         let (bundles, error) = split_bundles(&block);
         if let Some(e) = error {
+            // The bundles before the bad item are delivered; the rest cannot be, however
+            // often it is retransmitted, so it does not hold back the block's acknowledgement.
             tracing::debug!(from, error = %e, "LTP block does not split into bundles");
             self.counters.record_bad_input();
         }
         for bundle in bundles {
             self.counters.record_in(bundle.len());
+            let ack = custody.as_mut().map(|waits| {
+                let (ack, wait) = CustodyAck::new();
+                waits.push(wait);
+                ack
+            });
             let r = Received {
                 cla: NAME,
                 from: PeerAddr::LtpEngine(from),
                 peer_node_id: None,
                 bundle,
-                // Known limit: LTP acknowledged the red part at the LTP layer (RFC 5326 §6.13)
-                // before the node stores the bundle; there is no later point to refuse it.
-                custody: None,
+                custody: ack,
             };
             if self.channels.received.send(r).await.is_err() {
+                // The node is gone: the unsent bundles' handles are dropped with `r`, which
+                // refuses the block (Retransmit) if custody is on.
                 tracing::debug!("received channel closed");
                 return;
             }
         }
     }
+}
+
+/// The node's verdict on a whole block: `None` if it may be acknowledged (every bundle stored,
+/// consumed, or refused as not acceptable, which retransmission would not change), else the
+/// first refusal that asks the sender to keep the block.
+async fn block_verdict(waits: Vec<CustodyWait>) -> Option<Refusal> {
+    let mut refusal = None;
+    for wait in waits {
+        match wait.await {
+            Verdict::Accept | Verdict::Refuse(Refusal::NotAcceptable) => {}
+            Verdict::Refuse(r) => {
+                refusal.get_or_insert(r);
+            }
+        }
+    }
+    refusal
 }
 
 /// Why a block did not split cleanly into bundles.

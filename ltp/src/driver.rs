@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig};
-use crate::segment::{EngineId, SessionId};
+use crate::segment::{CancelReason, EngineId, SessionId};
 
 /// Largest UDP payload we can receive.
 const MAX_DATAGRAM: usize = 65_536;
@@ -208,6 +208,8 @@ enum Command {
         config: Box<SpanConfig>,
     },
     Cancel(SessionId),
+    AcceptBlock(SessionId),
+    RefuseBlock(SessionId, CancelReason),
     CancelExports {
         peer: EngineId,
         reply: oneshot::Sender<Vec<SessionId>>,
@@ -277,6 +279,24 @@ impl LtpHandle {
     /// Cancels a session at the user's request (RFC 5326 §6.19, USR_CNCLD).
     pub async fn cancel(&self, session: SessionId) -> Result<(), DriverError> {
         self.command(Command::Cancel(session)).await
+    }
+
+    /// Custody handshake ([`EngineConfig::confirm_red_parts`](crate::EngineConfig)): the
+    /// client has taken the red part of import `session`; the sender is told now
+    /// ([`Engine::accept_block`]). Too late (the session was cancelled meanwhile) is not an
+    /// error: the engine ignores it, and the session's own event says how it ended.
+    pub async fn accept_block(&self, session: SessionId) -> Result<(), DriverError> {
+        self.command(Command::AcceptBlock(session)).await
+    }
+
+    /// Custody handshake: the client could not take the red part of import `session`; the
+    /// import is cancelled with `reason` ([`Engine::refuse_block`]).
+    pub async fn refuse_block(
+        &self,
+        session: SessionId,
+        reason: CancelReason,
+    ) -> Result<(), DriverError> {
+        self.command(Command::RefuseBlock(session, reason)).await
     }
 
     /// Cancels every export session to `peer`, queued or open, at the user's request
@@ -511,6 +531,12 @@ impl Task {
             }
             Command::ConfigureSpan { peer, config } => self.engine.add_span(peer, *config),
             Command::Cancel(s) => self.engine.cancel(s, now),
+            Command::AcceptBlock(s) => {
+                self.engine.accept_block(s, now);
+            }
+            Command::RefuseBlock(s, reason) => {
+                self.engine.refuse_block(s, reason, now);
+            }
             Command::CancelExports { peer, reply } => {
                 let _ = reply.send(self.engine.cancel_exports(peer, now));
             }

@@ -62,6 +62,14 @@ struct Sim {
     heard: std::collections::HashSet<SessionId>,
     /// Largest number of claims per report segment for engines added from now on.
     max_claims: usize,
+    /// Custody handshake for engines added from now on (`confirm_red_parts`): the client
+    /// answers each red part after a random delay below `.0` ns, refusing with probability `.1`.
+    confirm: Option<(u64, f64)>,
+    /// Client answers due: (virtual ns, node index, session, accept).
+    answers: Vec<(u64, usize, SessionId, bool)>,
+    /// Red parts the receiving client accepted / refused (answers the engine took).
+    accepted: std::collections::HashSet<SessionId>,
+    refused: std::collections::HashSet<SessionId>,
 }
 
 const fn secs(s: u64) -> u64 {
@@ -84,6 +92,10 @@ impl Sim {
             blocks: HashMap::new(),
             heard: std::collections::HashSet::new(),
             max_claims: 256,
+            confirm: None,
+            answers: Vec::new(),
+            accepted: std::collections::HashSet::new(),
+            refused: std::collections::HashSet::new(),
         }
     }
 
@@ -96,6 +108,7 @@ impl Sim {
             seed: seed.wrapping_mul(31).wrapping_add(id),
             closed_session_linger: Duration::from_secs(7200),
             max_claims_per_report: self.max_claims,
+            confirm_red_parts: self.confirm.is_some(),
             ..EngineConfig::default()
         };
         self.nodes.push((id, Engine::new(id, cfg)));
@@ -162,6 +175,24 @@ impl Sim {
                     }
                 }
             }
+            // Client answers due now (custody handshake).
+            let due: Vec<(u64, usize, SessionId, bool)> = self
+                .answers
+                .iter()
+                .filter(|a| a.0 <= self.now_ns)
+                .copied()
+                .collect();
+            self.answers.retain(|a| a.0 > self.now_ns);
+            for (_, idx, sid, accept) in due {
+                let eng = &mut self.nodes[idx].1;
+                if accept {
+                    if eng.accept_block(sid, now) {
+                        self.accepted.insert(sid);
+                    }
+                } else if eng.refuse_block(sid, CancelReason::UserCancelled, now) {
+                    self.refused.insert(sid);
+                }
+            }
             // Timers, transmissions, events.
             for i in 0..self.nodes.len() {
                 if self.nodes[i].1.poll_timeout().is_some_and(|t| t <= now) {
@@ -199,7 +230,7 @@ impl Sim {
                     }
                 }
                 while let Some(ev) = self.nodes[i].1.poll_event() {
-                    self.record(ev);
+                    self.record(i, ev);
                 }
             }
             // Deliveries due now.
@@ -242,8 +273,11 @@ impl Sim {
             // Poll events once more (some are produced by datagrams).
             for i in 0..self.nodes.len() {
                 while let Some(ev) = self.nodes[i].1.poll_event() {
-                    self.record(ev);
+                    self.record(i, ev);
                 }
+            }
+            if let Some(t) = self.answers.iter().map(|a| a.0).min() {
+                next = Some(next.map_or(t, |n| n.min(t)));
             }
             match next {
                 None => return true,
@@ -258,14 +292,20 @@ impl Sim {
         false
     }
 
-    fn record(&mut self, ev: Event) {
+    fn record(&mut self, node: usize, ev: Event) {
         match ev {
-            Event::BlockReceived { session, red, .. } => self
-                .outcomes
-                .entry(session)
-                .or_default()
-                .delivered
-                .push(red),
+            Event::BlockReceived { session, red, .. } => {
+                if let Some((max_delay, refuse)) = self.confirm {
+                    let at = self.now_ns + self.rng.gen_range(0..=max_delay);
+                    let accept = !self.rng.gen_bool(refuse);
+                    self.answers.push((at, node, session, accept));
+                }
+                self.outcomes
+                    .entry(session)
+                    .or_default()
+                    .delivered
+                    .push(red)
+            }
             Event::GreenSegment {
                 session,
                 offset,
@@ -358,6 +398,15 @@ impl Sim {
                 let s = *off as usize;
                 if s < *red || s + g.len() > block.len() || g != &block.slice(s..s + g.len()) {
                     return Err(format!("{sid:?}: green data at {off} corrupted"));
+                }
+            }
+            if self.confirm.is_some() && *red > 0 {
+                // Custody: the sender learns of the reception only once the client took it.
+                if o.completed == 1 && !self.accepted.contains(sid) {
+                    return Err(format!("{sid:?}: completed before the client accepted it"));
+                }
+                if self.refused.contains(sid) && o.completed != 0 {
+                    return Err(format!("{sid:?}: completed although the client refused it"));
                 }
             }
             if o.completed == 1 {
@@ -523,6 +572,39 @@ fn gilbert_elliott_burst_loss() {
         (sim, 2_000_000, secs(3600))
     });
     assert!(done > 50, "only {done} sessions completed");
+}
+
+#[test]
+fn custody_handshake_under_loss_and_slow_clients() {
+    // The receiving client answers each red part after up to three round trips, and refuses
+    // one in five: a sender completes exactly the blocks that were accepted.
+    let (done, cancelled) = run_scenario("custody", 120, |seed| {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let delay = Duration::from_millis(rng.gen_range(1..200));
+        sim.confirm = Some(((delay * 6).as_nanos() as u64, 0.2));
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let mut sp = span(delay);
+        sp.checkpoint_every = rng.gen_range(0..4);
+        sp.max_export_sessions = rng.gen_range(1..4);
+        let mut ch = Channel::clean(delay);
+        ch.loss = rng.gen_range(0.0..0.2);
+        ch.dup = rng.gen_range(0.0..0.05);
+        ch.jitter = Duration::from_millis(rng.gen_range(0..10));
+        sim.connect(1, 2, sp, ch);
+        for _ in 0..rng.gen_range(1..5) {
+            let (b, red) = random_block(&mut rng, 20_000);
+            let from = rng.gen_range(1..=2);
+            sim.send(from, 3 - from, b, red);
+        }
+        (sim, 2_000_000, secs(3600))
+    });
+    assert!(done > 50, "only {done} sessions completed");
+    assert!(
+        cancelled > 5,
+        "only {cancelled} sessions cancelled (refusals)"
+    );
 }
 
 #[test]

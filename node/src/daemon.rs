@@ -571,6 +571,9 @@ impl Node {
         if let Some(ltp) = &config.ltp {
             let mut ecfg = ltp::EngineConfig {
                 max_block_size: (config.limits.max_bundle_size.max(1 << 20)).saturating_mul(2),
+                // Custody over LTP: the red part is acknowledged only once every bundle of the
+                // block is in the store (the adapter answers the engine when the node has).
+                confirm_red_parts: true,
                 ..Default::default()
             };
             ecfg.seed = ltp.engine_id ^ dtn_now();

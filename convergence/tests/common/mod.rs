@@ -139,13 +139,21 @@ pub fn ltp_node(
     spans: Vec<LtpSpan>,
     impairment: Option<impl Impairment + Send + 'static>,
 ) -> Node<LtpAdapter> {
-    let mut engine = Engine::new(
-        local,
-        EngineConfig {
-            seed: local,
-            ..EngineConfig::default()
-        },
-    );
+    let config = EngineConfig {
+        seed: local,
+        ..EngineConfig::default()
+    };
+    ltp_node_with(local, config, spans, impairment)
+}
+
+/// [`ltp_node`] with the engine built from `config`.
+pub fn ltp_node_with(
+    local: EngineId,
+    config: EngineConfig,
+    spans: Vec<LtpSpan>,
+    impairment: Option<impl Impairment + Send + 'static>,
+) -> Node<LtpAdapter> {
+    let mut engine = Engine::new(local, config);
     let mut driver = DriverConfig::new("127.0.0.1:0".parse().unwrap());
     for s in &spans {
         engine.add_span(s.peer, s.config.clone());

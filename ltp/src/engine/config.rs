@@ -36,6 +36,14 @@ pub struct EngineConfig {
     /// Largest number of control segments (reports, acks, cancels) queued per span; the oldest
     /// is dropped beyond it (all of them are recovered by retransmission timers).
     pub max_control_queue: usize,
+    /// Custody handshake for red parts: the report that acknowledges the last of a red part
+    /// is held until the client calls [`Engine::accept_block`](crate::Engine::accept_block)
+    /// (or [`refuse_block`](crate::Engine::refuse_block), which cancels the import), so a
+    /// sender never discards a block the receiving client has not safely taken (DESIGN:
+    /// "nothing acknowledged is lost"). Off by default: the red part is acknowledged as soon
+    /// as it is complete (RFC 5326 §6.8). An import whose client never answers is cancelled
+    /// after the span's inactivity timeout.
+    pub confirm_red_parts: bool,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +61,7 @@ impl Default for EngineConfig {
             default_span: SpanConfig::default(),
             decode_limits: DecodeLimits::default(),
             max_control_queue: 4096,
+            confirm_red_parts: false,
         }
     }
 }

@@ -45,7 +45,10 @@ use timer::{TimerId, TimerKind, Timers};
 /// What the engine reports to its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The red part of an imported block is complete (delivered exactly once).
+    /// The red part of an imported block is complete (delivered exactly once). With
+    /// [`EngineConfig::confirm_red_parts`] the client must answer with
+    /// [`Engine::accept_block`] or [`Engine::refuse_block`]: until then the sender is not told
+    /// that the whole red part arrived.
     BlockReceived {
         /// Import session.
         session: SessionId,
@@ -323,6 +326,12 @@ struct Import {
     min_green: Option<u64>,
     eob_seen: bool,
     delivered: bool,
+    /// The client took the red part ([`Engine::accept_block`]); always true unless
+    /// [`EngineConfig::confirm_red_parts`].
+    accepted: bool,
+    /// Checkpoints that arrived once the red part was complete but not yet accepted: answered
+    /// on acceptance (checkpoint, its end offset), at most [`MAX_HELD_CHECKPOINTS`].
+    held: Vec<(CheckpointInfo, u64)>,
     reports: HashMap<u64, PendingReport>,
     sent_bounds: HashMap<u64, (u64, u64)>,
     prev_upper: u64,
@@ -365,6 +374,24 @@ struct Closed {
 const MAX_SENT_BOUNDS: usize = 4096;
 /// Most received report serials remembered per export (to ignore retransmitted reports).
 const MAX_SEEN_REPORTS: usize = 4096;
+/// Most checkpoints held per import while its red part awaits the client's acceptance.
+const MAX_HELD_CHECKPOINTS: usize = 16;
+
+/// Holds a checkpoint until the red part is accepted: one entry per checkpoint serial (a
+/// retransmitted checkpoint keeps its serial, §6.7), the oldest dropped beyond
+/// [`MAX_HELD_CHECKPOINTS`] (the sender's retransmission answers for it).
+fn hold_checkpoint(held: &mut Vec<(CheckpointInfo, u64)>, cp: CheckpointInfo, end: u64) {
+    if held
+        .iter()
+        .any(|(c, _)| c.checkpoint_serial == cp.checkpoint_serial)
+    {
+        return;
+    }
+    if held.len() >= MAX_HELD_CHECKPOINTS {
+        held.remove(0);
+    }
+    held.push((cp, end));
+}
 
 /// An LTP engine: all sessions with all peers of one local engine ID.
 pub struct Engine {
@@ -421,6 +448,12 @@ impl Engine {
     /// Our engine ID.
     pub fn local_engine_id(&self) -> EngineId {
         self.local
+    }
+
+    /// Whether completed red parts wait for [`Engine::accept_block`] before they are
+    /// acknowledged ([`EngineConfig::confirm_red_parts`]).
+    pub fn confirms_red_parts(&self) -> bool {
+        self.cfg.confirm_red_parts
     }
 
     /// Configures (or reconfigures) the span to `peer`.
@@ -1159,7 +1192,15 @@ impl Engine {
                 self.reassembly += add;
             }
             if let Some(cp) = d.checkpoint {
-                self.answer_checkpoint(sid, peer, cp, end);
+                let imp = self.imports.get_mut(&sid).expect("import exists");
+                let complete = imp.red_end.is_some_and(|r| imp.received.covers(0, r));
+                if complete && !imp.accepted {
+                    // Custody handshake: the report that would acknowledge the whole red
+                    // part waits until the client has taken it (`accept_block`).
+                    hold_checkpoint(&mut imp.held, cp, end);
+                } else {
+                    self.answer_checkpoint(sid, peer, cp, end);
+                }
             }
             self.check_import_delivery(sid, now);
         } else {
@@ -1170,9 +1211,10 @@ impl Engine {
             }
             imp.min_green = Some(imp.min_green.map_or(d.offset, |g| g.min(d.offset)));
             if d.offset == 0 {
-                // A block that starts green has no red part.
+                // A block that starts green has no red part (nothing to confirm).
                 imp.red_end = Some(0);
                 imp.delivered = true;
+                imp.accepted = true;
             }
             let eob = d.kind.is_eob();
             imp.eob_seen |= eob;
@@ -1234,6 +1276,8 @@ impl Engine {
                 min_green: None,
                 eob_seen: false,
                 delivered: false,
+                accepted: !self.cfg.confirm_red_parts,
+                held: Vec::new(),
                 reports: HashMap::new(),
                 sent_bounds: HashMap::new(),
                 prev_upper: 0,
@@ -1432,6 +1476,7 @@ impl Engine {
         };
         if matches!(imp.state, ImportState::Open)
             && imp.delivered
+            && imp.accepted
             && imp.reports.is_empty()
             && (imp.eob_seen || imp.eorp_is_eob)
         {
@@ -1732,12 +1777,16 @@ impl Engine {
                 r.timer = None;
                 // §6.8: retransmit the report, or give up once the limit is reached.
                 if r.retransmissions >= cfg.max_report_retransmissions {
-                    if imp.delivered {
+                    if imp.delivered && imp.accepted {
                         // The red part is delivered: nothing is lost by closing quietly; late
                         // checkpoints get a full report from the closed-session memory.
                         imp.reports.remove(&serial);
                         let red_len = imp.red_end.unwrap_or(0);
                         self.close_import(session, Outcome::ImportDelivered { red_len }, now);
+                    } else if imp.delivered {
+                        // A partial report no longer matters: the red part is complete and
+                        // its acceptance will be answered with a full report.
+                        imp.reports.remove(&serial);
                     } else {
                         self.cancel_import(session, CancelReason::RetransmissionLimitExceeded, now);
                     }
@@ -1795,7 +1844,7 @@ impl Engine {
                     return;
                 };
                 imp.inactivity = None;
-                if imp.delivered {
+                if imp.delivered && imp.accepted {
                     let red_len = imp.red_end.unwrap_or(0);
                     self.close_import(session, Outcome::ImportDelivered { red_len }, now);
                 } else {
@@ -1847,6 +1896,44 @@ impl Engine {
         if self.imports.contains_key(&session) {
             self.cancel_import(session, CancelReason::UserCancelled, now);
         }
+    }
+
+    /// Custody handshake ([`EngineConfig::confirm_red_parts`]): the client has taken the red
+    /// part of import `session` (delivered in [`Event::BlockReceived`]), e.g. stored it on
+    /// disk. The checkpoints held since the red part completed are answered now, with reports
+    /// that claim all of it, so the sender learns of the reception only once the block is
+    /// safe. Returns false (and does nothing) if the session is not an open import awaiting
+    /// acceptance (cancelled meanwhile, already accepted, unknown).
+    pub fn accept_block(&mut self, session: SessionId, now: Instant) -> bool {
+        self.clock = Some(now);
+        let Some(imp) = self.imports.get_mut(&session) else {
+            return false;
+        };
+        if !matches!(imp.state, ImportState::Open) || !imp.delivered || imp.accepted {
+            return false;
+        }
+        imp.accepted = true;
+        let held = std::mem::take(&mut imp.held);
+        for (cp, end) in held {
+            self.answer_checkpoint(session, session.originator, cp, end);
+        }
+        self.maybe_close_import(session, now);
+        true
+    }
+
+    /// Custody handshake: the client could not take the red part of import `session` (its
+    /// store is full, a write failed): the import is cancelled with `reason` (§6.17; the
+    /// sender keeps the block and reports the cancel to its own client, who may send it again
+    /// later). Returns false if the session is not an open import awaiting acceptance.
+    pub fn refuse_block(&mut self, session: SessionId, reason: CancelReason, now: Instant) -> bool {
+        self.clock = Some(now);
+        let awaiting = self.imports.get(&session).is_some_and(|imp| {
+            matches!(imp.state, ImportState::Open) && imp.delivered && !imp.accepted
+        });
+        if awaiting {
+            self.cancel_import(session, reason, now);
+        }
+        awaiting
     }
 
     /// A one-line summary of every open session, for diagnostics.

@@ -1031,3 +1031,187 @@ fn cancel_exports_cancels_one_peers_queued_and_open_sessions() {
     let again = a.send_block(B, 1, block(600), 600, now).unwrap();
     assert_eq!(a.export_sessions(B), vec![again]);
 }
+
+fn confirming_engine(id: EngineId, peer: EngineId) -> Engine {
+    let mut e = Engine::new(
+        id,
+        EngineConfig {
+            seed: id,
+            confirm_red_parts: true,
+            ..EngineConfig::default()
+        },
+    );
+    e.add_span(peer, span());
+    e
+}
+
+fn drain_both(e: &mut Engine, now: Instant) -> (Vec<Bytes>, Vec<Segment>) {
+    let raw = drain_raw(e, now);
+    let segs = raw.iter().map(|b| Segment::decode(b).unwrap()).collect();
+    (raw, segs)
+}
+
+fn reports(segs: &[Segment]) -> Vec<&ReportSegment> {
+    segs.iter()
+        .filter_map(|s| match &s.body {
+            SegmentBody::Report(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn confirmed_red_part_is_reported_only_after_acceptance() {
+    let mut now = t0();
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    let mut b = confirming_engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    // Delivered to the client at once, but the sender hears nothing yet.
+    let ev = events(&mut b);
+    assert!(matches!(&ev[..], [Event::BlockReceived { session, .. }] if *session == sid));
+    assert!(
+        drain(&mut b, now).is_empty(),
+        "report sent before acceptance"
+    );
+    // The sender's checkpoint timer fires and it retransmits the checkpoint: still held.
+    now = a.poll_timeout().unwrap();
+    a.handle_timeout(now);
+    let cp_again = drain_raw(&mut a, now);
+    assert_eq!(cp_again.len(), 1);
+    b.handle_datagram(cp_again[0].clone(), now);
+    assert!(
+        drain(&mut b, now).is_empty(),
+        "report sent before acceptance"
+    );
+    assert!(!b.refuse_block(
+        SessionId {
+            originator: A,
+            number: 99
+        },
+        CancelReason::UserCancelled,
+        now
+    ));
+    // Accepted: one full report for the held checkpoint (one serial, held once).
+    assert!(b.accept_block(sid, now));
+    assert!(!b.accept_block(sid, now), "accepted twice");
+    let (raw_out, out) = drain_both(&mut b, now);
+    let rs = reports(&out);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(
+        rs[0].claims,
+        vec![Claim {
+            offset: 0,
+            length: 1000
+        }]
+    );
+    for d in raw_out {
+        a.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    for d in drain_raw(&mut a, now) {
+        b.handle_datagram(d, now);
+    }
+    assert_eq!(a.open_sessions() + b.open_sessions(), 0);
+    assert_eq!(b.session_timers(), 0);
+}
+
+#[test]
+fn partial_reports_go_out_while_the_red_part_is_incomplete() {
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    let mut b = confirming_engine(B, A);
+    // Lose the first segment: the EORP checkpoint is answered at once, with the gap.
+    for s in &raw[1..] {
+        b.handle_datagram(s.clone(), now);
+    }
+    let (raw_out, out) = drain_both(&mut b, now);
+    let rs = reports(&out);
+    assert_eq!(rs.len(), 1);
+    assert_ne!(rs[0].claims[0].offset, 0, "the gap at 0 is not claimed");
+    for d in raw_out {
+        a.handle_datagram(d, now);
+    }
+    // The retransmission (ending with a checkpoint) completes the red part: held.
+    for d in drain_raw(&mut a, now) {
+        b.handle_datagram(d, now);
+    }
+    assert!(matches!(&events(&mut b)[..], [Event::BlockReceived { .. }]));
+    let (_, out) = drain_both(&mut b, now);
+    assert!(reports(&out).is_empty(), "full report before acceptance");
+    assert!(b.accept_block(sid, now));
+    let (raw_out, out) = drain_both(&mut b, now);
+    let rs = reports(&out);
+    assert_eq!(rs.len(), 1);
+    for d in raw_out {
+        a.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+}
+
+#[test]
+fn refused_red_part_cancels_the_session_on_both_sides() {
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    let mut b = confirming_engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert!(matches!(&events(&mut b)[..], [Event::BlockReceived { .. }]));
+    assert!(b.refuse_block(sid, CancelReason::UserCancelled, now));
+    assert!(!b.accept_block(sid, now), "accepted after refusal");
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::UserCancelled,
+            by_peer: false
+        }]
+    );
+    for d in drain_raw(&mut b, now) {
+        a.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::ExportCancelled {
+            session: sid,
+            reason: CancelReason::UserCancelled,
+            by_peer: true
+        }]
+    );
+    for d in drain_raw(&mut a, now) {
+        b.handle_datagram(d, now);
+    }
+    assert_eq!(a.open_sessions() + b.open_sessions(), 0);
+    assert_eq!(a.session_timers() + b.session_timers(), 0);
+}
+
+#[test]
+fn unanswered_red_part_is_cancelled_after_inactivity() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = confirming_engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert!(matches!(&events(&mut b)[..], [Event::BlockReceived { .. }]));
+    let t = b.poll_timeout().unwrap();
+    assert_eq!(t, now + span().inactivity_timeout);
+    b.handle_timeout(t);
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+    assert!(!b.accept_block(sid, t));
+}
