@@ -24,12 +24,13 @@
 
 mod config;
 mod intervals;
+mod red_part;
 mod timer;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -40,6 +41,7 @@ use crate::segment::{
     ReportSegment, Segment, SegmentBody, SessionId,
 };
 use intervals::IntervalSet;
+use red_part::RedPart;
 use timer::{TimerId, TimerKind, Timers};
 
 /// What the engine reports to its user.
@@ -318,8 +320,8 @@ enum ImportState {
 struct Import {
     client_service_id: u64,
     received: IntervalSet,
-    pieces: BTreeMap<u64, Bytes>,
-    stored: usize,
+    /// The red data received so far (copied out of the datagrams).
+    red: RedPart,
     red_end: Option<u64>,
     eorp_is_eob: bool,
     max_red_end: u64,
@@ -1176,20 +1178,18 @@ impl Engine {
             }
             if !imp.delivered {
                 let new = imp.received.insert(d.offset, end);
-                let add: usize = new.iter().map(|(a, b)| (b - a) as usize).sum();
-                if self.reassembly + add > self.cfg.max_reassembly_memory {
+                let mut added = 0;
+                for (a, b) in new {
+                    let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
+                    added += imp.red.write(a, piece, imp.red_end);
+                }
+                self.reassembly += added;
+                // §6.20-style limit on what all imports hold (pages actually allocated; at
+                // most one page over before the import is cancelled and its pages freed).
+                if self.reassembly > self.cfg.max_reassembly_memory {
                     self.cancel_import(sid, CancelReason::SystemCancelled, now);
                     return;
                 }
-                let imp = self.imports.get_mut(&sid).expect("import exists");
-                for (a, b) in new {
-                    let piece = d
-                        .data
-                        .slice((a - d.offset) as usize..(b - d.offset) as usize);
-                    imp.pieces.insert(a, piece);
-                }
-                imp.stored += add;
-                self.reassembly += add;
             }
             if let Some(cp) = d.checkpoint {
                 let imp = self.imports.get_mut(&sid).expect("import exists");
@@ -1268,8 +1268,7 @@ impl Engine {
             Import {
                 client_service_id: d.client_service_id,
                 received: IntervalSet::default(),
-                pieces: BTreeMap::new(),
-                stored: 0,
+                red: RedPart::default(),
                 red_end: None,
                 eorp_is_eob: false,
                 max_red_end: 0,
@@ -1446,18 +1445,8 @@ impl Engine {
             return;
         }
         imp.delivered = true;
-        let pieces = std::mem::take(&mut imp.pieces);
-        let red = if pieces.len() == 1 {
-            pieces.into_values().next().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(red_end as usize);
-            for p in pieces.values() {
-                buf.extend_from_slice(p);
-            }
-            buf.freeze()
-        };
-        self.reassembly -= imp.stored;
-        imp.stored = 0;
+        self.reassembly -= imp.red.allocated();
+        let red = imp.red.take(red_end);
         self.stats.import_sessions_completed += 1;
         self.stats.red_bytes_delivered += red.len() as u64;
         self.events.push_back(Event::BlockReceived {
@@ -1492,7 +1481,7 @@ impl Engine {
         for t in imp.timers() {
             self.timers.stop(t);
         }
-        self.reassembly -= imp.stored;
+        self.reassembly -= imp.red.allocated();
         if let Some(span) = self.spans.get_mut(&sid.originator) {
             span.imports = span.imports.saturating_sub(1);
         }
@@ -1513,9 +1502,8 @@ impl Engine {
         }
         imp.reports.clear();
         imp.inactivity = None;
-        imp.pieces.clear();
-        self.reassembly -= imp.stored;
-        imp.stored = 0;
+        self.reassembly -= imp.red.allocated();
+        imp.red.clear();
         imp.state = ImportState::Cancelling {
             reason,
             retransmissions: 0,

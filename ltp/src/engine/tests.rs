@@ -620,7 +620,7 @@ fn miscolored_green_below_red_cancels() {
 
 #[test]
 fn large_block_end_to_end() {
-    // 64 MiB with 1400-octet segments, no loss: zero-copy slices, O(log n) per segment.
+    // 64 MiB with 1400-octet segments, no loss: O(log n) per segment (copied into pages).
     let now = t0();
     let size = 64 << 20;
     let mut a = Engine::new(A, EngineConfig::default());
