@@ -83,6 +83,12 @@ enum Cmd {
         /// Emulated one-way delay on our sends, ms.
         #[arg(long, default_value_t = 0)]
         delay: u64,
+        /// Margin added to the round trip (2 × --delay) for the checkpoint retransmission
+        /// timer, ms (RFC 5326 §6.1: the peer's processing and queueing time). The default
+        /// suits loopback and LANs; long-haul and space links need the engine default (200) or
+        /// more.
+        #[arg(long, default_value_t = 20)]
+        timer_margin: u64,
         /// Raw UDP mode (the receiver must use --raw too).
         #[arg(long)]
         raw: bool,
@@ -135,6 +141,7 @@ fn main() -> Result<()> {
             window,
             loss,
             delay,
+            timer_margin,
             raw,
             json,
             seed,
@@ -161,6 +168,7 @@ fn main() -> Result<()> {
                     window,
                     loss,
                     delay: Duration::from_millis(delay),
+                    timer_margin: Duration::from_millis(timer_margin),
                     seed,
                     timeout: Duration::from_secs_f64(timeout.max(0.01)),
                     socket_buffer,
@@ -198,6 +206,7 @@ struct SendParams {
     window: usize,
     loss: f64,
     delay: Duration,
+    timer_margin: Duration,
     seed: u64,
     timeout: Duration,
     socket_buffer: usize,
@@ -210,6 +219,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         max_queued_blocks: p.window,
         owlt_outbound: p.delay,
         owlt_inbound: Duration::ZERO,
+        timer_margin: p.timer_margin,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -300,6 +310,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "segment_size": p.segment_size,
                 "window": p.window,
                 "loss": p.loss,
+                "timer_margin_ms": p.timer_margin.as_millis() as u64,
             })
         );
     } else {
