@@ -44,7 +44,7 @@ const TX_BATCH: usize = 256;
 /// Datagrams read per loop turn once the socket is readable.
 const RX_BATCH: usize = 256;
 /// Receive buffer chunk: received datagrams are zero-copy slices of chunks of this size.
-const RX_CHUNK: usize = 4 * 1024 * 1024;
+const RX_CHUNK: usize = 1024 * 1024;
 
 /// Where a sent datagram goes: the peer engine and the UDP address of its span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
