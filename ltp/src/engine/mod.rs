@@ -18,6 +18,12 @@
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
 //!   the red part cancels with `Miscolored`.
+//! - A checkpoint answering a report serial the import never sent cancels the import
+//!   (`SystemCancelled`): the report came from an earlier incarnation of this engine (a
+//!   restart), and the sender still counts its claims for data we no longer hold, so answering
+//!   from our fresh state could complete a block that was never delivered. (A restart can still
+//!   leave stale claims from reports to *discretionary* checkpoints of a session that goes on
+//!   after it; our own senders send only the mandatory checkpoints unless configured.)
 //! - An import whose red part was delivered closes quietly when its report retransmissions or
 //!   its inactivity time run out (nothing is lost; late checkpoints get a full report from the
 //!   closed-session memory).
@@ -337,6 +343,8 @@ struct Import {
     reports: HashMap<u64, PendingReport>,
     sent_bounds: HashMap<u64, (u64, u64)>,
     prev_upper: u64,
+    /// Our report serials for this import are `first_report_serial..next_report_serial`.
+    first_report_serial: u64,
     next_report_serial: u64,
     state: ImportState,
     inactivity: Option<TimerId>,
@@ -1193,6 +1201,20 @@ impl Engine {
             }
             if let Some(cp) = d.checkpoint {
                 let imp = self.imports.get_mut(&sid).expect("import exists");
+                if cp.report_serial != 0
+                    && !(imp.first_report_serial..imp.next_report_serial)
+                        .contains(&cp.report_serial)
+                {
+                    // The checkpoint answers a report this import never sent: an earlier
+                    // incarnation of this engine (before a restart) reported on the session,
+                    // and the sender still counts that report's claims, for data we no longer
+                    // hold. Reporting from our fresh state could let the sender complete a
+                    // block we never delivered; cancel, so that it sends the block again.
+                    tracing::debug!(?sid, "checkpoint for a report we never sent; cancelling");
+                    self.cancel_import(sid, CancelReason::SystemCancelled, now);
+                    return;
+                }
+                let imp = self.imports.get_mut(&sid).expect("import exists");
                 let complete = imp.red_end.is_some_and(|r| imp.received.covers(0, r));
                 if complete && !imp.accepted {
                     // Custody handshake: the report that would acknowledge the whole red
@@ -1280,6 +1302,7 @@ impl Engine {
                 reports: HashMap::new(),
                 sent_bounds: HashMap::new(),
                 prev_upper: 0,
+                first_report_serial: next_report_serial,
                 next_report_serial,
                 state: ImportState::Open,
                 inactivity: None,

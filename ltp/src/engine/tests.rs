@@ -1215,3 +1215,53 @@ fn unanswered_red_part_is_cancelled_after_inactivity() {
     );
     assert!(!b.accept_block(sid, t));
 }
+
+#[test]
+fn a_restarted_receiver_cancels_rather_than_let_stale_claims_complete_the_session() {
+    // B answers the first transmission with a partial report, then restarts (all import state
+    // lost) before the gap's retransmission arrives. The sender still counts the claims of the
+    // first report; if the new B answered the retransmission's checkpoint with its own (tiny)
+    // scope, the sender would complete a block that the new B never delivered.
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    for s in &raw[1..] {
+        b.handle_datagram(s.clone(), now);
+    }
+    for d in drain_raw(&mut b, now) {
+        a.handle_datagram(d, now);
+    }
+    let retransmission = drain_raw(&mut a, now);
+    assert!(!retransmission.is_empty());
+    // Restarted: no memory of the session, a new seed (new report serials).
+    let mut b2 = Engine::new(
+        B,
+        EngineConfig {
+            seed: 777,
+            ..EngineConfig::default()
+        },
+    );
+    b2.add_span(A, span());
+    for d in retransmission {
+        b2.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(&mut b2),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+    for d in drain_raw(&mut b2, now) {
+        a.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(&mut a),
+        vec![Event::ExportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: true
+        }]
+    );
+}
