@@ -1032,6 +1032,36 @@ fn cancel_exports_cancels_one_peers_queued_and_open_sessions() {
     assert_eq!(a.export_sessions(B), vec![again]);
 }
 
+/// Receiver `b` has just cancelled import `sid` for `reason`: its event says so, and its cancel
+/// segment makes sender `a` report the export cancelled by the peer.
+fn receiver_cancel_reaches_sender(
+    b: &mut Engine,
+    a: &mut Engine,
+    sid: SessionId,
+    reason: CancelReason,
+    now: Instant,
+) {
+    assert_eq!(
+        events(b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason,
+            by_peer: false
+        }]
+    );
+    for d in drain_raw(b, now) {
+        a.handle_datagram(d, now);
+    }
+    assert_eq!(
+        events(a),
+        vec![Event::ExportCancelled {
+            session: sid,
+            reason,
+            by_peer: true
+        }]
+    );
+}
+
 fn confirming_engine(id: EngineId, peer: EngineId) -> Engine {
     let mut e = Engine::new(
         id,
@@ -1167,25 +1197,7 @@ fn refused_red_part_cancels_the_session_on_both_sides() {
     assert!(matches!(&events(&mut b)[..], [Event::BlockReceived { .. }]));
     assert!(b.refuse_block(sid, CancelReason::UserCancelled, now));
     assert!(!b.accept_block(sid, now), "accepted after refusal");
-    assert_eq!(
-        events(&mut b),
-        vec![Event::ImportCancelled {
-            session: sid,
-            reason: CancelReason::UserCancelled,
-            by_peer: false
-        }]
-    );
-    for d in drain_raw(&mut b, now) {
-        a.handle_datagram(d, now);
-    }
-    assert_eq!(
-        events(&mut a),
-        vec![Event::ExportCancelled {
-            session: sid,
-            reason: CancelReason::UserCancelled,
-            by_peer: true
-        }]
-    );
+    receiver_cancel_reaches_sender(&mut b, &mut a, sid, CancelReason::UserCancelled, now);
     for d in drain_raw(&mut a, now) {
         b.handle_datagram(d, now);
     }
@@ -1245,23 +1257,5 @@ fn a_restarted_receiver_cancels_rather_than_let_stale_claims_complete_the_sessio
     for d in retransmission {
         b2.handle_datagram(d, now);
     }
-    assert_eq!(
-        events(&mut b2),
-        vec![Event::ImportCancelled {
-            session: sid,
-            reason: CancelReason::SystemCancelled,
-            by_peer: false
-        }]
-    );
-    for d in drain_raw(&mut b2, now) {
-        a.handle_datagram(d, now);
-    }
-    assert_eq!(
-        events(&mut a),
-        vec![Event::ExportCancelled {
-            session: sid,
-            reason: CancelReason::SystemCancelled,
-            by_peer: true
-        }]
-    );
+    receiver_cancel_reaches_sender(&mut b2, &mut a, sid, CancelReason::SystemCancelled, now);
 }
