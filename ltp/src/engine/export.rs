@@ -1,0 +1,417 @@
+//! The block sender's procedures (RFC 5326 §6.2–§6.7 transmission and checkpoints, §6.12–§6.15
+//! reports received, retransmission, cancellation from the sender): methods of [`Engine`] on
+//! its export sessions.
+
+use super::*;
+
+/// Most received report serials remembered per export (to ignore retransmitted reports).
+const MAX_SEEN_REPORTS: usize = 4096;
+
+impl Engine {
+    fn export_for(&self, sid: SessionId) -> Option<u64> {
+        (sid.originator == self.local && self.exports.contains_key(&sid.number))
+            .then_some(sid.number)
+    }
+
+    /// §6.13 (report reception) and §6.12 (every report gets a report-ack).
+    pub(super) fn on_report(&mut self, sid: SessionId, r: ReportSegment, now: Instant) {
+        self.stats.reports_received += 1;
+        let ack = control_segment(
+            sid,
+            SegmentBody::ReportAck {
+                report_serial: r.report_serial,
+            },
+        );
+        let Some(number) = self.export_for(sid) else {
+            // A late report for a closed export is re-acknowledged so the receiver can close.
+            if let Some(c) = self.closed.get(&(Role::Export, sid)) {
+                let peer = c.peer;
+                self.stats.report_acks_sent += 1;
+                self.push_control(peer, ack, OnSent::Nothing);
+            } else {
+                self.stats.segments_dropped += 1;
+            }
+            return;
+        };
+        let ex = self.exports.get_mut(&number).expect("export exists");
+        let peer = ex.peer;
+        self.stats.report_acks_sent += 1;
+        self.push_control(peer, ack, OnSent::Nothing);
+        let ex = self.exports.get_mut(&number).expect("export exists");
+        if !matches!(ex.state, ExportState::Sending) {
+            return;
+        }
+        // §6.13: the report answers a checkpoint: stop that checkpoint's timer.
+        if r.checkpoint_serial != 0 {
+            if let Some(cp) = ex.checkpoints.remove(&r.checkpoint_serial) {
+                if let Some(t) = cp.timer {
+                    self.timers.stop(t);
+                }
+                ex.cp_resend.retain(|&s| s != r.checkpoint_serial);
+            }
+        }
+        if ex.seen_reports.len() >= MAX_SEEN_REPORTS {
+            // Bounded memory: forgetting only costs a redundant retransmission.
+            ex.seen_reports.clear();
+        }
+        if !ex.seen_reports.insert(r.report_serial) {
+            return; // a retransmitted report: already acted on
+        }
+        // Claims may come out of order and overlap: the interval set merges them; anything
+        // beyond what was sent of the red part is ignored.
+        let limit = ex.red_len.min(ex.cursor);
+        let upper = r.upper_bound.min(limit);
+        let lower = r.lower_bound.min(upper);
+        for c in &r.claims {
+            let s = c.offset.min(limit);
+            let e = c.offset.saturating_add(c.length).min(limit);
+            ex.acked.insert(s, e);
+        }
+        if ex.red_done() {
+            // All red data acknowledged: stop every checkpoint and pending retransmission.
+            let stale: Vec<TimerId> = ex
+                .checkpoints
+                .drain()
+                .filter_map(|(_, c)| c.timer)
+                .collect();
+            ex.cp_resend.clear();
+            ex.retx.clear();
+            for t in stale {
+                self.timers.stop(t);
+            }
+            self.check_export_complete(number, now);
+            return;
+        }
+        let gaps = ex.acked.gaps(lower, upper);
+        if gaps.is_empty() {
+            if !ex.checkpoints.is_empty()
+                || !ex.retx.is_empty()
+                || !ex.cp_resend.is_empty()
+                || ex.cursor < ex.red_len
+            {
+                return;
+            }
+            // Nothing outstanding, yet red data unacknowledged: a report that was split (§6.3)
+            // lost its other parts after this one answered the checkpoint (the stall of ION
+            // issue #14). Re-send the last red octet as a new checkpoint so the receiver
+            // reports the whole red part again.
+            ex.retx.push_back(RetxRange {
+                start: ex.red_len - 1,
+                end: ex.red_len,
+                checkpoint_for: Some(0),
+            });
+        }
+        ex.cycles += 1;
+        let max_cycles = self
+            .spans
+            .get(&peer)
+            .map_or(u32::MAX, |s| s.cfg.max_retransmission_cycles);
+        if ex.cycles > max_cycles {
+            self.cancel_export(number, CancelReason::RetransmissionCyclesExceeded, now);
+            return;
+        }
+        // §6.13: retransmit exactly the gaps, the last segment being a checkpoint that carries
+        // the report's serial number.
+        let n = gaps.len();
+        for (i, (s, e)) in gaps.into_iter().enumerate() {
+            ex.retx.push_back(RetxRange {
+                start: s,
+                end: e,
+                checkpoint_for: (i + 1 == n).then_some(r.report_serial),
+            });
+        }
+        self.mark_ready(number);
+    }
+
+    pub(super) fn mark_ready(&mut self, number: u64) {
+        let Some(ex) = self.exports.get_mut(&number) else {
+            return;
+        };
+        if ex.in_ready || !ex.has_output() {
+            return;
+        }
+        if let Some(span) = self.spans.get_mut(&ex.peer) {
+            ex.in_ready = true;
+            span.ready.push_back(number);
+        }
+    }
+
+    /// Completion: all red data acknowledged and all green data sent.
+    pub(super) fn check_export_complete(&mut self, number: u64, now: Instant) {
+        let Some(ex) = self.exports.get(&number) else {
+            return;
+        };
+        if matches!(ex.state, ExportState::Sending)
+            && ex.cursor == ex.block.len() as u64
+            && ex.red_done()
+        {
+            let id = ex.id;
+            self.events
+                .push_back(Event::TransmissionCompleted { session: id });
+            self.stats.export_sessions_completed += 1;
+            self.close_export(number, now);
+        }
+    }
+
+    pub(super) fn close_export(&mut self, number: u64, now: Instant) {
+        let Some(ex) = self.exports.remove(&number) else {
+            return;
+        };
+        for t in ex.timers() {
+            self.timers.stop(t);
+        }
+        self.remember_closed(Role::Export, ex.id, ex.peer, Outcome::ExportEnded, now);
+        let Some(span) = self.spans.get_mut(&ex.peer) else {
+            return;
+        };
+        span.active_exports = span.active_exports.saturating_sub(1);
+        self.start_queued_exports(ex.peer);
+    }
+
+    /// §6.15 (cancel from the block sender): the user or a limit ends the export.
+    pub(super) fn cancel_export(&mut self, number: u64, reason: CancelReason, now: Instant) {
+        let Some(ex) = self.exports.get_mut(&number) else {
+            return;
+        };
+        if !matches!(ex.state, ExportState::Sending) {
+            return;
+        }
+        let (id, peer, sent_any) = (ex.id, ex.peer, ex.sent_any);
+        for t in ex.timers() {
+            self.timers.stop(t);
+        }
+        ex.checkpoints.clear();
+        ex.cp_resend.clear();
+        ex.retx.clear();
+        self.events.push_back(Event::ExportCancelled {
+            session: id,
+            reason,
+            by_peer: false,
+        });
+        self.stats.export_sessions_cancelled += 1;
+        if !sent_any {
+            self.close_export(number, now);
+            return;
+        }
+        ex.state = ExportState::Cancelling {
+            reason,
+            retransmissions: 0,
+            timer: None,
+        };
+        let seg = control_segment(id, SegmentBody::CancelFromSender(reason));
+        self.push_control(peer, seg, OnSent::Timer(TimerKind::ExportCancel { number }));
+    }
+
+    /// §6.16/§6.18: the receiver cancelled; acknowledge, and close (also when the cancels crossed).
+    pub(super) fn on_cancel_from_receiver(
+        &mut self,
+        sid: SessionId,
+        reason: CancelReason,
+        now: Instant,
+    ) {
+        self.stats.cancels_received += 1;
+        let ack = control_segment(sid, SegmentBody::CancelAckToReceiver);
+        let Some(number) = self.export_for(sid) else {
+            // Unknown or closed: acknowledge without side effects if we know where to send it.
+            let peer = self.closed.get(&(Role::Export, sid)).map(|c| c.peer);
+            if let Some(peer) = peer {
+                self.push_control(peer, ack, OnSent::Nothing);
+            } else {
+                self.stats.segments_dropped += 1;
+            }
+            return;
+        };
+        let ex = self.exports.get(&number).expect("export exists");
+        let peer = ex.peer;
+        if matches!(ex.state, ExportState::Sending) {
+            self.events.push_back(Event::ExportCancelled {
+                session: sid,
+                reason,
+                by_peer: true,
+            });
+            self.stats.export_sessions_cancelled += 1;
+        }
+        self.push_control(peer, ack, OnSent::Nothing);
+        self.close_export(number, now);
+    }
+
+    /// §6.19: the cancel we sent is acknowledged.
+    pub(super) fn on_cancel_ack_to_sender(&mut self, sid: SessionId, now: Instant) {
+        match self.export_for(sid) {
+            Some(number) => {
+                let ex = &self.exports[&number];
+                if matches!(ex.state, ExportState::Cancelling { .. }) {
+                    self.close_export(number, now);
+                }
+            }
+            None => self.stats.segments_dropped += 1,
+        }
+    }
+
+    /// Builds the next data segment of an export, if any (§6.2-§6.6; §6.13 retransmissions
+    /// first). Returns the datagram, the timer to start when it leaves, and whether it is a
+    /// retransmission.
+    pub(super) fn next_data_segment(
+        ex: &mut Export,
+        mss: usize,
+        every: u32,
+        stats: &mut EngineStats,
+    ) -> Option<(Bytes, OnSent)> {
+        if !matches!(ex.state, ExportState::Sending) {
+            return None;
+        }
+        let number = ex.id.number;
+        // §6.7: checkpoint retransmission, same serial number.
+        while let Some(serial) = ex.cp_resend.pop_front() {
+            let Some(cp) = ex.checkpoints.get(&serial) else {
+                continue;
+            };
+            let seg = build_data(
+                ex,
+                cp.kind,
+                cp.offset,
+                cp.end,
+                Some(CheckpointInfo {
+                    checkpoint_serial: serial,
+                    report_serial: cp.report_serial,
+                }),
+            );
+            stats.checkpoints_retransmitted += 1;
+            return Some((seg, OnSent::Timer(TimerKind::Checkpoint { number, serial })));
+        }
+        let cp_guess = Some(CheckpointInfo {
+            checkpoint_serial: ex.next_cp_serial,
+            report_serial: u64::from(u32::MAX) << 31,
+        });
+        // §6.13: gap retransmission.
+        if let Some(r) = ex.retx.front_mut() {
+            let oh = data_segment_overhead(
+                ex.id,
+                DataKind::RedCheckpointEorpEob,
+                ex.client_service_id,
+                r.start,
+                r.end - r.start,
+                cp_guess,
+            );
+            let room = (mss.saturating_sub(oh)).max(1) as u64;
+            let (s, e) = (r.start, r.end.min(r.start + room));
+            r.start = e;
+            let last = r.start >= r.end;
+            let cp_for = if last { r.checkpoint_for } else { None };
+            if last {
+                ex.retx.pop_front();
+            }
+            stats.data_segments_retransmitted += 1;
+            return Some(match cp_for {
+                Some(report_serial) => {
+                    let kind = if e >= ex.red_len {
+                        if ex.red_len == ex.block.len() as u64 {
+                            DataKind::RedCheckpointEorpEob
+                        } else {
+                            DataKind::RedCheckpointEorp
+                        }
+                    } else {
+                        DataKind::RedCheckpoint
+                    };
+                    new_checkpoint(ex, kind, s, e, report_serial)
+                }
+                None => (build_data(ex, DataKind::Red, s, e, None), OnSent::Nothing),
+            });
+        }
+        // First transmission: red part, then green part.
+        let len = ex.block.len() as u64;
+        if ex.cursor >= len {
+            return None;
+        }
+        let s = ex.cursor;
+        let oh = data_segment_overhead(
+            ex.id,
+            DataKind::RedCheckpointEorpEob,
+            ex.client_service_id,
+            s,
+            len - s,
+            cp_guess,
+        );
+        let room = (mss.saturating_sub(oh)).max(1) as u64;
+        ex.sent_any = true;
+        if s < ex.red_len {
+            let e = ex.red_len.min(s + room);
+            ex.cursor = e;
+            ex.red_segments += 1;
+            if e == ex.red_len {
+                // §6.2: the last red segment is the mandatory EORP checkpoint (EOB if no green).
+                let kind = if e == len {
+                    DataKind::RedCheckpointEorpEob
+                } else {
+                    DataKind::RedCheckpointEorp
+                };
+                return Some(new_checkpoint(ex, kind, s, e, 0));
+            }
+            if every > 0 && ex.red_segments.is_multiple_of(u64::from(every)) {
+                // Discretionary checkpoint every `checkpoint_every` red segments.
+                return Some(new_checkpoint(ex, DataKind::RedCheckpoint, s, e, 0));
+            }
+            return Some((build_data(ex, DataKind::Red, s, e, None), OnSent::Nothing));
+        }
+        let e = len.min(s + room);
+        ex.cursor = e;
+        let kind = if e == len {
+            DataKind::GreenEob
+        } else {
+            DataKind::Green
+        };
+        Some((build_data(ex, kind, s, e, None), OnSent::Nothing))
+    }
+}
+
+/// Encodes a data segment of `ex` covering `[s, e)` (a zero-copy slice of the block).
+fn build_data(ex: &Export, kind: DataKind, s: u64, e: u64, cp: Option<CheckpointInfo>) -> Bytes {
+    Segment {
+        session: ex.id,
+        header_extensions: Vec::new(),
+        trailer_extensions: Vec::new(),
+        body: SegmentBody::Data(DataSegment {
+            kind,
+            client_service_id: ex.client_service_id,
+            offset: s,
+            data: ex.block.slice(s as usize..e as usize),
+            checkpoint: cp,
+        }),
+    }
+    .to_bytes()
+}
+
+/// Registers a new checkpoint (fresh serial) for `[s, e)` and encodes it.
+fn new_checkpoint(
+    ex: &mut Export,
+    kind: DataKind,
+    s: u64,
+    e: u64,
+    report_serial: u64,
+) -> (Bytes, OnSent) {
+    let serial = ex.next_cp_serial;
+    ex.next_cp_serial += 1;
+    ex.checkpoints.insert(
+        serial,
+        Checkpoint {
+            offset: s,
+            end: e,
+            kind,
+            report_serial,
+            retransmissions: 0,
+            timer: None,
+        },
+    );
+    let cp = CheckpointInfo {
+        checkpoint_serial: serial,
+        report_serial,
+    };
+    let bytes = build_data(ex, kind, s, e, Some(cp));
+    (
+        bytes,
+        OnSent::Timer(TimerKind::Checkpoint {
+            number: ex.id.number,
+            serial,
+        }),
+    )
+}

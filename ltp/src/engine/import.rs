@@ -1,0 +1,480 @@
+//! The block receiver's procedures (RFC 5326 §6.8–§6.11 reception, reports and delivery,
+//! §6.17–§6.21 cancellation from the receiver, limits, miscoloring): methods of [`Engine`] on its
+//! import sessions.
+
+use super::*;
+
+/// Most report serials remembered per import for secondary reports (§6.8).
+const MAX_SENT_BOUNDS: usize = 4096;
+/// Most checkpoints held per import while its red part awaits the client's acceptance.
+const MAX_HELD_CHECKPOINTS: usize = 16;
+
+/// Holds a checkpoint until the red part is accepted: one entry per checkpoint serial (a
+/// retransmitted checkpoint keeps its serial, §6.7), the oldest dropped beyond
+/// [`MAX_HELD_CHECKPOINTS`] (the sender's retransmission answers for it).
+fn hold_checkpoint(held: &mut Vec<(CheckpointInfo, u64)>, cp: CheckpointInfo, end: u64) {
+    if held
+        .iter()
+        .any(|(c, _)| c.checkpoint_serial == cp.checkpoint_serial)
+    {
+        return;
+    }
+    if held.len() >= MAX_HELD_CHECKPOINTS {
+        held.remove(0);
+    }
+    held.push((cp, end));
+}
+
+impl Engine {
+    pub(super) fn on_data(&mut self, sid: SessionId, d: DataSegment, now: Instant) {
+        if !self.imports.contains_key(&sid) {
+            if let Some(c) = self.closed.get(&(Role::Import, sid)) {
+                let (peer, outcome) = (c.peer, c.outcome);
+                self.late_data(sid, peer, outcome, &d);
+                return;
+            }
+            if !self.open_import(sid, &d, now) {
+                return;
+            }
+        }
+        let end = d.offset.saturating_add(d.data.len() as u64);
+        let mss_limit = self.cfg.max_block_size;
+        let peer = sid.originator;
+        self.touch_import(sid, now);
+        let imp = self.imports.get_mut(&sid).expect("import exists");
+        if !matches!(imp.state, ImportState::Open) {
+            return;
+        }
+        if end > mss_limit {
+            self.cancel_import(sid, CancelReason::SystemCancelled, now);
+            return;
+        }
+        if d.kind.is_red() {
+            // §6.21 miscolored: red data at or beyond the green part or the end of red part.
+            let miscolored = imp.min_green.is_some_and(|g| end > g)
+                || imp.red_end.is_some_and(|r| end > r)
+                || (d.kind.is_eorp()
+                    && (imp.max_red_end > end || imp.red_end.is_some_and(|r| r != end)));
+            if miscolored {
+                self.cancel_import(sid, CancelReason::Miscolored, now);
+                return;
+            }
+            imp.max_red_end = imp.max_red_end.max(end);
+            if d.kind.is_eorp() {
+                imp.red_end = Some(end);
+                imp.eorp_is_eob = d.kind.is_eob();
+            }
+            if !imp.delivered {
+                let new = imp.received.insert(d.offset, end);
+                let mut added = 0;
+                for (a, b) in new {
+                    let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
+                    added += imp.red.write(a, piece, imp.red_end);
+                }
+                self.reassembly += added;
+                // §6.20-style limit on what all imports hold (pages actually allocated; at
+                // most one page over before the import is cancelled and its pages freed).
+                if self.reassembly > self.cfg.max_reassembly_memory {
+                    self.cancel_import(sid, CancelReason::SystemCancelled, now);
+                    return;
+                }
+            }
+            if let Some(cp) = d.checkpoint {
+                let imp = self.imports.get_mut(&sid).expect("import exists");
+                if cp.report_serial != 0
+                    && !(imp.first_report_serial..imp.next_report_serial)
+                        .contains(&cp.report_serial)
+                {
+                    // The checkpoint answers a report this import never sent: an earlier
+                    // incarnation of this engine (before a restart) reported on the session,
+                    // and the sender still counts that report's claims, for data we no longer
+                    // hold. Reporting from our fresh state could let the sender complete a
+                    // block we never delivered; cancel, so that it sends the block again.
+                    tracing::debug!(?sid, "checkpoint for a report we never sent; cancelling");
+                    self.cancel_import(sid, CancelReason::SystemCancelled, now);
+                    return;
+                }
+                let imp = self.imports.get_mut(&sid).expect("import exists");
+                let complete = imp.red_end.is_some_and(|r| imp.received.covers(0, r));
+                if complete && !imp.accepted {
+                    // Custody handshake: the report that would acknowledge the whole red
+                    // part waits until the client has taken it (`accept_block`).
+                    hold_checkpoint(&mut imp.held, cp, end);
+                } else {
+                    self.answer_checkpoint(sid, peer, cp, end);
+                }
+            }
+            self.check_import_delivery(sid, now);
+        } else {
+            // §6.21 miscolored: green data below the red part.
+            if imp.red_end.is_some_and(|r| d.offset < r) || d.offset < imp.max_red_end {
+                self.cancel_import(sid, CancelReason::Miscolored, now);
+                return;
+            }
+            imp.min_green = Some(imp.min_green.map_or(d.offset, |g| g.min(d.offset)));
+            if d.offset == 0 {
+                // A block that starts green has no red part (nothing to confirm).
+                imp.red_end = Some(0);
+                imp.delivered = true;
+                imp.accepted = true;
+            }
+            let eob = d.kind.is_eob();
+            imp.eob_seen |= eob;
+            self.stats.green_bytes_delivered += d.data.len() as u64;
+            self.events.push_back(Event::GreenSegment {
+                session: sid,
+                client_service_id: imp.client_service_id,
+                offset: d.offset,
+                data: d.data,
+                end_of_block: eob,
+            });
+            self.maybe_close_import(sid, now);
+        }
+    }
+
+    /// Opens an import session for the first segment of a session (§6.20 limits apply).
+    fn open_import(&mut self, sid: SessionId, d: &DataSegment, now: Instant) -> bool {
+        let peer = sid.originator;
+        if !self.spans.contains_key(&peer) {
+            if !self.cfg.accept_unknown_peers {
+                self.stats.segments_dropped += 1;
+                tracing::debug!(peer, "data from an engine with no span dropped");
+                return false;
+            }
+            let cfg = self.cfg.default_span.clone();
+            self.spans.insert(peer, Span::new(cfg));
+        }
+        let span = self.spans.get(&peer).expect("span exists");
+        if span.imports >= self.cfg.max_import_sessions_per_peer {
+            // Too many concurrent imports: refuse this one with a cancel (re-sent on its
+            // checkpoints by the closed-session memory).
+            tracing::debug!(peer, "import session limit reached; cancelling new session");
+            let reason = CancelReason::SystemCancelled;
+            self.remember_closed(
+                Role::Import,
+                sid,
+                peer,
+                Outcome::ImportCancelledByUs(reason),
+                now,
+            );
+            self.stats.cancels_sent += 1;
+            let seg = control_segment(sid, SegmentBody::CancelFromReceiver(reason));
+            self.push_control(peer, seg, OnSent::Nothing);
+            return false;
+        }
+        let next_report_serial = self.initial_serial();
+        let span = self.spans.get_mut(&peer).expect("span exists");
+        span.imports += 1;
+        self.imports.insert(
+            sid,
+            Import {
+                client_service_id: d.client_service_id,
+                received: IntervalSet::default(),
+                red: RedPart::default(),
+                red_end: None,
+                eorp_is_eob: false,
+                max_red_end: 0,
+                min_green: None,
+                eob_seen: false,
+                delivered: false,
+                accepted: !self.cfg.confirm_red_parts,
+                held: Vec::new(),
+                reports: HashMap::new(),
+                sent_bounds: HashMap::new(),
+                prev_upper: 0,
+                first_report_serial: next_report_serial,
+                next_report_serial,
+                state: ImportState::Open,
+                inactivity: None,
+            },
+        );
+        self.stats.import_sessions_opened += 1;
+        true
+    }
+
+    /// Restarts the inactivity timer of an import.
+    fn touch_import(&mut self, sid: SessionId, now: Instant) {
+        let peer = sid.originator;
+        let (dur, up) = match self.spans.get(&peer) {
+            Some(s) => (s.cfg.inactivity_timeout, s.link_up),
+            None => return,
+        };
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
+        if let Some(t) = imp.inactivity.take() {
+            self.timers.stop(t);
+        }
+        if matches!(imp.state, ImportState::Open) {
+            imp.inactivity =
+                Some(
+                    self.timers
+                        .start(peer, TimerKind::Inactivity { session: sid }, now, dur, up),
+                );
+        }
+    }
+
+    /// A segment for an import we already closed: answer so the sender can close too, never
+    /// reopen (§6.8 full report for a completed session, re-sent cancel for a cancelled one).
+    fn late_data(&mut self, sid: SessionId, peer: EngineId, outcome: Outcome, d: &DataSegment) {
+        let Some(cp) = d.checkpoint else {
+            self.stats.segments_dropped += 1;
+            return;
+        };
+        match outcome {
+            Outcome::ImportDelivered { red_len } => {
+                // The whole red part arrived: claim all of it up to the checkpoint's end.
+                let upper = d.offset.saturating_add(d.data.len() as u64).min(red_len);
+                let claims = if upper > 0 {
+                    vec![Claim {
+                        offset: 0,
+                        length: upper,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                let serial = self.initial_serial();
+                let r = ReportSegment {
+                    report_serial: serial,
+                    checkpoint_serial: cp.checkpoint_serial,
+                    upper_bound: upper,
+                    lower_bound: 0,
+                    claims,
+                };
+                self.stats.reports_sent += 1;
+                self.push_control(
+                    peer,
+                    control_segment(sid, SegmentBody::Report(r)),
+                    OnSent::Nothing,
+                );
+            }
+            Outcome::ImportCancelledByUs(reason) => {
+                self.stats.cancels_sent += 1;
+                let seg = control_segment(sid, SegmentBody::CancelFromReceiver(reason));
+                self.push_control(peer, seg, OnSent::Nothing);
+            }
+            Outcome::ImportCancelledByPeer | Outcome::ExportEnded => {
+                self.stats.segments_dropped += 1;
+            }
+        }
+    }
+
+    /// §6.8 (and §6.3): answer a checkpoint with report segments whose claims cover exactly
+    /// what arrived within the report's scope, split when they exceed `max_claims_per_report`.
+    pub(super) fn answer_checkpoint(
+        &mut self,
+        sid: SessionId,
+        peer: EngineId,
+        cp: CheckpointInfo,
+        cp_end: u64,
+    ) {
+        let max_claims = self.cfg.max_claims_per_report.max(1);
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
+        let (lower, upper) = match imp.sent_bounds.get(&cp.report_serial) {
+            // A checkpoint ending a retransmission: the scope of the report it answers.
+            Some(&b) if cp.report_serial != 0 => b,
+            _ => {
+                let lower = if imp.prev_upper < cp_end {
+                    imp.prev_upper
+                } else {
+                    0
+                };
+                imp.prev_upper = imp.prev_upper.max(cp_end);
+                (lower, cp_end)
+            }
+        };
+        let claims = imp.received.clipped(lower, upper);
+        let chunks: Vec<&[(u64, u64)]> = if claims.is_empty() {
+            vec![&[][..]]
+        } else {
+            claims.chunks(max_claims).collect()
+        };
+        let n = chunks.len();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let lo = if i == 0 { lower } else { chunks[i][0].0 };
+            let hi = if i + 1 == n {
+                upper
+            } else {
+                chunks[i + 1][0].0
+            };
+            let serial = imp.next_report_serial;
+            imp.next_report_serial += 1;
+            let r = ReportSegment {
+                report_serial: serial,
+                checkpoint_serial: cp.checkpoint_serial,
+                upper_bound: hi,
+                lower_bound: lo,
+                claims: chunks[i]
+                    .iter()
+                    .map(|&(a, b)| Claim {
+                        offset: a,
+                        length: b - a,
+                    })
+                    .collect(),
+            };
+            if imp.sent_bounds.len() < MAX_SENT_BOUNDS {
+                imp.sent_bounds.insert(serial, (lo, hi));
+            }
+            out.push((serial, control_segment(sid, SegmentBody::Report(r.clone()))));
+            imp.reports.insert(
+                serial,
+                PendingReport {
+                    report: r,
+                    retransmissions: 0,
+                    timer: None,
+                },
+            );
+        }
+        for (serial, bytes) in out {
+            let kind = TimerKind::Report {
+                session: sid,
+                serial,
+            };
+            self.push_control(peer, bytes, OnSent::Timer(kind));
+        }
+    }
+
+    fn check_import_delivery(&mut self, sid: SessionId, now: Instant) {
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
+        let Some(red_end) = imp.red_end else {
+            return;
+        };
+        if imp.delivered || !imp.received.covers(0, red_end) {
+            return;
+        }
+        imp.delivered = true;
+        self.reassembly -= imp.red.allocated();
+        let red = imp.red.take(red_end);
+        self.stats.import_sessions_completed += 1;
+        self.stats.red_bytes_delivered += red.len() as u64;
+        self.events.push_back(Event::BlockReceived {
+            session: sid,
+            client_service_id: imp.client_service_id,
+            red,
+        });
+        self.maybe_close_import(sid, now);
+    }
+
+    /// An import closes when its red part is delivered, every report is acknowledged, and the
+    /// end of the block was seen.
+    pub(super) fn maybe_close_import(&mut self, sid: SessionId, now: Instant) {
+        let Some(imp) = self.imports.get(&sid) else {
+            return;
+        };
+        if matches!(imp.state, ImportState::Open)
+            && imp.delivered
+            && imp.accepted
+            && imp.reports.is_empty()
+            && (imp.eob_seen || imp.eorp_is_eob)
+        {
+            let red_len = imp.red_end.unwrap_or(0);
+            self.close_import(sid, Outcome::ImportDelivered { red_len }, now);
+        }
+    }
+
+    pub(super) fn close_import(&mut self, sid: SessionId, outcome: Outcome, now: Instant) {
+        let Some(imp) = self.imports.remove(&sid) else {
+            return;
+        };
+        for t in imp.timers() {
+            self.timers.stop(t);
+        }
+        self.reassembly -= imp.red.allocated();
+        if let Some(span) = self.spans.get_mut(&sid.originator) {
+            span.imports = span.imports.saturating_sub(1);
+        }
+        self.remember_closed(Role::Import, sid, sid.originator, outcome, now);
+    }
+
+    /// §6.17 (cancel from the block receiver).
+    pub(super) fn cancel_import(&mut self, sid: SessionId, reason: CancelReason, now: Instant) {
+        let _ = now;
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
+        if !matches!(imp.state, ImportState::Open) {
+            return;
+        }
+        for t in imp.timers() {
+            self.timers.stop(t);
+        }
+        imp.reports.clear();
+        imp.inactivity = None;
+        self.reassembly -= imp.red.allocated();
+        imp.red.clear();
+        imp.state = ImportState::Cancelling {
+            reason,
+            retransmissions: 0,
+            timer: None,
+        };
+        self.events.push_back(Event::ImportCancelled {
+            session: sid,
+            reason,
+            by_peer: false,
+        });
+        self.stats.import_sessions_cancelled += 1;
+        let seg = control_segment(sid, SegmentBody::CancelFromReceiver(reason));
+        self.push_control(
+            sid.originator,
+            seg,
+            OnSent::Timer(TimerKind::ImportCancel { session: sid }),
+        );
+    }
+
+    /// §6.14 (report-ack reception): stop that report's timer.
+    pub(super) fn on_report_ack(&mut self, sid: SessionId, serial: u64, now: Instant) {
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            self.stats.segments_dropped += 1;
+            return;
+        };
+        if let Some(r) = imp.reports.remove(&serial) {
+            if let Some(t) = r.timer {
+                self.timers.stop(t);
+            }
+        }
+        self.maybe_close_import(sid, now);
+    }
+
+    /// §6.19/§6.18: the sender cancelled (also when it crosses our own cancel); acknowledge.
+    /// A cancel for a session we never had (HDTN's keep-alive ping) is acknowledged without
+    /// side effects (INTEROP.md).
+    pub(super) fn on_cancel_from_sender(
+        &mut self,
+        sid: SessionId,
+        reason: CancelReason,
+        now: Instant,
+    ) {
+        self.stats.cancels_received += 1;
+        let ack = control_segment(sid, SegmentBody::CancelAckToSender);
+        self.push_control(sid.originator, ack, OnSent::Nothing);
+        let Some(imp) = self.imports.get(&sid) else {
+            return;
+        };
+        if matches!(imp.state, ImportState::Open) {
+            self.events.push_back(Event::ImportCancelled {
+                session: sid,
+                reason,
+                by_peer: true,
+            });
+            self.stats.import_sessions_cancelled += 1;
+        }
+        self.close_import(sid, Outcome::ImportCancelledByPeer, now);
+    }
+
+    /// §6.19: the cancel we sent as receiver is acknowledged.
+    pub(super) fn on_cancel_ack_to_receiver(&mut self, sid: SessionId, now: Instant) {
+        let reason = match self.imports.get(&sid).map(|i| &i.state) {
+            Some(ImportState::Cancelling { reason, .. }) => *reason,
+            _ => {
+                self.stats.segments_dropped += 1;
+                return;
+            }
+        };
+        self.close_import(sid, Outcome::ImportCancelledByUs(reason), now);
+    }
+}
