@@ -1,6 +1,7 @@
 //! Crash consistency of the bundle store (RFC 9171 §5 custody storage; DESIGN "nothing
 //! acknowledged is lost"): a child process writes, updates and removes bundles in `Sync` and
-//! `GroupCommit` mode and reports each write once it is durable; the parent SIGKILLs it at
+//! `GroupCommit` mode (with plain and with held inserts, `Store::insert_held`) and reports each
+//! write once it is durable; the parent SIGKILLs it at
 //! random moments and checks on reopen that every reported write is there (or gone, for
 //! removals), no record is half-written, the expiry index matches the metadata and the usage
 //! counters are exact.
@@ -16,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bpv7::{BundleId, CreationTimestamp, Eid};
-use node::store::{BundleKey, Durability, InsertOutcome, Store, StoreConfig};
+use node::store::{BundleKey, Durability, InsertOutcome, Store, StoreConfig, Ticket};
 
 const KILLS: u64 = 12;
 
@@ -74,7 +75,9 @@ fn crash_child() {
         return;
     }
     let dir = PathBuf::from(std::env::var("STORE_CRASH_DIR").unwrap());
-    let group = std::env::var("STORE_CRASH_MODE").unwrap() == "group";
+    let mode = std::env::var("STORE_CRASH_MODE").unwrap();
+    let group = mode != "sync";
+    let held = mode == "held";
     let mut n: u64 = std::env::var("STORE_CRASH_START").unwrap().parse().unwrap();
     let store = Store::open(&config(&dir, group)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -89,16 +92,21 @@ fn crash_child() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let mut batch = Vec::new();
-        let mut last = None;
+        let mut all = Ticket::NONE;
         for _ in 0..8 {
-            match store.insert(&key(n), n, &meta(n), &bundle(n)).unwrap() {
-                InsertOutcome::Stored(t) => last = Some(t),
+            let inserted = if held {
+                store.insert_held(&key(n), n, &meta(n), &bundle(n))
+            } else {
+                store.insert(&key(n), n, &meta(n), &bundle(n))
+            };
+            match inserted.unwrap() {
+                InsertOutcome::Stored(t) => all = all.and(t),
                 InsertOutcome::Duplicate => panic!("duplicate {n}"),
             }
             batch.push(n);
             n += 1;
         }
-        rt.block_on(store.persisted(last.unwrap())).unwrap();
+        rt.block_on(store.persisted(all)).unwrap();
         for line in pending.drain(..) {
             writeln!(out, "{line}").unwrap();
         }
@@ -219,12 +227,12 @@ fn kill_9_loses_nothing_reported() {
     let mut exp = Expected::default();
     let started = Instant::now();
     for round in 0..KILLS {
-        let group = round % 2 == 1;
+        let mode = ["sync", "group", "held"][round as usize % 3];
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env("STORE_CRASH_CHILD", "1")
             .env("STORE_CRASH_DIR", &dir)
-            .env("STORE_CRASH_MODE", if group { "group" } else { "sync" })
+            .env("STORE_CRASH_MODE", mode)
             .env("STORE_CRASH_START", (round * 1_000_000).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -292,10 +300,7 @@ fn kill_9_loses_nothing_reported() {
             reports += 1;
         }
         let stored = verify(&dir, &exp);
-        eprintln!(
-            "round {round} ({}): {reports} reports, {stored} stored",
-            if group { "group" } else { "sync" }
-        );
+        eprintln!("round {round} ({mode}): {reports} reports, {stored} stored");
         assert!(
             started.elapsed() < Duration::from_secs(80),
             "crash test over its time bound"

@@ -203,7 +203,7 @@ impl BundleEngine {
         .payload(request.payload().clone())
         .build();
         match reply {
-            Ok(b) => match self.originate(b, Priority::Normal, now) {
+            Ok(b) => match self.originate(b, Priority::Normal, false, now) {
                 Ok((_, t)) => t,
                 Err(err) => {
                     tracing::debug!(%err, "echo reply not stored");

@@ -91,7 +91,7 @@ impl BundleEngine {
         let mut meta = meta_of(&whole, Kind::Local, Priority::Normal, now, previous);
         meta.received_ms = received;
         let expiry = expiry_of(&whole, now);
-        match self.accept(&whole, &raw, meta, expiry, now) {
+        match self.accept(&whole, &raw, meta, expiry, false, now) {
             Ok(Accepted::Stored(t)) => {
                 for id in members {
                     self.release(id);

@@ -8,6 +8,13 @@
 //! the bundle with reason 11, or drop the block when forwarding, and report if the block asks),
 //! then storage (custody) and the "received" report (§5.6 step 2, issued once the bundle is
 //! stored so a report never claims a bundle the node could lose), then dispatch (§5.3).
+//!
+//! Bundles received from neighbours and sent by applications are stored with
+//! [`Store::insert_held`](crate::store::Store::insert_held) when they are to be forwarded or
+//! delivered here: a bundle in transit that leaves again within the group-commit delay (next
+//! hop confirmed, application acknowledged) is never written to disk, and its acknowledgement
+//! waits for that instead of a flush. Everything else (fragments, status reports, echo
+//! replies) is stored with a plain insert.
 
 use bytes::Bytes;
 
@@ -137,7 +144,7 @@ impl BundleEngine {
             return Reception::Consumed;
         }
         let expiry = expiry_of(bundle, now);
-        match self.accept(bundle, parsed.raw(), meta.clone(), expiry, now) {
+        match self.accept(bundle, parsed.raw(), meta.clone(), expiry, true, now) {
             Ok(Accepted::Stored(ticket)) => {
                 if !blocks.report {
                     // §5.6 step 2, once in custody.
@@ -205,13 +212,15 @@ impl BundleEngine {
 
     /// Take a valid bundle into custody and dispatch it (RFC 9171 §5.3): local delivery
     /// (registration, echo service, administrative records, fragments to reassemble) or
-    /// forwarding.
+    /// forwarding. `hold`: a bundle to forward or deliver is stored as a held insert (see the
+    /// module docs).
     pub(super) fn accept(
         &mut self,
         bundle: &bpv7::Bundle,
         raw: &Bytes,
         mut meta: Meta,
         expiry: DtnMillis,
+        hold: bool,
         now: DtnMillis,
     ) -> Result<Accepted, AcceptError> {
         let dest = &bundle.primary.destination;
@@ -224,7 +233,11 @@ impl BundleEngine {
             let t = self.echo(bundle, now);
             // Remember the request so a retransmitted copy is not answered twice.
             let rec = self.store.record_delivered(&key, expiry).ok();
-            return Ok(Accepted::Consumed(t.max(rec)));
+            let both = match (t, rec) {
+                (Some(a), Some(b)) => Some(a.and(b)),
+                (a, b) => a.or(b),
+            };
+            return Ok(Accepted::Consumed(both));
         } else if bundle.is_admin_record()
             && self.is_admin_endpoint(dest)
             && !self.by_endpoint.contains_key(&dest.to_string())
@@ -237,7 +250,12 @@ impl BundleEngine {
             }
             Kind::Local
         };
-        let ticket = match self.store.insert(&key, expiry, &meta.encode(), raw)? {
+        let inserted = if hold && meta.kind != Kind::Fragment {
+            self.store.insert_held(&key, expiry, &meta.encode(), raw)?
+        } else {
+            self.store.insert(&key, expiry, &meta.encode(), raw)?
+        };
+        let ticket = match inserted {
             InsertOutcome::Stored(t) => t,
             InsertOutcome::Duplicate => return Ok(Accepted::Duplicate),
         };
@@ -247,18 +265,22 @@ impl BundleEngine {
             Kind::Local => self.enqueue_local(id, now),
             Kind::Fragment => {
                 let t = self.fragment_arrived(id, bundle, now)?;
-                return Ok(Accepted::Stored(ticket.max(t.unwrap_or(ticket))));
+                return Ok(Accepted::Stored(match t {
+                    Some(t) => ticket.and(t),
+                    None => ticket,
+                }));
             }
         }
         Ok(Accepted::Stored(ticket))
     }
 
     /// Store and dispatch a bundle created by this node (application send, status report,
-    /// echo reply).
+    /// echo reply); `hold` as in [`Self::accept`].
     pub(super) fn originate(
         &mut self,
         bundle: bpv7::Bundle,
         priority: Priority,
+        hold: bool,
         now: DtnMillis,
     ) -> Result<(bpv7::BundleId, Option<Ticket>), AcceptError> {
         let raw = Bytes::from(
@@ -270,7 +292,7 @@ impl BundleEngine {
         let expiry = expiry_of(&bundle, now);
         self.counters.originated += 1;
         let id = bundle.id();
-        match self.accept(&bundle, &raw, meta, expiry, now)? {
+        match self.accept(&bundle, &raw, meta, expiry, hold, now)? {
             Accepted::Stored(t) => Ok((id, Some(t))),
             Accepted::Consumed(t) => Ok((id, t)),
             Accepted::Duplicate => Err(AcceptError::Store("duplicate creation timestamp".into())),
@@ -343,16 +365,16 @@ impl BundleEngine {
             .payload(req.payload)
             .build()
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
-        let (id, ticket) = self
-            .originate(bundle, req.priority, now)
-            .map_err(|e| match e {
-                AcceptError::Full(s) => AgentError::StoreFull(s),
-                other => AgentError::Storage(other.to_string()),
-            })?;
+        let (id, ticket) =
+            self.originate(bundle, req.priority, true, now)
+                .map_err(|e| match e {
+                    AcceptError::Full(s) => AgentError::StoreFull(s),
+                    other => AgentError::Storage(other.to_string()),
+                })?;
         let ident = crate::api::BundleIdent::from(&id);
         // A bundle consumed at once without any write (an anonymous echo request to this
         // node) has nothing to wait for: ticket 0 precedes every write.
-        let ticket = ticket.unwrap_or(Ticket(0));
+        let ticket = ticket.unwrap_or(Ticket::NONE);
         Ok((SendAccepted { id: ident }, ticket))
     }
 }

@@ -162,6 +162,30 @@ impl BundleEngine {
             &[],
             usage.quota_bytes as f64,
         ));
+        let w = self.store.counters();
+        m.push(metric(
+            "dtn_store_syncs_total",
+            "Store syncs to disk (sled flush and fdatasync)",
+            Counter,
+            &[],
+            w.syncs as f64,
+        ));
+        m.push(metric(
+            "dtn_store_entries_written_total",
+            "Store entries (puts and deletes; three per bundle) applied to sled",
+            Counter,
+            &[],
+            w.entries_written as f64,
+        ));
+        for (outcome, n) in [("released", w.held_released), ("flushed", w.held_flushed)] {
+            m.push(metric(
+                "dtn_store_held_total",
+                "Bundles in transit held out of the group commit: released (left the store unwritten) or flushed",
+                Counter,
+                &[("outcome", outcome)],
+                n as f64,
+            ));
+        }
         m.push(metric(
             "dtn_bundles_waiting",
             "Bundles waiting for a route or a link",

@@ -153,7 +153,7 @@ impl BundleEngine {
                 return;
             }
         };
-        match self.originate(bundle, Priority::Normal, now) {
+        match self.originate(bundle, Priority::Normal, false, now) {
             Ok(_) => self.counters.reports_sent += 1,
             Err(err) => {
                 self.counters.reports_suppressed += 1;

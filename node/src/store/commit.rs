@@ -6,6 +6,20 @@
 //! it then publishes that value on a `tokio::sync::watch` channel, which wakes the
 //! [`Store::persisted`](super::Store::persisted) futures (the channel needs no runtime to send).
 //! The group-commit flusher is a std thread: the store works without a tokio runtime.
+//!
+//! **Classic group commit.** The flusher starts a flush as soon as there are unflushed writes
+//! and it is idle; writes made while a flush runs share the next one. Under load the batches
+//! grow by themselves (a flush takes longer, more writes arrive meanwhile), and an idle store
+//! adds no delay at all.
+//!
+//! **Held inserts (bundles in transit).** An insert may be *held* (see
+//! [`Store::insert_held`](super::Store::insert_held)): it stays in the write-back buffer for up
+//! to `max_delay` instead of being flushed with the next batch. Its ticket is a [`HoldCell`],
+//! resolved either when the bundle leaves the store before the hold ends (forwarded and
+//! confirmed by the next hop, delivered and acknowledged, or deleted: nothing of it ever
+//! reaches the disk and nothing needs to), or when a flush that includes it is durable. A relay
+//! that forwards a bundle within `max_delay` thus acknowledges it once the next hop has custody
+//! of it, without writing it at all; a bundle that stays longer is written like any other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -14,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{StoreError, Ticket};
+use super::{StoreError, Ticket, TicketInner};
 
 /// What has reached the disk.
 #[derive(Clone, Debug, Default)]
@@ -44,12 +58,23 @@ impl Tickets {
 
     /// A ticket for a write that has just been applied.
     pub(super) fn wrote(&self) -> Ticket {
-        Ticket(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+        Ticket::seq(self.written.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
     /// The last ticket handed out (read before a flush starts).
     pub(super) fn last(&self) -> u64 {
         self.written.load(Ordering::SeqCst)
+    }
+
+    /// The sequence number a flush publishes, read when it takes the buffer: the last ticket,
+    /// or with `fresh` (it takes held inserts, which have no ticket) a new one, which no flush
+    /// before it can have published.
+    pub(super) fn seq_for_flush(&self, fresh: bool) -> u64 {
+        if fresh {
+            self.written.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.last()
+        }
     }
 
     /// Publish the outcome of a flush that began after `seq` was read.
@@ -63,57 +88,197 @@ impl Tickets {
         });
     }
 
-    /// A future resolving when `ticket` is durable (or a flush failed).
+    /// A future resolving when `ticket` is durable (or a flush failed); `group` is false when
+    /// every write is durable once made (`Memory`, `Sync`).
     pub(super) fn wait(
         &self,
         ticket: Ticket,
+        group: bool,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let mut rx = self.rx.clone();
+        let rx = self.rx.clone();
+        let mut leaves = Vec::new();
+        ticket.leaves(&mut leaves);
         async move {
-            let d = rx
-                .wait_for(|d| d.seq >= ticket.0 || d.failed.is_some())
-                .await
-                .map_err(|_| StoreError::Db("store closed before the write was flushed".into()))?;
-            if d.seq >= ticket.0 {
-                Ok(())
-            } else {
-                Err(StoreError::Db(format!(
-                    "flush failed: {}",
-                    d.failed.as_deref().unwrap_or("unknown")
-                )))
+            for leaf in leaves {
+                let seq = match leaf {
+                    Leaf::Seq(s) => s,
+                    Leaf::Held(cell) => match cell.resolved().await {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                };
+                if group {
+                    wait_seq(rx.clone(), seq).await?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One ticket of a (possibly combined) ticket.
+pub(super) enum Leaf {
+    Seq(u64),
+    Held(Arc<HoldCell>),
+}
+
+impl Ticket {
+    /// Its single tickets, in order.
+    fn leaves(self, out: &mut Vec<Leaf>) {
+        match self.0 {
+            TicketInner::Seq(s) => out.push(Leaf::Seq(s)),
+            TicketInner::Held(c) => out.push(Leaf::Held(c)),
+            TicketInner::Both(b) => {
+                let (a, b) = *b;
+                a.leaves(out);
+                b.leaves(out);
             }
         }
     }
 }
 
+async fn wait_seq(mut rx: watch::Receiver<Durable>, seq: u64) -> Result<(), StoreError> {
+    let d = rx
+        .wait_for(|d| d.seq >= seq || d.failed.is_some())
+        .await
+        .map_err(|_| StoreError::Db("store closed before the write was flushed".into()))?;
+    if d.seq >= seq {
+        Ok(())
+    } else {
+        Err(StoreError::Db(format!(
+            "flush failed: {}",
+            d.failed.as_deref().unwrap_or("unknown")
+        )))
+    }
+}
+
+/// Where a held insert stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldState {
+    /// In the write-back buffer, left out of flushes until then.
+    Held { until: Instant },
+    /// Taken into the flush that covers this sequence number.
+    Covered(u64),
+    /// Left the store before it was flushed: nothing to wait for.
+    Released,
+}
+
+/// The ticket of a held insert (see the module docs), shared by its buffered entries.
+#[derive(Debug)]
+pub(crate) struct HoldCell {
+    state: Mutex<HoldState>,
+    changed: tokio::sync::Notify,
+}
+
+impl HoldCell {
+    pub(super) fn new(until: Instant) -> Arc<HoldCell> {
+        Arc::new(HoldCell {
+            state: Mutex::new(HoldState::Held { until }),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn get(&self) -> HoldState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn settle(&self, to: HoldState) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(*s, HoldState::Held { .. }) {
+                return;
+            }
+            *s = to;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Still held (neither taken into a flush nor released).
+    pub(super) fn is_held(&self) -> bool {
+        matches!(self.get(), HoldState::Held { .. })
+    }
+
+    /// When the hold ends, while it is held.
+    pub(super) fn until(&self) -> Option<Instant> {
+        match self.get() {
+            HoldState::Held { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// End the hold now: the next flush takes the entries.
+    pub(super) fn expire(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let HoldState::Held { until } = &mut *s {
+            *until = (*until).min(Instant::now());
+        }
+    }
+
+    /// Taken into the flush that publishes `seq`.
+    pub(super) fn cover(&self, seq: u64) {
+        self.settle(HoldState::Covered(seq));
+    }
+
+    /// Left the store unflushed.
+    pub(super) fn release(&self) {
+        self.settle(HoldState::Released);
+    }
+
+    /// Resolves once the hold is over: `Some(seq)` to wait for, `None` if released.
+    async fn resolved(&self) -> Option<u64> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.get() {
+                HoldState::Held { .. } => notified.await,
+                HoldState::Covered(s) => return Some(s),
+                HoldState::Released => return None,
+            }
+        }
+    }
+}
+
+/// What the flusher asks of the backend.
+pub(super) trait Flusher: Send + 'static {
+    /// Flush buffered writes and the holds that are due at `now` (all holds if `now` is
+    /// `None`); returns the last ticket made durable (read when the flush began).
+    fn flush(&self, now: Option<Instant>) -> Result<u64, StoreError>;
+    /// When the earliest hold still in the buffer ends.
+    fn next_hold(&self) -> Option<Instant>;
+}
+
 #[derive(Default)]
 struct Signal {
     stop: bool,
-    /// The thread waits for writes (a writer must wake it); otherwise it is flushing or
-    /// waiting out the commit window and will see the write anyway.
+    /// The thread waits (for writes or a hold's end): a writer must wake it; otherwise it is
+    /// flushing and will look for writes again before it waits.
     idle: bool,
+    /// While idle: when it wakes by itself for a hold's end (`None`: not before a write).
+    wake_at: Option<Instant>,
+    /// Tests: flush only when asked (`Store::flush`) or stopped.
+    paused: bool,
 }
 
-/// The group-commit thread: flushes when there are unflushed writes, at most once per
-/// `max_delay`, and a last time when stopped.
+/// The group-commit thread: flushes as soon as there are unflushed writes (classic group
+/// commit: what arrives during a flush goes into the next), when a held insert's hold ends,
+/// and a last time, with every hold, when stopped.
 pub(super) struct GroupCommit {
     shared: Arc<(Mutex<Signal>, Condvar)>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl GroupCommit {
-    /// Start the thread; `flush` is called with no lock held and returns the last ticket it
-    /// made durable (read when its flush began).
+    /// Start the thread.
     pub(super) fn start(
-        max_delay: Duration,
         tickets: Arc<Tickets>,
-        flush: impl Fn() -> Result<u64, StoreError> + Send + 'static,
+        flusher: impl Flusher,
     ) -> Result<GroupCommit, StoreError> {
         let shared = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || run(max_delay, &s, &tickets, flush))
+            .spawn(move || run(&s, &tickets, flusher))
             .map_err(|e| StoreError::Db(format!("starting the group-commit thread: {e}")))?;
         Ok(GroupCommit {
             shared,
@@ -121,7 +286,7 @@ impl GroupCommit {
         })
     }
 
-    /// Tell the thread a write is waiting (wakes it only when it waits for writes).
+    /// Tell the thread a write is waiting (wakes it only when it waits).
     pub(super) fn notify(&self) {
         let mut g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
         if g.idle {
@@ -129,47 +294,65 @@ impl GroupCommit {
             self.shared.1.notify_one();
         }
     }
+
+    /// Tell the thread a hold ends at `until` (wakes it only if it would sleep past that).
+    pub(super) fn notify_hold(&self, until: Instant) {
+        let mut g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.idle && g.wake_at.is_none_or(|w| until < w) {
+            g.idle = false;
+            self.shared.1.notify_one();
+        }
+    }
+
+    /// Tests: stop flushing on its own (writes stay buffered until `Store::flush`).
+    #[cfg(test)]
+    pub(super) fn pause(&self) {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .paused = true;
+    }
 }
 
-fn run(
-    max_delay: Duration,
-    shared: &(Mutex<Signal>, Condvar),
-    tickets: &Tickets,
-    flush: impl Fn() -> Result<u64, StoreError>,
-) {
+fn run(shared: &(Mutex<Signal>, Condvar), tickets: &Tickets, flusher: impl Flusher) {
     let (lock, cv) = shared;
     let mut flushed = 0u64;
-    let mut last_start: Option<Instant> = None;
     loop {
         let stop = {
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !g.stop && tickets.last() == flushed {
+            loop {
+                if g.stop || (!g.paused && tickets.last() != flushed) {
+                    break;
+                }
                 g.idle = true;
-                g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
-            g.idle = false;
-            // At most one flush per max_delay: the writes of the interval share it. A stop
-            // request ends the wait (the final flush follows).
-            if let Some(t) = last_start {
-                let next = t + max_delay;
-                loop {
-                    let now = Instant::now();
-                    if g.stop || now >= next {
-                        break;
+                match flusher.next_hold().filter(|_| !g.paused) {
+                    Some(t) => {
+                        let now = Instant::now();
+                        if t <= now {
+                            break;
+                        }
+                        g.wake_at = Some(t);
+                        g = cv
+                            .wait_timeout(g, (t - now).min(Duration::from_secs(1)))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                     }
-                    g = cv
-                        .wait_timeout(g, next - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    None => {
+                        g.wake_at = None;
+                        g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
                 }
             }
+            g.idle = false;
+            g.wake_at = None;
             g.stop
         };
-        last_start = Some(Instant::now());
-        match flush() {
+        let now = (!stop).then(Instant::now);
+        match flusher.flush(now) {
             Ok(seq) => {
                 tickets.flushed(seq, Ok(()));
-                flushed = seq;
+                flushed = flushed.max(seq);
             }
             Err(e) => {
                 // Sticky: every waiter fails from now on; do not spin on the failure.

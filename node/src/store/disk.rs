@@ -23,20 +23,31 @@
 //! touches sled. Reads look at `mem`, then the batch being applied, then sled. The overlay is
 //! bounded ([`MAX_PENDING_OPS`], [`MAX_PENDING_BYTES`]); a writer that finds it full applies it
 //! itself (back-pressure). In `Sync` mode writes go straight to sled.
+//!
+//! **Held inserts.** The entries of a held insert (see `commit`) carry its [`HoldCell`]: a
+//! flush leaves them in the buffer until the hold ends (or takes them all when asked to:
+//! shutdown, [`super::Store::flush`]), and covers the cell with its sequence number when it
+//! takes them; removing the bundle before that drops the entries and releases the cell. A
+//! writer relieving a full buffer never applies held entries (it publishes no sequence number
+//! to cover them with); they leave by their hold's end, which bounds them to `max_delay` of
+//! arrivals. Any other write to a held bundle ends its hold at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sled::Batch;
 
+use super::commit::HoldCell;
 use super::memory::not_found;
 use super::record::{
     decode_meta, decode_u64, encode_meta, meta_expiry_size, split_time_key, time_key,
 };
-use super::{check_quota, BundleKey, MetaRecord, StoreError, Usage};
+use super::{check_quota, BundleKey, MetaRecord, StoreCounters, StoreError, Usage};
 use crate::api::DtnMillis;
 
 const P_BUNDLE: u8 = b'B';
@@ -108,6 +119,40 @@ struct Pending {
     value: Option<Bytes>,
     /// The key is absent below this layer: deleting it drops the entry.
     fresh: bool,
+    /// The held insert this entry belongs to (left out of flushes while held).
+    hold: Option<Arc<HoldCell>>,
+}
+
+/// Which held entries a batch takes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Holds {
+    /// None (a writer relieving a full buffer).
+    Skip,
+    /// Those whose hold has ended by then.
+    Due(Instant),
+    /// All of them (shutdown, an explicit flush).
+    All,
+}
+
+impl Holds {
+    fn takes(self, cell: &HoldCell) -> bool {
+        match self {
+            Holds::Skip => false,
+            Holds::Due(now) => cell.until().is_none_or(|u| u <= now),
+            Holds::All => true,
+        }
+    }
+}
+
+/// What [`DiskBackend::remove`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// The key was not stored.
+    Absent,
+    /// Removed: a write to make durable.
+    Written,
+    /// A held insert dropped from the buffer before it was flushed: nothing to write.
+    Cancelled,
 }
 
 type Overlay = BTreeMap<Vec<u8>, Pending>;
@@ -123,6 +168,8 @@ struct State {
     applying: Arc<Overlay>,
     /// A batch failed to apply: the overlay is no longer trustworthy; writes are refused.
     broken: bool,
+    /// Held inserts in the order their holds end (the front may have been settled since).
+    holds: VecDeque<Arc<HoldCell>>,
 }
 
 impl State {
@@ -161,6 +208,19 @@ pub(super) struct DiskBackend {
     data_file: Option<std::fs::File>,
     /// Buffer bounds ([`MAX_PENDING_OPS`], [`MAX_PENDING_BYTES`]; lowered in tests).
     max_pending: (usize, usize),
+    /// A batch was applied to sled since the last sync began (else a flush has nothing to
+    /// sync).
+    dirty: AtomicBool,
+    /// Serializes syncs: a flush that finds nothing dirty has waited for the sync that took it.
+    sync: Mutex<()>,
+    /// Syncs (sled flush + fdatasync) done.
+    syncs: AtomicU64,
+    /// Entries (puts and deletes) applied to sled.
+    entries_written: AtomicU64,
+    /// Held inserts removed before they were flushed.
+    held_released: AtomicU64,
+    /// Held inserts taken into a flush.
+    held_flushed: AtomicU64,
 }
 
 impl DiskBackend {
@@ -208,6 +268,12 @@ impl DiskBackend {
             apply: Mutex::new(()),
             data_file,
             max_pending: (MAX_PENDING_OPS, MAX_PENDING_BYTES),
+            dirty: AtomicBool::new(false),
+            sync: Mutex::new(()),
+            syncs: AtomicU64::new(0),
+            entries_written: AtomicU64::new(0),
+            held_released: AtomicU64::new(0),
+            held_flushed: AtomicU64::new(0),
         })
     }
 
@@ -235,6 +301,16 @@ impl DiskBackend {
     /// Apply one operation's changes atomically: into the buffer, or as one sled batch.
     /// Returns whether the buffer is over its bounds (the caller then applies it).
     fn commit(&self, st: &mut State, ch: Changes) -> Result<bool, StoreError> {
+        self.commit_held(st, ch, None)
+    }
+
+    /// [`Self::commit`]; `hold`: the changes are a held insert's (buffered mode only).
+    fn commit_held(
+        &self,
+        st: &mut State,
+        ch: Changes,
+        hold: Option<&Arc<HoldCell>>,
+    ) -> Result<bool, StoreError> {
         if st.broken {
             return Err(StoreError::Db(
                 "an earlier write to disk failed; the store refuses writes".into(),
@@ -242,6 +318,7 @@ impl DiskBackend {
         }
         if !self.buffered {
             let mut b = Batch::default();
+            let n = ch.0.len() as u64;
             for (k, v, _) in ch.0 {
                 match v {
                     Some(v) => b.insert(k, v.as_ref()),
@@ -249,6 +326,8 @@ impl DiskBackend {
                 }
             }
             self.tree.apply_batch(b).map_err(db_err)?;
+            self.dirty.store(true, Ordering::SeqCst);
+            self.entries_written.fetch_add(n, Ordering::Relaxed);
             return Ok(false);
         }
         for (k, value, fresh) in ch.0 {
@@ -261,34 +340,76 @@ impl DiskBackend {
                     st.mem.remove(&k);
                 }
                 Some(p) => {
+                    // Another write to a held insert's entry ends the hold: the flush that
+                    // covers this write's ticket takes the whole insert with it.
+                    if let Some(h) = &p.hold {
+                        h.expire();
+                    }
                     let old = p.value.as_ref().map_or(0, |v| v.len());
                     p.value = value;
                     st.mem_bytes = st.mem_bytes.saturating_sub(old) + size - k.len();
                 }
                 None => {
                     st.mem_bytes += size;
-                    st.mem.insert(k, Pending { value, fresh });
+                    let hold = hold.cloned();
+                    st.mem.insert(k, Pending { value, fresh, hold });
                 }
             }
         }
         Ok(st.mem.len() > self.max_pending.0 || st.mem_bytes > self.max_pending.1)
     }
 
-    /// Apply the write-back buffer to sled as one atomic batch. `seq` is called with the
-    /// state lock held at the moment the buffer is taken; its value is returned.
-    pub(super) fn apply_pending(&self, seq: impl FnOnce() -> u64) -> Result<u64, StoreError> {
+    /// Apply the write-back buffer to sled as one atomic batch, with the held entries that
+    /// `holds` takes (their cells are covered with the returned value). `seq` is called with
+    /// the state lock held at the moment the buffer is taken; its value is returned. Its
+    /// argument says whether held entries were taken: then it must return a sequence number
+    /// not published yet (a held insert has no ticket of its own, and an old number may
+    /// already be durable while this batch is not).
+    pub(super) fn apply_pending(
+        &self,
+        seq: impl FnOnce(bool) -> u64,
+        holds: Holds,
+    ) -> Result<u64, StoreError> {
         let _a = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         let (batch, s) = {
             let mut st = self.lock();
-            let s = seq();
             if st.broken {
                 return Err(StoreError::Db("an earlier write to disk failed".into()));
             }
-            if st.mem.is_empty() {
+            while st.holds.front().is_some_and(|h| !h.is_held()) {
+                st.holds.pop_front();
+            }
+            let (m, s) = if st.holds.is_empty() {
+                st.mem_bytes = 0;
+                (std::mem::take(&mut st.mem), seq(false))
+            } else {
+                let (take, keep): (Overlay, Overlay) = std::mem::take(&mut st.mem)
+                    .into_iter()
+                    .partition(|(_, p)| p.hold.as_ref().is_none_or(|h| holds.takes(h)));
+                let cells: Vec<&Arc<HoldCell>> =
+                    take.values().filter_map(|p| p.hold.as_ref()).collect();
+                let s = seq(!cells.is_empty());
+                let mut covered = 0;
+                for h in cells {
+                    if h.is_held() {
+                        covered += 1;
+                    }
+                    h.cover(s);
+                }
+                self.held_flushed.fetch_add(covered, Ordering::Relaxed);
+                st.mem_bytes = keep
+                    .iter()
+                    .map(|(k, p)| k.len() + p.value.as_ref().map_or(0, |v| v.len()))
+                    .sum();
+                st.mem = keep;
+                while st.holds.front().is_some_and(|h| !h.is_held()) {
+                    st.holds.pop_front();
+                }
+                (take, s)
+            };
+            if m.is_empty() {
                 return Ok(s);
             }
-            let m = std::mem::take(&mut st.mem);
-            st.mem_bytes = 0;
             st.applying = Arc::new(m);
             (st.applying.clone(), s)
         };
@@ -301,6 +422,9 @@ impl DiskBackend {
         }
         match self.tree.apply_batch(b) {
             Ok(()) => {
+                self.dirty.store(true, Ordering::SeqCst);
+                self.entries_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.lock().applying = Arc::new(Overlay::new());
                 Ok(s)
             }
@@ -316,7 +440,7 @@ impl DiskBackend {
     fn relieve(&self, over: bool) -> Result<(), StoreError> {
         if over {
             tracing::debug!("store: write-back buffer full, applying it inline");
-            self.apply_pending(|| 0)?;
+            self.apply_pending(|_| 0, Holds::Skip)?;
         }
         Ok(())
     }
@@ -373,6 +497,55 @@ impl DiskBackend {
         Ok(true)
     }
 
+    /// [`Self::insert`] as a held insert whose hold ends at `until` (buffered mode only); its
+    /// cell, or `None` if the key is already stored.
+    pub(super) fn insert_held(
+        &self,
+        key: &BundleKey,
+        expiry_ms: DtnMillis,
+        meta: &[u8],
+        bundle: &[u8],
+        usage: &Usage,
+        until: Instant,
+    ) -> Result<Option<Arc<HoldCell>>, StoreError> {
+        debug_assert!(self.buffered, "held inserts need the write-back buffer");
+        let meta_v = encode_meta(expiry_ms, bundle.len() as u64, meta)?;
+        let mk = pk(P_META, key);
+        let cell = HoldCell::new(until);
+        let over = {
+            let mut st = self.lock();
+            if self.lookup(&st, &mk)?.is_some() {
+                return Ok(None);
+            }
+            check_quota(st.bundles, st.bytes, 1, bundle.len() as u64, usage)?;
+            let mut ch = Changes::default();
+            ch.put(pk(P_BUNDLE, key), Bytes::copy_from_slice(bundle), true);
+            ch.put(mk, meta_v, true);
+            ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
+            let over = self.commit_held(&mut st, ch, Some(&cell))?;
+            st.holds.push_back(cell.clone());
+            st.bundles += 1;
+            st.bytes += bundle.len() as u64;
+            over
+        };
+        self.relieve(over)?;
+        Ok(Some(cell))
+    }
+
+    /// When the earliest hold still in the buffer ends.
+    pub(super) fn next_hold(&self) -> Option<Instant> {
+        let mut st = self.lock();
+        while let Some(h) = st.holds.front() {
+            match h.until() {
+                Some(t) => return Some(t),
+                None => {
+                    st.holds.pop_front();
+                }
+            }
+        }
+        None
+    }
+
     pub(super) fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<(), StoreError> {
         let over = {
             let mut st = self.lock();
@@ -411,12 +584,14 @@ impl DiskBackend {
         self.relieve(over)
     }
 
-    pub(super) fn remove(&self, key: &BundleKey) -> Result<bool, StoreError> {
-        let over = {
+    pub(super) fn remove(&self, key: &BundleKey) -> Result<Removal, StoreError> {
+        let (over, held) = {
             let mut st = self.lock();
             let Some((expiry, size)) = self.size_of(&st, key)? else {
-                return Ok(false);
+                return Ok(Removal::Absent);
             };
+            let mk = pk(P_META, key);
+            let held = st.mem.get(&mk).and_then(|p| p.hold.clone());
             let mut ch = Changes::default();
             ch.del(pk(P_BUNDLE, key));
             ch.del(pk(P_META, key));
@@ -426,10 +601,19 @@ impl DiskBackend {
             let over = self.commit(&mut st, ch)?;
             st.bundles = st.bundles.saturating_sub(1);
             st.bytes = st.bytes.saturating_sub(size);
-            over
+            // A held insert's entries are fresh: they are gone from the buffer now.
+            if let Some(h) = &held {
+                h.release();
+                self.held_released.fetch_add(1, Ordering::Relaxed);
+            }
+            (over, held.is_some())
         };
         self.relieve(over)?;
-        Ok(true)
+        Ok(if held {
+            Removal::Cancelled
+        } else {
+            Removal::Written
+        })
     }
 
     pub(super) fn get(&self, key: &BundleKey) -> Result<Option<Bytes>, StoreError> {
@@ -583,6 +767,16 @@ impl DiskBackend {
         self.tree.len()
     }
 
+    /// Write counters (metrics).
+    pub(super) fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            syncs: self.syncs.load(Ordering::Relaxed),
+            entries_written: self.entries_written.load(Ordering::Relaxed),
+            held_released: self.held_released.load(Ordering::Relaxed),
+            held_flushed: self.held_flushed.load(Ordering::Relaxed),
+        }
+    }
+
     pub(super) fn counts(&self) -> (u64, u64) {
         let st = self.lock();
         (st.bundles, st.bytes)
@@ -592,12 +786,22 @@ impl DiskBackend {
     /// `fdatasync` of sled's data file: sled 0.34 ends its flush with `sync_file_range`, which
     /// neither flushes the device's write cache nor the file size, so alone it survives a
     /// process crash but not a power loss. `seq` is read when the buffer is taken; returns it.
-    pub(super) fn flush(&self, seq: impl FnOnce() -> u64) -> Result<u64, StoreError> {
-        let s = self.apply_pending(seq)?;
-        self.db.flush().map_err(db_err)?;
-        if let Some(f) = &self.data_file {
-            f.sync_data()
-                .map_err(|e| StoreError::Db(format!("fdatasync: {e}")))?;
+    /// Held entries are taken as `holds` says. Nothing is synced when no batch was applied
+    /// since the last flush began.
+    pub(super) fn flush(
+        &self,
+        seq: impl FnOnce(bool) -> u64,
+        holds: Holds,
+    ) -> Result<u64, StoreError> {
+        let s = self.apply_pending(seq, holds)?;
+        let _sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if self.dirty.swap(false, Ordering::SeqCst) {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.db.flush().map_err(db_err)?;
+            if let Some(f) = &self.data_file {
+                f.sync_data()
+                    .map_err(|e| StoreError::Db(format!("fdatasync: {e}")))?;
+            }
         }
         Ok(s)
     }

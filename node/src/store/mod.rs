@@ -13,8 +13,11 @@
 //!   opaque metadata blob owned by the processing engine. Metadata lives apart from the bytes
 //!   so a restart reads only metadata ([`Store::iter_meta`]).
 //! - Writes return a [`Ticket`]; [`Store::persisted`] resolves when the write is on disk per the
-//!   durability mode (`Sync`: already; `GroupCommit`: after the next group flush, at most
-//!   `max_delay` later; `Memory`: at once). Acknowledgements wait on it.
+//!   durability mode (`Sync`: already; `GroupCommit`: after the next group flush, which starts
+//!   at once when the flusher is idle; `Memory`: at once). Acknowledgements wait on it.
+//! - [`Store::insert_held`] stores a bundle in transit: with group commit its write is held
+//!   back for up to `max_delay`, and its ticket resolves when the bundle is on disk or has left
+//!   the store (forwarded and confirmed, delivered, deleted) before then; see `commit`.
 //! - A quota (bundles and bytes) makes [`Store::insert`] fail with
 //!   [`StoreError::QuotaExceeded`] instead of growing without bound.
 //! - A delivered-id record ([`Store::record_delivered`], [`Store::was_delivered`]) remembers
@@ -36,13 +39,13 @@ mod record;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::api::DtnMillis;
-use commit::{GroupCommit, Tickets};
-use disk::DiskBackend;
+use commit::{Flusher, GroupCommit, HoldCell, Tickets};
+use disk::{DiskBackend, Holds, Removal};
 use memory::MemoryBackend;
 
 pub use key::MAX_KEY_LEN;
@@ -52,9 +55,10 @@ pub use key::MAX_KEY_LEN;
 pub enum Durability {
     /// Every write is flushed before it returns.
     Sync,
-    /// Writes are flushed together at most `max_delay` after they are made (the default).
+    /// Writes are flushed together (the default): a flush starts as soon as the last one
+    /// ended, and takes every write made meanwhile.
     GroupCommit {
-        /// Longest time a write waits for its flush.
+        /// Longest time a held insert ([`Store::insert_held`]) stays out of the flushes.
         max_delay: Duration,
     },
     /// Nothing touches the disk (tests, benchmarks).
@@ -80,11 +84,62 @@ pub struct StoreConfig {
 pub struct BundleKey(pub Box<[u8]>);
 
 /// A write whose durability can be awaited with [`Store::persisted`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(pub u64);
+#[derive(Clone, Debug)]
+pub struct Ticket(TicketInner);
+
+#[derive(Clone, Debug)]
+enum TicketInner {
+    /// A write's sequence number: durable once a flush covered it.
+    Seq(u64),
+    /// A held insert: durable once flushed, or needing no flush once it left the store.
+    Held(Arc<HoldCell>),
+    /// Two tickets (see [`Ticket::and`]).
+    Both(Box<(Ticket, Ticket)>),
+}
+
+impl Ticket {
+    /// The ticket of no write (durable at once).
+    pub const NONE: Ticket = Ticket(TicketInner::Seq(0));
+
+    fn seq(n: u64) -> Ticket {
+        Ticket(TicketInner::Seq(n))
+    }
+
+    /// A ticket that is durable when both are.
+    pub fn and(self, other: Ticket) -> Ticket {
+        match (self.0, other.0) {
+            (TicketInner::Seq(a), TicketInner::Seq(b)) => Ticket::seq(a.max(b)),
+            (TicketInner::Seq(0), b) => Ticket(b),
+            (a, TicketInner::Seq(0)) => Ticket(a),
+            (a, b) => Ticket(TicketInner::Both(Box::new((Ticket(a), Ticket(b))))),
+        }
+    }
+
+    /// Whether it is the ticket of a held insert ([`Store::insert_held`]).
+    pub fn is_held(&self) -> bool {
+        matches!(self.0, TicketInner::Held(_))
+    }
+}
+
+impl PartialEq for Ticket {
+    fn eq(&self, other: &Ticket) -> bool {
+        match (&self.0, &other.0) {
+            (TicketInner::Seq(a), TicketInner::Seq(b)) => a == b,
+            (TicketInner::Held(a), TicketInner::Held(b)) => Arc::ptr_eq(a, b),
+            (TicketInner::Both(a), TicketInner::Both(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Ticket {}
+
+/// Largest bundle [`Store::insert_held`] holds back (larger ones are written at once: the
+/// buffer's byte bound is meant for many small bundles in transit).
+pub const MAX_HELD_BUNDLE: usize = 256 * 1024;
 
 /// Result of [`Store::insert`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
     /// Stored; await the ticket before acknowledging.
     Stored(Ticket),
@@ -116,6 +171,19 @@ pub struct Usage {
     pub quota_bundles: u64,
     /// Byte quota.
     pub quota_bytes: u64,
+}
+
+/// What the store wrote to disk (metrics; zero for `Memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Syncs to disk (sled flush and `fdatasync`).
+    pub syncs: u64,
+    /// Entries (puts and deletes; a bundle is three, see `disk`) applied to sled.
+    pub entries_written: u64,
+    /// Held inserts that left the store before a flush took them (never written).
+    pub held_released: u64,
+    /// Held inserts written by a flush (their hold ended first).
+    pub held_flushed: u64,
 }
 
 /// Store errors.
@@ -167,6 +235,8 @@ enum Backend {
 struct Inner {
     /// Stopped (with a final flush) before the backend closes.
     group: Option<GroupCommit>,
+    /// How long a held insert stays out of the flushes (group commit's `max_delay`).
+    hold: Duration,
     backend: Backend,
     tickets: Arc<Tickets>,
     durability: Durability,
@@ -178,8 +248,10 @@ impl Drop for Inner {
         // Stop the flusher (it flushes a last time), then flush whatever else is pending.
         drop(self.group.take());
         if let Backend::Disk(d) = &self.backend {
-            if let Err(e) = d.flush(|| 0) {
-                tracing::error!(error = %e, "store: flush at close failed");
+            let tickets = &self.tickets;
+            match d.flush(|fresh| tickets.seq_for_flush(fresh), Holds::All) {
+                Ok(s) => tickets.flushed(s, Ok(())),
+                Err(e) => tracing::error!(error = %e, "store: flush at close failed"),
             }
         }
     }
@@ -200,6 +272,24 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The group-commit thread's view of the sled backend.
+struct DiskFlusher {
+    disk: Arc<DiskBackend>,
+    tickets: Arc<Tickets>,
+}
+
+impl Flusher for DiskFlusher {
+    fn flush(&self, now: Option<Instant>) -> Result<u64, StoreError> {
+        let holds = now.map_or(Holds::All, Holds::Due);
+        self.disk
+            .flush(|fresh| self.tickets.seq_for_flush(fresh), holds)
+    }
+
+    fn next_hold(&self) -> Option<Instant> {
+        self.disk.next_hold()
+    }
+}
+
 impl Store {
     /// Open or create the store.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -215,17 +305,24 @@ impl Store {
                 Backend::Disk(Arc::new(DiskBackend::open(&config.path, false)?)),
                 None,
             ),
-            Durability::GroupCommit { max_delay } => {
+            Durability::GroupCommit { .. } => {
                 let d = Arc::new(DiskBackend::open(&config.path, true)?);
-                let (d2, t2) = (d.clone(), tickets.clone());
-                let g =
-                    GroupCommit::start(max_delay, tickets.clone(), move || d2.flush(|| t2.last()))?;
+                let flusher = DiskFlusher {
+                    disk: d.clone(),
+                    tickets: tickets.clone(),
+                };
+                let g = GroupCommit::start(tickets.clone(), flusher)?;
                 (Backend::Disk(d), Some(g))
             }
+        };
+        let hold = match config.durability {
+            Durability::GroupCommit { max_delay } => max_delay,
+            _ => Duration::ZERO,
         };
         Ok(Store {
             inner: Arc::new(Inner {
                 group,
+                hold,
                 backend,
                 tickets,
                 durability: config.durability,
@@ -244,7 +341,7 @@ impl Store {
         let t = self.inner.tickets.wrote();
         match (&self.inner.backend, &self.inner.group) {
             (Backend::Disk(d), None) => {
-                d.flush(|| t.0)?;
+                d.flush(|_| 0, Holds::All)?;
             }
             (_, Some(g)) => g.notify(),
             (Backend::Memory(_), None) => {}
@@ -272,6 +369,34 @@ impl Store {
         }
     }
 
+    /// Store a bundle in transit like [`Store::insert`], holding its write back: with group
+    /// commit (and a bundle of at most [`MAX_HELD_BUNDLE`] bytes) it stays out of the flushes
+    /// for up to `max_delay`, and its ticket resolves when it is on disk, or at once when it
+    /// leaves the store ([`Store::remove`]) before it was flushed: then nothing of it is ever
+    /// written. Reads see it like any stored bundle. Other durability modes: [`Store::insert`].
+    pub fn insert_held(
+        &self,
+        key: &BundleKey,
+        expiry_ms: DtnMillis,
+        meta: &[u8],
+        bundle: &[u8],
+    ) -> Result<InsertOutcome, StoreError> {
+        match (&self.inner.backend, &self.inner.group) {
+            (Backend::Disk(d), Some(g)) if bundle.len() <= MAX_HELD_BUNDLE => {
+                let until = Instant::now() + self.inner.hold;
+                let q = &self.inner.quota;
+                match d.insert_held(key, expiry_ms, meta, bundle, q, until)? {
+                    Some(cell) => {
+                        g.notify_hold(until);
+                        Ok(InsertOutcome::Stored(Ticket(TicketInner::Held(cell))))
+                    }
+                    None => Ok(InsertOutcome::Duplicate),
+                }
+            }
+            _ => self.insert(key, expiry_ms, meta, bundle),
+        }
+    }
+
     /// Replace a stored bundle's metadata blob ([`StoreError::NotFound`] if not stored).
     pub fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<Ticket, StoreError> {
         match &self.inner.backend {
@@ -293,16 +418,21 @@ impl Store {
     }
 
     /// Remove a bundle (bytes, metadata, expiry index entry); `false` if it was not there.
-    /// Durable like any write (`Sync`: before it returns; `GroupCommit`: by the next flush).
+    /// Durable like any write (`Sync`: before it returns; `GroupCommit`: by the next flush); a
+    /// held insert not flushed yet is dropped from the buffer (nothing to write) and its
+    /// ticket resolves.
     pub fn remove(&self, key: &BundleKey) -> Result<bool, StoreError> {
-        let removed = match &self.inner.backend {
-            Backend::Memory(m) => m.remove(key),
+        let removal = match &self.inner.backend {
+            Backend::Memory(m) => match m.remove(key) {
+                true => Removal::Written,
+                false => Removal::Absent,
+            },
             Backend::Disk(d) => d.remove(key)?,
         };
-        if removed {
+        if removal == Removal::Written {
             self.wrote()?;
         }
-        Ok(removed)
+        Ok(removal != Removal::Absent)
     }
 
     /// A stored bundle's bytes.
@@ -391,6 +521,14 @@ impl Store {
         Ok(n)
     }
 
+    /// What the store wrote to disk so far.
+    pub fn counters(&self) -> StoreCounters {
+        match &self.inner.backend {
+            Backend::Memory(_) => StoreCounters::default(),
+            Backend::Disk(d) => d.counters(),
+        }
+    }
+
     /// Use against the quota.
     pub fn usage(&self) -> Usage {
         let (bundles, bytes) = match &self.inner.backend {
@@ -405,29 +543,29 @@ impl Store {
     }
 
     /// Resolves when the write that returned `ticket` is durable (at once for `Memory` and
-    /// `Sync`; after the next group flush for `GroupCommit`). Needs no store clone alive.
+    /// `Sync`; after the next group flush for `GroupCommit`; a held insert also when it left
+    /// the store unflushed). Needs no store clone alive.
     pub fn persisted(
         &self,
         ticket: Ticket,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let wait = self
-            .inner
-            .group
-            .is_some()
-            .then(|| self.inner.tickets.wait(ticket));
-        async move {
-            match wait {
-                Some(w) => w.await,
-                None => Ok(()),
-            }
+        self.inner.tickets.wait(ticket, self.inner.group.is_some())
+    }
+
+    /// Tests: the group-commit thread stops flushing on its own (writes and holds stay in the
+    /// buffer until [`Store::flush`]).
+    #[cfg(test)]
+    fn pause_group_commit(&self) {
+        if let Some(g) = &self.inner.group {
+            g.pause();
         }
     }
 
-    /// Flush everything now (shutdown).
+    /// Flush everything now, held inserts included (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         if let Backend::Disk(d) = &self.inner.backend {
             let tickets = &self.inner.tickets;
-            match d.flush(|| tickets.last()) {
+            match d.flush(|fresh| tickets.seq_for_flush(fresh), Holds::All) {
                 Ok(seq) => tickets.flushed(seq, Ok(())),
                 Err(e) => {
                     tickets.flushed(0, Err(StoreError::Db(e.to_string())));
@@ -622,10 +760,17 @@ pub(crate) mod tests {
         assert!(s.was_delivered(&key(8)).unwrap());
     }
 
-    /// A commit window so long that everything stays in the write-back buffer until `flush`.
+    /// A group-commit store whose flusher is paused: everything stays in the write-back
+    /// buffer until `flush` (held inserts for an hour).
     const BUFFERED: Durability = Durability::GroupCommit {
         max_delay: Duration::from_secs(3600),
     };
+
+    pub(crate) fn buffered(config: &StoreConfig) -> Store {
+        let s = Store::open(config).unwrap();
+        s.pause_group_commit();
+        s
+    }
 
     fn disk(s: &Store) -> &DiskBackend {
         match &s.inner.backend {
@@ -638,7 +783,7 @@ pub(crate) mod tests {
     fn buffered_store_works_and_reopens() {
         let d = TempDir::new("buffered");
         {
-            let s = Store::open(&config(&d, BUFFERED)).unwrap();
+            let s = buffered(&config(&d, BUFFERED));
             exercise(&s); // ends with flush()
             assert_eq!(disk(&s).pending_ops(), 0);
             s.insert(&key(100), 5, b"", b"first").unwrap();
@@ -651,7 +796,7 @@ pub(crate) mod tests {
             drop(s); // the last clone: the final flush makes the ticket durable
             block_on(wait).unwrap();
         }
-        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let s = buffered(&config(&d, BUFFERED));
         assert_eq!((s.usage().bundles, s.usage().bytes), (4, 18));
         assert_eq!(s.get(&key(1)).unwrap().unwrap(), &b"frag"[..]);
         assert_eq!(
@@ -687,7 +832,7 @@ pub(crate) mod tests {
     #[test]
     fn insert_then_remove_in_one_window_never_reaches_sled() {
         let d = TempDir::new("cancel");
-        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let s = buffered(&config(&d, BUFFERED));
         s.insert(&key(0), 1, b"", b"x").unwrap();
         s.flush().unwrap();
         let base = disk(&s).sled_len();
@@ -709,7 +854,7 @@ pub(crate) mod tests {
     #[test]
     fn buffer_overlays_sled_in_reads_and_scans() {
         let d = TempDir::new("overlay");
-        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let s = buffered(&config(&d, BUFFERED));
         for i in 0..6 {
             s.insert(&key(i), 10 * i, b"old", b"on-disk").unwrap();
         }
@@ -754,6 +899,171 @@ pub(crate) mod tests {
         );
         assert_eq!(s.iter_meta().count(), 6);
         assert!(!s.was_delivered(&key(51)).unwrap());
+    }
+
+    fn stored(o: InsertOutcome) -> Ticket {
+        match o {
+            InsertOutcome::Stored(t) => t,
+            InsertOutcome::Duplicate => panic!("fresh key reported duplicate"),
+        }
+    }
+
+    /// Whether `fut` is still pending after a short poll.
+    fn pending_after(fut: impl std::future::Future<Output = Result<(), StoreError>>) -> bool {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::time::timeout(Duration::from_millis(50), fut).await })
+            .is_err()
+    }
+
+    #[test]
+    fn group_commit_flushes_at_once_when_idle() {
+        // Classic group commit: max_delay bounds held inserts only; a plain write is flushed
+        // as soon as the flusher is idle, even with a window of an hour.
+        let d = TempDir::new("idle");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let t = stored(s.insert(&key(1), 1, b"", b"x").unwrap());
+        block_on(s.persisted(t)).unwrap();
+        assert_eq!(disk(&s).pending_ops(), 0);
+        assert!(s.counters().syncs >= 1);
+    }
+
+    #[test]
+    fn a_held_insert_removed_before_its_flush_is_never_written() {
+        let d = TempDir::new("held-release");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let base = disk(&s).sled_len();
+        let t = stored(s.insert_held(&key(1), 9, b"m", b"in transit").unwrap());
+        assert!(t.is_held());
+        // Held: readable like any stored bundle, not flushed, not durable.
+        assert_eq!(s.get(&key(1)).unwrap().unwrap(), &b"in transit"[..]);
+        assert_eq!(s.expired(9, 10).unwrap(), vec![key(1)]);
+        assert_eq!(s.usage().bundles, 1);
+        let wait = s.persisted(t.clone());
+        assert!(
+            pending_after(s.persisted(t)),
+            "a held insert resolved early"
+        );
+        // A plain write meanwhile is flushed without the held one.
+        let t2 = stored(s.insert(&key(2), 9, b"", b"plain").unwrap());
+        block_on(s.persisted(t2)).unwrap();
+        assert_eq!(disk(&s).sled_len(), base + 3);
+        // Forwarded and confirmed: removed before the hold ended.
+        assert!(s.remove(&key(1)).unwrap());
+        block_on(wait).unwrap();
+        assert_eq!(disk(&s).pending_ops(), 0);
+        s.flush().unwrap();
+        assert_eq!(
+            disk(&s).sled_len(),
+            base + 3,
+            "the held bundle reached sled"
+        );
+        let c = s.counters();
+        assert_eq!((c.held_released, c.held_flushed), (1, 0));
+        assert_eq!(s.usage().bundles, 1);
+        drop(s);
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert!(!s.contains(&key(1)).unwrap() && s.contains(&key(2)).unwrap());
+    }
+
+    #[test]
+    fn a_held_insert_is_flushed_when_its_hold_ends() {
+        let d = TempDir::new("held-flush");
+        let short = Durability::GroupCommit {
+            max_delay: Duration::from_millis(30),
+        };
+        {
+            let s = Store::open(&config(&d, short)).unwrap();
+            let t = stored(s.insert_held(&key(1), 9, b"m", b"stays").unwrap());
+            let started = std::time::Instant::now();
+            block_on(s.persisted(t)).unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(25));
+            assert_eq!(s.counters().held_flushed, 1);
+            assert_eq!(disk(&s).pending_ops(), 0);
+            // Removing it now is an ordinary write.
+            let before = disk(&s).sled_len();
+            assert!(s.remove(&key(1)).unwrap());
+            s.flush().unwrap();
+            assert_eq!(disk(&s).sled_len(), before - 3);
+            let t = stored(s.insert_held(&key(2), 9, b"m", b"kept").unwrap());
+            block_on(s.persisted(t)).unwrap();
+            // Killed now, `key(2)` must be on disk: only the Db is dropped below, and the
+            // ticket resolved before.
+        }
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert_eq!(s.get(&key(2)).unwrap().unwrap(), &b"kept"[..]);
+        assert!(!s.contains(&key(1)).unwrap());
+    }
+
+    #[test]
+    fn flush_and_close_take_held_inserts() {
+        let d = TempDir::new("held-close");
+        {
+            let s = buffered(&config(&d, BUFFERED));
+            let t = stored(s.insert_held(&key(1), 9, b"m", b"one").unwrap());
+            s.flush().unwrap();
+            block_on(s.persisted(t)).unwrap();
+            let t = stored(s.insert_held(&key(2), 9, b"m", b"two").unwrap());
+            let wait = s.persisted(t);
+            drop(s); // the final flush takes every hold
+            block_on(wait).unwrap();
+        }
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert_eq!(s.usage().bundles, 2);
+    }
+
+    #[test]
+    fn another_write_to_a_held_bundle_ends_its_hold() {
+        let d = TempDir::new("held-update");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let held = stored(s.insert_held(&key(1), 9, b"m", b"bytes").unwrap());
+        let t = s.update_meta(&key(1), b"m2").unwrap();
+        // The update is durable only with the insert it changes.
+        block_on(s.persisted(t)).unwrap();
+        block_on(s.persisted(held)).unwrap();
+        assert_eq!(disk(&s).pending_ops(), 0);
+        assert_eq!(s.counters().held_flushed, 1);
+        drop(s);
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert_eq!(&s.get_meta(&key(1)).unwrap().unwrap().meta[..], b"m2");
+    }
+
+    #[test]
+    fn held_inserts_fall_back_to_plain_ones() {
+        // Memory and Sync stores, and bundles over the size bound, are written at once.
+        let d = TempDir::new("held-fallback");
+        for dur in [Durability::Memory, Durability::Sync] {
+            let s = Store::open(&config(&d, dur)).unwrap();
+            let t = stored(s.insert_held(&key(1), 9, b"", b"x").unwrap());
+            assert!(!t.is_held());
+            assert_eq!(
+                s.insert_held(&key(1), 9, b"", b"x").unwrap(),
+                InsertOutcome::Duplicate
+            );
+            drop(s);
+            let _ = std::fs::remove_dir_all(&d.0);
+        }
+        let mut cfg = config(&d, BUFFERED);
+        cfg.quota_bytes = 1 << 30;
+        let s = buffered(&cfg);
+        let big = vec![0u8; MAX_HELD_BUNDLE + 1];
+        assert!(!stored(s.insert_held(&key(2), 9, b"", &big).unwrap()).is_held());
+    }
+
+    #[test]
+    fn combined_tickets_wait_for_both() {
+        let d = TempDir::new("and");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let held = stored(s.insert_held(&key(1), 9, b"", b"x").unwrap());
+        let plain = stored(s.insert(&key(2), 9, b"", b"y").unwrap());
+        let both = plain.clone().and(held);
+        assert!(pending_after(s.persisted(both.clone())));
+        block_on(s.persisted(plain.clone())).unwrap();
+        assert!(s.remove(&key(1)).unwrap());
+        block_on(s.persisted(both)).unwrap();
+        assert_eq!(Ticket::NONE.and(plain.clone()), plain);
     }
 
     #[test]
@@ -857,7 +1167,7 @@ pub(crate) mod tests {
 }
 
 /// Model check: the buffered sled store behaves like the memory store for any sequence of
-/// operations, also after reopening.
+/// operations (held inserts included), also after reopening.
 #[cfg(test)]
 mod model {
     use super::tests::{key, TempDir};
@@ -867,6 +1177,7 @@ mod model {
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u64, u64, u8, usize),
+        InsertHeld(u64, u64, u8, usize),
         Remove(u64),
         UpdateMeta(u64, u8),
         Replace(u64, usize),
@@ -878,6 +1189,7 @@ mod model {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u64..8, 0u64..6, any::<u8>(), 0usize..6).prop_map(|(k, e, m, s)| Op::Insert(k, e, m, s)),
+            2 => (0u64..8, 0u64..6, any::<u8>(), 0usize..6).prop_map(|(k, e, m, s)| Op::InsertHeld(k, e, m, s)),
             3 => (0u64..8).prop_map(Op::Remove),
             1 => (0u64..8, any::<u8>()).prop_map(|(k, m)| Op::UpdateMeta(k, m)),
             1 => (0u64..8, 0usize..8).prop_map(|(k, s)| Op::Replace(k, s)),
@@ -892,6 +1204,9 @@ mod model {
         let r = match op {
             Op::Insert(k, e, m, n) => s
                 .insert(&key(*k), *e, &[*m], &vec![*m; *n])
+                .map(|o| matches!(o, InsertOutcome::Stored(_)).to_string()),
+            Op::InsertHeld(k, e, m, n) => s
+                .insert_held(&key(*k), *e, &[*m], &vec![*m; *n])
                 .map(|o| matches!(o, InsertOutcome::Stored(_)).to_string()),
             Op::Remove(k) => s.remove(&key(*k)).map(|b| b.to_string()),
             Op::UpdateMeta(k, m) => s.update_meta(&key(*k), &[*m, 1]).map(|_| String::new()),
@@ -939,10 +1254,9 @@ mod model {
                 quota_bundles: 6,
             };
             let mem = Store::open(&cfg(Durability::Memory)).unwrap();
-            let disk = Store::open(&cfg(Durability::GroupCommit {
+            let disk = super::tests::buffered(&cfg(Durability::GroupCommit {
                 max_delay: Duration::from_secs(3600),
-            }))
-            .unwrap();
+            }));
             for op in &ops {
                 prop_assert_eq!(apply(&mem, op), apply(&disk, op), "{:?}", op);
                 prop_assert_eq!(state(&mem), state(&disk), "after {:?}", op);
