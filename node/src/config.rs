@@ -27,7 +27,7 @@ log = "info"                       # tracing filter; RUST_LOG overrides
 [store]
 path = "dtnd-store"                # relative to the working directory
 durability = "group"               # "sync" | "group" | "memory"
-group_commit = "5ms"               # group commit max delay
+group_commit = "5ms"               # longest a bundle in transit is held out of the flushes
 quota_bytes = 1073741824
 quota_bundles = 1000000
 
@@ -81,7 +81,7 @@ max_per_second = 100
 max_bundle_size = 67108864
 max_reassembly_bytes = 268435456
 delivery_window = 64
-max_in_flight = 64
+max_in_flight = 256                # transfers per neighbour (keep it >= the upstream window)
 hop_limit = 64                     # put in bundles created here (1-255)
 retry_delay = "1s"                 # after a failed transfer
 
@@ -119,7 +119,8 @@ pub enum ConfigError {
 pub enum DurabilityMode {
     /// Every bundle synced before it is acknowledged.
     Sync,
-    /// Group commit within `group_commit` (the default).
+    /// Group commit (the default): a flush starts as soon as the last one ended; bundles in
+    /// transit are held out of the flushes for up to `group_commit`.
     Group,
     /// Memory only (tests).
     Memory,
@@ -132,7 +133,9 @@ pub struct StoreSection {
     pub path: PathBuf,
     /// Durability mode.
     pub durability: DurabilityMode,
-    /// Group commit max delay.
+    /// Longest time a bundle in transit (to forward or deliver) is held out of the group
+    /// commit's flushes: one forwarded and confirmed, or delivered and acknowledged, within it
+    /// is never written (see `store`).
     pub group_commit: Duration,
     /// Byte quota.
     pub quota_bytes: u64,
@@ -167,7 +170,9 @@ pub struct LimitsSection {
     pub max_reassembly_bytes: u64,
     /// Unacknowledged deliveries per registration.
     pub delivery_window: usize,
-    /// Transfers in flight per neighbour.
+    /// Transfers in flight per neighbour. A relay's bundles in transit are acknowledged
+    /// upstream once the next hop confirmed them (see `store` held inserts): a limit below the
+    /// upstream window makes them queue here until their hold ends and they are written.
     pub max_in_flight: usize,
     /// Hop limit put in the hop-count block of bundles created here (RFC 9171 §4.4.3, 1–255).
     pub hop_limit: u64,
@@ -349,7 +354,7 @@ impl Default for Config {
                 max_bundle_size: 64 << 20,
                 max_reassembly_bytes: 256 << 20,
                 delivery_window: 64,
-                max_in_flight: 64,
+                max_in_flight: 256,
                 hop_limit: 64,
                 retry_delay: Duration::from_secs(1),
             },

@@ -11,7 +11,11 @@
 //! application is acknowledged (the agent's reply) and a bundle received over TCPCL is
 //! acknowledged (the final XFER_ACK, through [`convergence::adapter::CustodyAck`]) only after
 //! [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks, never
-//! in the core loop. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources",
+//! in the core loop. A bundle in transit is stored as a held insert
+//! ([`Store::insert_held`](crate::store::Store::insert_held)): its wait also ends when it left
+//! the store before it was written, i.e. once the next hop confirmed it (or the application
+//! acknowledged it); the core handles transfer outcomes before new input, so that such
+//! confirmations are not queued behind new bundles. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources",
 //! a bundle the engine discards as invalid (RFC 9171 §5.6) XFER_REFUSE "Not Acceptable".
 //! Known limit: LTP acknowledges the red part at the LTP layer before the node stores the
 //! bundle (the LTP adapter gives no custody handle), and UDP has no acknowledgement at all.
@@ -725,6 +729,12 @@ impl Core {
         loop {
             let mut reload = None;
             let mut check_file = false;
+            // Completions first: an outcome releases custody (and, for a bundle in transit,
+            // acknowledges it upstream), so a loaded node finishes what it has before it takes
+            // in more. Bounded by the transfers in flight.
+            while let Ok(o) = outcomes.try_recv() {
+                self.outcome(o);
+            }
             self.drain_actions();
             let deadline = self.engine.poll_timeout().map(|t| {
                 let now = dtn_now();
