@@ -8,9 +8,12 @@
 //! The group-commit flusher is a std thread: the store works without a tokio runtime.
 //!
 //! **Classic group commit.** The flusher starts a flush as soon as there are unflushed writes
-//! and it is idle; writes made while a flush runs share the next one. Under load the batches
-//! grow by themselves (a flush takes longer, more writes arrive meanwhile), and an idle store
-//! adds no delay at all.
+//! that someone waits for and it is idle; writes made while a flush runs share the next one.
+//! Under load the batches grow by themselves (a flush takes longer, more writes arrive
+//! meanwhile), and an idle store adds no delay at all. *Lazy* writes, which nothing waits for
+//! (removals after a bundle left, delivered-id records), do not start a flush: they go with the
+//! next one, at the latest `max_delay` after they were made; awaiting a lazy write's ticket
+//! ([`Store::persisted`](super::Store::persisted)) makes it urgent.
 //!
 //! **Held inserts (bundles in transit).** An insert may be *held* (see
 //! [`Store::insert_held`](super::Store::insert_held)): it stays in the write-back buffer for up
@@ -42,6 +45,9 @@ pub(super) struct Durable {
 /// Sequence numbers and the durable watermark, shared by the store and its flusher.
 pub(super) struct Tickets {
     written: AtomicU64,
+    /// The last ticket of a write someone waits for (a flush starts at once while it is not
+    /// durable).
+    urgent: AtomicU64,
     tx: watch::Sender<Durable>,
     rx: watch::Receiver<Durable>,
 }
@@ -51,14 +57,29 @@ impl Tickets {
         let (tx, rx) = watch::channel(Durable::default());
         Tickets {
             written: AtomicU64::new(0),
+            urgent: AtomicU64::new(0),
             tx,
             rx,
         }
     }
 
-    /// A ticket for a write that has just been applied.
-    pub(super) fn wrote(&self) -> Ticket {
-        Ticket::seq(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    /// A ticket for a write that has just been applied; `lazy`: nothing waits for it yet.
+    pub(super) fn wrote(&self, lazy: bool) -> Ticket {
+        let t = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        if !lazy {
+            self.urgent.fetch_max(t, Ordering::SeqCst);
+        }
+        Ticket::seq(t)
+    }
+
+    /// Someone waits for `seq`: returns whether it was lazy until now.
+    pub(super) fn make_urgent(&self, seq: u64) -> bool {
+        self.urgent.fetch_max(seq, Ordering::SeqCst) < seq
+    }
+
+    /// The last ticket someone waits for.
+    fn urgent(&self) -> u64 {
+        self.urgent.load(Ordering::SeqCst)
     }
 
     /// The last ticket handed out (read before a flush starts).
@@ -123,6 +144,15 @@ pub(super) enum Leaf {
 }
 
 impl Ticket {
+    /// Its largest sequence number (0 if none).
+    pub(super) fn max_seq(&self) -> u64 {
+        match &self.0 {
+            TicketInner::Seq(s) => *s,
+            TicketInner::Held(_) => 0,
+            TicketInner::Both(b) => b.0.max_seq().max(b.1.max_seq()),
+        }
+    }
+
     /// Its single tickets, in order.
     fn leaves(self, out: &mut Vec<Leaf>) {
         match self.0 {
@@ -260,9 +290,10 @@ struct Signal {
     paused: bool,
 }
 
-/// The group-commit thread: flushes as soon as there are unflushed writes (classic group
-/// commit: what arrives during a flush goes into the next), when a held insert's hold ends,
-/// and a last time, with every hold, when stopped.
+/// The group-commit thread: flushes as soon as there are unflushed writes that someone waits
+/// for (classic group commit: what arrives during a flush goes into the next), `max_delay`
+/// after the first unflushed lazy write, when a held insert's hold ends, and a last time, with
+/// every hold, when stopped.
 pub(super) struct GroupCommit {
     shared: Arc<(Mutex<Signal>, Condvar)>,
     handle: Option<JoinHandle<()>>,
@@ -271,6 +302,7 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// Start the thread.
     pub(super) fn start(
+        max_delay: Duration,
         tickets: Arc<Tickets>,
         flusher: impl Flusher,
     ) -> Result<GroupCommit, StoreError> {
@@ -278,7 +310,7 @@ impl GroupCommit {
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || run(&s, &tickets, flusher))
+            .spawn(move || run(max_delay, &s, &tickets, flusher))
             .map_err(|e| StoreError::Db(format!("starting the group-commit thread: {e}")))?;
         Ok(GroupCommit {
             shared,
@@ -295,8 +327,9 @@ impl GroupCommit {
         }
     }
 
-    /// Tell the thread a hold ends at `until` (wakes it only if it would sleep past that).
-    pub(super) fn notify_hold(&self, until: Instant) {
+    /// Tell the thread a hold ends, or a lazy write must be flushed, by `until` (wakes it only
+    /// if it would sleep past that).
+    pub(super) fn notify_by(&self, until: Instant) {
         let mut g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
         if g.idle && g.wake_at.is_none_or(|w| until < w) {
             g.idle = false;
@@ -315,23 +348,35 @@ impl GroupCommit {
     }
 }
 
-fn run(shared: &(Mutex<Signal>, Condvar), tickets: &Tickets, flusher: impl Flusher) {
+fn run(
+    max_delay: Duration,
+    shared: &(Mutex<Signal>, Condvar),
+    tickets: &Tickets,
+    flusher: impl Flusher,
+) {
     let (lock, cv) = shared;
     let mut flushed = 0u64;
+    // When the oldest unflushed lazy write must be flushed.
+    let mut lazy_due: Option<Instant> = None;
     loop {
         let stop = {
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                if g.stop || (!g.paused && tickets.last() != flushed) {
+                if g.stop || (!g.paused && tickets.urgent() > flushed) {
                     break;
                 }
+                let now = Instant::now();
+                let mut wake = None;
+                if !g.paused && tickets.last() > flushed {
+                    wake = Some(*lazy_due.get_or_insert(now + max_delay));
+                }
+                if let Some(h) = flusher.next_hold().filter(|_| !g.paused) {
+                    wake = Some(wake.map_or(h, |w: Instant| w.min(h)));
+                }
                 g.idle = true;
-                match flusher.next_hold().filter(|_| !g.paused) {
+                match wake {
+                    Some(t) if t <= now => break,
                     Some(t) => {
-                        let now = Instant::now();
-                        if t <= now {
-                            break;
-                        }
                         g.wake_at = Some(t);
                         g = cv
                             .wait_timeout(g, (t - now).min(Duration::from_secs(1)))
@@ -348,6 +393,7 @@ fn run(shared: &(Mutex<Signal>, Condvar), tickets: &Tickets, flusher: impl Flush
             g.wake_at = None;
             g.stop
         };
+        lazy_due = None;
         let now = (!stop).then(Instant::now);
         match flusher.flush(now) {
             Ok(seq) => {

@@ -311,7 +311,11 @@ impl Store {
                     disk: d.clone(),
                     tickets: tickets.clone(),
                 };
-                let g = GroupCommit::start(tickets.clone(), flusher)?;
+                let max_delay = match config.durability {
+                    Durability::GroupCommit { max_delay } => max_delay,
+                    _ => Duration::ZERO,
+                };
+                let g = GroupCommit::start(max_delay, tickets.clone(), flusher)?;
                 (Backend::Disk(d), Some(g))
             }
         };
@@ -336,17 +340,24 @@ impl Store {
         self.inner.durability
     }
 
-    /// Take a ticket for an applied write and start making it durable.
-    fn wrote(&self) -> Result<Ticket, StoreError> {
-        let t = self.inner.tickets.wrote();
+    /// Take a ticket for an applied write and start making it durable (`lazy`: with group
+    /// commit, within `max_delay`; see `commit`).
+    fn wrote_as(&self, lazy: bool) -> Result<Ticket, StoreError> {
+        let t = self.inner.tickets.wrote(lazy);
         match (&self.inner.backend, &self.inner.group) {
             (Backend::Disk(d), None) => {
                 d.flush(|_| 0, Holds::All)?;
             }
+            (_, Some(g)) if lazy => g.notify_by(Instant::now() + self.inner.hold),
             (_, Some(g)) => g.notify(),
             (Backend::Memory(_), None) => {}
         }
         Ok(t)
+    }
+
+    /// [`Self::wrote_as`] for a write that an acknowledgement waits for.
+    fn wrote(&self) -> Result<Ticket, StoreError> {
+        self.wrote_as(false)
     }
 
     /// Store a new bundle (bytes as received or built), unless its key is already present.
@@ -387,7 +398,7 @@ impl Store {
                 let q = &self.inner.quota;
                 match d.insert_held(key, expiry_ms, meta, bundle, q, until)? {
                     Some(cell) => {
-                        g.notify_hold(until);
+                        g.notify_by(until);
                         Ok(InsertOutcome::Stored(Ticket(TicketInner::Held(cell))))
                     }
                     None => Ok(InsertOutcome::Duplicate),
@@ -418,9 +429,9 @@ impl Store {
     }
 
     /// Remove a bundle (bytes, metadata, expiry index entry); `false` if it was not there.
-    /// Durable like any write (`Sync`: before it returns; `GroupCommit`: by the next flush); a
-    /// held insert not flushed yet is dropped from the buffer (nothing to write) and its
-    /// ticket resolves.
+    /// Durable like any write (`Sync`: before it returns; `GroupCommit`: a lazy write, with the
+    /// next flush and within `max_delay`); a held insert not flushed yet is dropped from the
+    /// buffer (nothing to write) and its ticket resolves.
     pub fn remove(&self, key: &BundleKey) -> Result<bool, StoreError> {
         let removal = match &self.inner.backend {
             Backend::Memory(m) => match m.remove(key) {
@@ -430,7 +441,7 @@ impl Store {
             Backend::Disk(d) => d.remove(key)?,
         };
         if removal == Removal::Written {
-            self.wrote()?;
+            self.wrote_as(true)?;
         }
         Ok(removal != Removal::Absent)
     }
@@ -489,6 +500,8 @@ impl Store {
 
     /// Remember that the bundle `key` was delivered to an application, until `keep_until`
     /// (RFC 9171 §5.1 identity; a later record for the same key replaces the earlier one).
+    /// A lazy write with group commit (durable within `max_delay` unless its ticket is
+    /// awaited).
     pub fn record_delivered(
         &self,
         key: &BundleKey,
@@ -498,7 +511,7 @@ impl Store {
             Backend::Memory(m) => m.record_delivered(key, keep_until),
             Backend::Disk(d) => d.record_delivered(key, keep_until)?,
         }
-        self.wrote()
+        self.wrote_as(true)
     }
 
     /// Whether `key` was delivered (and the record has not been pruned).
@@ -516,7 +529,7 @@ impl Store {
             Backend::Disk(d) => d.prune_delivered(now)?,
         };
         if n > 0 {
-            self.wrote()?;
+            self.wrote_as(true)?;
         }
         Ok(n)
     }
@@ -549,6 +562,11 @@ impl Store {
         &self,
         ticket: Ticket,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        if let Some(g) = &self.inner.group {
+            if self.inner.tickets.make_urgent(ticket.max_seq()) {
+                g.notify();
+            }
+        }
         self.inner.tickets.wait(ticket, self.inner.group.is_some())
     }
 
