@@ -949,6 +949,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn lazy_writes_wait_for_max_delay_unless_awaited() {
+        let d = TempDir::new("lazy");
+        let s = Store::open(&config(
+            &d,
+            Durability::GroupCommit {
+                max_delay: Duration::from_millis(300),
+            },
+        ))
+        .unwrap();
+        let t = stored(s.insert(&key(1), 1, b"", b"x").unwrap());
+        block_on(s.persisted(t)).unwrap();
+        let syncs = s.counters().syncs;
+        // A removal starts no flush of its own...
+        let started = std::time::Instant::now();
+        assert!(s.remove(&key(1)).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            disk(&s).pending_ops() > 0,
+            "a lazy write was flushed at once"
+        );
+        // ...but is flushed within max_delay.
+        while disk(&s).pending_ops() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never flushed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(s.counters().syncs, syncs + 1);
+        // Awaiting a lazy write's ticket makes it urgent.
+        let t = s.record_delivered(&key(2), 10).unwrap();
+        let started = std::time::Instant::now();
+        block_on(s.persisted(t)).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(250));
+        assert!(s.was_delivered(&key(2)).unwrap());
+    }
+
+    #[test]
     fn a_held_insert_removed_before_its_flush_is_never_written() {
         let d = TempDir::new("held-release");
         let s = Store::open(&config(&d, BUFFERED)).unwrap();
