@@ -200,6 +200,76 @@ fn hop_limit_exceeded_is_deleted_with_reason_9() {
     );
 }
 
+/// The status reports delivered at engine `i` (all must be status reports).
+fn reports_at(net: &Net, i: usize) -> Vec<bpv7::StatusReport> {
+    net.delivered_to(i)
+        .iter()
+        .map(|d| match bpv7::AdminRecord::decode(&d.payload).unwrap() {
+            bpv7::AdminRecord::StatusReport(sr) => sr,
+            other => panic!("not a status report: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn reception_report_precedes_deletion_at_reception() {
+    // RFC 9171 §5.6 step 2 (reception report, if requested) comes before the §5.10 deletion
+    // report, also when the bundle is deleted during reception.
+    let mut net = line();
+    net.engines[1].register(1, "ipn:2.1", net.now).unwrap();
+    let both = bpv7::BundleFlags::REPORT_RECEPTION | bpv7::BundleFlags::REPORT_DELETION;
+    let hop_limited = BundleBuilder::new(
+        Eid::ipn(1, 1),
+        Eid::ipn(3, 1),
+        CreationTimestamp::new(T0, 21),
+        3_600_000,
+    )
+    .flags(both)
+    .report_to(Eid::ipn(2, 1))
+    .hop_count(2, 3)
+    .payload(&b"hops"[..])
+    .build()
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let expired = BundleBuilder::new(
+        Eid::ipn(1, 1),
+        Eid::ipn(3, 1),
+        CreationTimestamp::new(T0 - 10_000, 22),
+        5_000,
+    )
+    .flags(both)
+    .report_to(Eid::ipn(2, 1))
+    .payload(&b"late"[..])
+    .build()
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    for raw in [hop_limited, expired] {
+        let r = net.engines[1].receive(Some(NeighbourId(0)), None, raw, net.now);
+        assert_eq!(r, Reception::Consumed);
+    }
+    net.run();
+    let reports = reports_at(&net, 1);
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    for (pair, reason) in reports.chunks(2).zip([
+        bpv7::ReasonCode::HopLimitExceeded,
+        bpv7::ReasonCode::LifetimeExpired,
+    ]) {
+        assert!(pair[0].received.asserted && !pair[0].deleted.asserted);
+        assert_eq!(pair[0].reason, bpv7::ReasonCode::NoInformation);
+        assert!(pair[1].deleted.asserted && !pair[1].received.asserted);
+        assert_eq!(pair[1].reason, reason);
+        assert_eq!(pair[0].timestamp, pair[1].timestamp);
+    }
+    // Without the reception request only the deletion is reported.
+    let only_deletion = raw_bundle(2, 3, "ipn:3.1");
+    let r = net.engines[1].receive(Some(NeighbourId(0)), None, only_deletion, net.now);
+    assert_eq!(r, Reception::Consumed);
+    net.run();
+    assert_eq!(reports_at(&net, 1).len(), 4);
+}
+
 #[test]
 fn duplicates_are_consumed_without_storing() {
     let mut net = line();
@@ -266,6 +336,82 @@ fn proactive_fragmentation_and_reassembly_at_the_destination() {
     assert_eq!(net.stores[0].usage().bundles, 0);
     net.ack_all();
     assert_eq!(net.stores[1].usage().bundles, 0);
+}
+
+#[test]
+fn fragments_count_against_max_in_flight() {
+    // Two bundles of 3 fragments each over a link with a window of 4 transfers: the second
+    // waits until the first one's fragments are confirmed.
+    let mut a = config(1, &[("b", 2)]);
+    a.neighbours[0].max_bundle_size = Some(400);
+    a.neighbours[0].max_in_flight = 4;
+    let b = config(2, &[("a", 1)]);
+    let mut net = Net::new(vec![
+        (a, memory_store(1000, 1 << 30)),
+        (b, memory_store(1000, 1 << 30)),
+    ]);
+    net.link(0, 0, 1, 0);
+    net.hold = true;
+    for i in 0..2u8 {
+        net.engines[0]
+            .send(request("ipn:2.9", &[i; 700]), None, net.now)
+            .unwrap();
+    }
+    net.run();
+    let first = net.held.len();
+    assert!(
+        (2..=4).contains(&first),
+        "one bundle's fragments in flight, not more than the window: {first}"
+    );
+    assert!(net.sent.iter().all(|s| s.bytes.len() <= 400));
+    // Each confirmation frees one place; the second bundle goes once all its fragments fit.
+    let mut most = first;
+    while !net.held.is_empty() {
+        let (e, t) = net.held.remove(0);
+        net.engines[e].transfer_outcome(t, Ok(()), net.now);
+        net.run();
+        most = most.max(net.held.len());
+    }
+    assert!(most <= 4, "{most} transfers in flight with max_in_flight 4");
+    assert_eq!(net.sent.len(), 2 * first);
+    // Every fragment confirmed: both bundles left A's custody.
+    assert_eq!(net.stores[0].usage().bundles, 0);
+    assert_eq!(net.metric(0, "dtn_bundles_forwarded_total"), 2.0);
+}
+
+#[test]
+fn a_bundle_with_more_fragments_than_the_window_goes_alone() {
+    let mut a = config(1, &[("b", 2)]);
+    a.neighbours[0].max_bundle_size = Some(400);
+    a.neighbours[0].max_in_flight = 2;
+    let b = config(2, &[("a", 1)]);
+    let mut net = Net::new(vec![
+        (a, memory_store(1000, 1 << 30)),
+        (b, memory_store(1000, 1 << 30)),
+    ]);
+    net.link(0, 0, 1, 0);
+    net.hold = true;
+    net.engines[0]
+        .send(request("ipn:2.9", b"small"), None, net.now)
+        .unwrap();
+    net.engines[0]
+        .send(request("ipn:2.9", &[7u8; 2000]), None, net.now)
+        .unwrap();
+    net.run();
+    // The small one is in flight; the large one (more fragments than the window) waits.
+    assert_eq!(net.held.len(), 1);
+    let (e, t) = net.held.remove(0);
+    net.engines[e].transfer_outcome(t, Ok(()), net.now);
+    net.run();
+    let fragments = net.held.len();
+    assert!(fragments > 2, "sent alone, all at once: {fragments}");
+    while !net.held.is_empty() {
+        let (e, t) = net.held.remove(0);
+        net.engines[e].transfer_outcome(t, Ok(()), net.now);
+        net.run();
+    }
+    assert_eq!(net.stores[0].usage().bundles, 0);
+    assert_eq!(net.metric(0, "dtn_bundles_forwarded_total"), 2.0);
 }
 
 #[test]
@@ -614,9 +760,12 @@ fn unknown_blocks_follow_their_flags() {
         .collect();
     assert_eq!(
         reports.len(),
-        2 + 1,
-        "deleted(B) + received(B, reason 11) + received(C)"
+        2 + 2,
+        "received(B) then deleted(B) + received(B, reason 11) + received(C)"
     );
+    // RFC 9171 §5.6 step 2 before §5.10: the bundle deleted at reception was received first.
+    assert!(reports[0].received.asserted && reports[0].reason == bpv7::ReasonCode::NoInformation);
+    assert!(reports[1].deleted.asserted && reports[1].reason == bpv7::ReasonCode::BlockUnsupported);
     assert!(reports
         .iter()
         .any(|r| r.deleted.asserted && r.reason == bpv7::ReasonCode::BlockUnsupported));

@@ -254,8 +254,9 @@ impl BundleEngine {
         }
     }
 
-    /// Hand queued bundles to the neighbour, expedited first, up to `max_in_flight`, and no
-    /// faster than its contact's rate if it is paced (see `contacts`).
+    /// Hand queued bundles to the neighbour, expedited first, up to `max_in_flight` transfers
+    /// (each fragment of a proactively fragmented bundle is one), and no faster than its
+    /// contact's rate if it is paced (see `contacts`).
     pub(super) fn pump(&mut self, n: NeighbourId, now: DtnMillis) {
         loop {
             let s = &mut self.neighbours[n.0];
@@ -269,12 +270,18 @@ impl BundleEngine {
             let Some(id) = s.queues.iter_mut().rev().find_map(|q| q.pop_first()) else {
                 return;
             };
-            if let Some(rate) = s.pace_rate {
+            let pace = s.pace_rate.map(|rate| {
                 let size = self.entries.get(&id).map_or(0, |e| e.size);
-                let ms = size.saturating_mul(1000).div_ceil(rate.max(1));
+                size.saturating_mul(1000).div_ceil(rate.max(1))
+            });
+            if !self.transmit(id, n, now) {
+                // Its fragments do not fit in the window: it waits for outcomes, first in line.
+                return;
+            }
+            if let Some(ms) = pace {
+                let s = &mut self.neighbours[n.0];
                 s.pace_free_at = s.pace_free_at.max(now).saturating_add(ms);
             }
-            self.transmit(id, n, now);
         }
     }
 
@@ -289,17 +296,33 @@ impl BundleEngine {
     }
 
     /// RFC 9171 §5.4 step 4: read the bundle from the store, apply the forwarding updates,
-    /// fragment it if the link requires (§5.8), and emit the transfers.
-    fn transmit(&mut self, id: Id, n: NeighbourId, now: DtnMillis) {
+    /// fragment it if the link requires (§5.8), and emit the transfers. Fragments count
+    /// against `max_in_flight` one each: when they do not fit beside the transfers in flight,
+    /// the bundle goes back to the head of its queue and `false` is returned (the window is
+    /// full). A bundle with more fragments than the whole window goes alone, when nothing
+    /// else is in flight.
+    fn transmit(&mut self, id: Id, n: NeighbourId, now: DtnMillis) -> bool {
         let Some(e) = self.entries.get(&id) else {
-            return;
+            return true;
         };
         let (received_ms, priority) = (e.received_ms, e.priority);
+        // A lower bound of its fragment count: no fragmentation work while it cannot fit.
+        let s = &self.neighbours[n.0];
+        let least = match s.max_size() {
+            Some(m) if e.size > m => {
+                usize::try_from(e.size.div_ceil(m.max(1))).unwrap_or(usize::MAX)
+            }
+            _ => 1,
+        };
+        if s.in_flight > 0 && s.in_flight.saturating_add(least) > s.cfg.max_in_flight.max(1) {
+            self.neighbours[n.0].queues[prio_index(priority)].insert(id);
+            return false;
+        }
         self.set_state(id, State::New);
         let Some(parsed) = self.load_bundle(id) else {
             // Gone or corrupt: nothing to send.
             self.delete(id, ReasonCode::BlockUnintelligible, now);
-            return;
+            return true;
         };
         let blocks = parsed.bundle.unprocessable_blocks(supported_block);
         let params = bpv7::ForwardParams {
@@ -313,12 +336,12 @@ impl BundleEngine {
             Ok(c) => c.concat(),
             Err(bpv7::Error::HopLimitExceeded) => {
                 self.delete(id, ReasonCode::HopLimitExceeded, now);
-                return;
+                return true;
             }
             Err(err) => {
                 tracing::warn!(%err, "bundle cannot be forwarded");
                 self.delete(id, ReasonCode::BlockUnintelligible, now);
-                return;
+                return true;
             }
         };
         let mut pieces = vec![out];
@@ -332,15 +355,21 @@ impl BundleEngine {
                         let t = now.saturating_add(self.retry_delay_ms);
                         self.retries.insert((t, id));
                         self.set_state(id, State::Retry(t));
-                        return;
+                        return true;
                     }
                     Err(err) => {
                         tracing::debug!(%err, max, "bundle cannot be fragmented for this link");
                         self.delete(id, ReasonCode::NoKnownRoute, now);
-                        return;
+                        return true;
                     }
                 }
             }
+        }
+        let s = &self.neighbours[n.0];
+        if s.in_flight > 0 && s.in_flight + pieces.len() > s.cfg.max_in_flight.max(1) {
+            self.neighbours[n.0].queues[prio_index(priority)].insert(id);
+            self.set_state(id, State::Queued(n));
+            return false;
         }
         let urgent = priority == Priority::Expedited;
         let count = pieces.len() as u32;
@@ -366,6 +395,7 @@ impl BundleEngine {
                 too_large: false,
             },
         );
+        true
     }
 
     /// The adapter's outcome of one transfer.

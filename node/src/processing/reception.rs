@@ -7,7 +7,12 @@
 //! (§4.4.3: exceeded → deleted, reason 9), unprocessable blocks (§5.6 step 4, §4.2.4: delete
 //! the bundle with reason 11, or drop the block when forwarding, and report if the block asks),
 //! then storage (custody) and the "received" report (§5.6 step 2, issued once the bundle is
-//! stored so a report never claims a bundle the node could lose), then dispatch (§5.3).
+//! stored so a report never claims a bundle the node could lose), then dispatch (§5.3). A
+//! bundle deleted during reception (expired, hop limit, unprocessable block) was received all
+//! the same: its "received" report, if requested and allowed, goes out first, then the
+//! "deleted" one (§5.6 step 2 before §5.10). One "received" report per reception: when a
+//! block's "report if unprocessable" flag asked for one (§5.6 step 4, reason 11), that one
+//! stands for both.
 //!
 //! Bundles received from neighbours and sent by applications are stored with
 //! [`Store::insert_held`](crate::store::Store::insert_held) when they are to be forwarded or
@@ -126,11 +131,13 @@ impl BundleEngine {
         // §5.5: expired on arrival.
         if bundle.is_expired(Some(bpv7::DtnTime(now)), 0) {
             self.counters.expired += 1;
+            self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
             self.delete_unstored(&meta, ReasonCode::LifetimeExpired, now);
             return Reception::Consumed;
         }
         // §4.4.3: hop limit exceeded.
         if bundle.hop_limit_exceeded() {
+            self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
             self.delete_unstored(&meta, ReasonCode::HopLimitExceeded, now);
             return Reception::Consumed;
         }
@@ -140,6 +147,9 @@ impl BundleEngine {
             self.report_unrequested(&meta, Report::Received, ReasonCode::BlockUnsupported, now);
         }
         if let Some(reason) = blocks.delete_bundle {
+            if !blocks.report {
+                self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
+            }
             self.delete_unstored(&meta, reason, now);
             return Reception::Consumed;
         }
