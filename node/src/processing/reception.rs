@@ -192,12 +192,17 @@ impl BundleEngine {
     }
 
     /// Whether this bundle is already held or was delivered (for a fragment addressed here,
-    /// also its whole bundle).
+    /// also its whole bundle). Delivered-id records exist only for bundles addressed here
+    /// (deliveries and echo requests): a bundle in transit needs no store read.
     fn is_duplicate(&self, key: &BundleKey, bundle: &bpv7::Bundle) -> bool {
-        if self.by_key.contains_key(key) || self.store.was_delivered(key).unwrap_or(false) {
+        if self.by_key.contains_key(key) {
             return true;
         }
-        if bundle.primary.fragment.is_some() && self.is_local(&bundle.primary.destination) {
+        let local = self.is_local(&bundle.primary.destination);
+        if local && self.store.was_delivered(key).unwrap_or(false) {
+            return true;
+        }
+        if bundle.primary.fragment.is_some() && local {
             let whole = BundleKey::from_id(&bundle.id().whole());
             return self.by_key.contains_key(&whole)
                 || self.store.was_delivered(&whole).unwrap_or(false);
