@@ -95,7 +95,7 @@ fn crash_child() {
         let mut all = Ticket::NONE;
         for _ in 0..8 {
             let inserted = if held {
-                store.insert_held(&key(n), n, &meta(n), &bundle(n))
+                store.insert_held(&key(n), n, &meta(n), &bundle(n).into())
             } else {
                 store.insert(&key(n), n, &meta(n), &bundle(n))
             };

@@ -504,7 +504,7 @@ impl DiskBackend {
         key: &BundleKey,
         expiry_ms: DtnMillis,
         meta: &[u8],
-        bundle: &[u8],
+        bundle: &Bytes,
         usage: &Usage,
         until: Instant,
     ) -> Result<Option<Arc<HoldCell>>, StoreError> {
@@ -519,7 +519,7 @@ impl DiskBackend {
             }
             check_quota(st.bundles, st.bytes, 1, bundle.len() as u64, usage)?;
             let mut ch = Changes::default();
-            ch.put(pk(P_BUNDLE, key), Bytes::copy_from_slice(bundle), true);
+            ch.put(pk(P_BUNDLE, key), bundle.clone(), true);
             ch.put(mk, meta_v, true);
             ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
             let over = self.commit_held(&mut st, ch, Some(&cell))?;

@@ -384,13 +384,14 @@ impl Store {
     /// commit (and a bundle of at most [`MAX_HELD_BUNDLE`] bytes) it stays out of the flushes
     /// for up to `max_delay`, and its ticket resolves when it is on disk, or at once when it
     /// leaves the store ([`Store::remove`]) before it was flushed: then nothing of it is ever
-    /// written. Reads see it like any stored bundle. Other durability modes: [`Store::insert`].
+    /// written. Reads see it like any stored bundle. The buffer keeps `bundle` itself, not a
+    /// copy (zero copy, DESIGN principle 3). Other durability modes: [`Store::insert`].
     pub fn insert_held(
         &self,
         key: &BundleKey,
         expiry_ms: DtnMillis,
         meta: &[u8],
-        bundle: &[u8],
+        bundle: &Bytes,
     ) -> Result<InsertOutcome, StoreError> {
         match (&self.inner.backend, &self.inner.group) {
             (Backend::Disk(d), Some(g)) if bundle.len() <= MAX_HELD_BUNDLE => {
@@ -989,7 +990,10 @@ pub(crate) mod tests {
         let d = TempDir::new("held-release");
         let s = Store::open(&config(&d, BUFFERED)).unwrap();
         let base = disk(&s).sled_len();
-        let t = stored(s.insert_held(&key(1), 9, b"m", b"in transit").unwrap());
+        let t = stored(
+            s.insert_held(&key(1), 9, b"m", &Bytes::from_static(b"in transit"))
+                .unwrap(),
+        );
         assert!(t.is_held());
         // Held: readable like any stored bundle, not flushed, not durable.
         assert_eq!(s.get(&key(1)).unwrap().unwrap(), &b"in transit"[..]);
@@ -1030,7 +1034,10 @@ pub(crate) mod tests {
         };
         {
             let s = Store::open(&config(&d, short)).unwrap();
-            let t = stored(s.insert_held(&key(1), 9, b"m", b"stays").unwrap());
+            let t = stored(
+                s.insert_held(&key(1), 9, b"m", &Bytes::from_static(b"stays"))
+                    .unwrap(),
+            );
             let started = std::time::Instant::now();
             block_on(s.persisted(t)).unwrap();
             assert!(started.elapsed() >= Duration::from_millis(25));
@@ -1041,7 +1048,10 @@ pub(crate) mod tests {
             assert!(s.remove(&key(1)).unwrap());
             s.flush().unwrap();
             assert_eq!(disk(&s).sled_len(), before - 3);
-            let t = stored(s.insert_held(&key(2), 9, b"m", b"kept").unwrap());
+            let t = stored(
+                s.insert_held(&key(2), 9, b"m", &Bytes::from_static(b"kept"))
+                    .unwrap(),
+            );
             block_on(s.persisted(t)).unwrap();
             // Killed now, `key(2)` must be on disk: only the Db is dropped below, and the
             // ticket resolved before.
@@ -1056,10 +1066,16 @@ pub(crate) mod tests {
         let d = TempDir::new("held-close");
         {
             let s = buffered(&config(&d, BUFFERED));
-            let t = stored(s.insert_held(&key(1), 9, b"m", b"one").unwrap());
+            let t = stored(
+                s.insert_held(&key(1), 9, b"m", &Bytes::from_static(b"one"))
+                    .unwrap(),
+            );
             s.flush().unwrap();
             block_on(s.persisted(t)).unwrap();
-            let t = stored(s.insert_held(&key(2), 9, b"m", b"two").unwrap());
+            let t = stored(
+                s.insert_held(&key(2), 9, b"m", &Bytes::from_static(b"two"))
+                    .unwrap(),
+            );
             let wait = s.persisted(t);
             drop(s); // the final flush takes every hold
             block_on(wait).unwrap();
@@ -1072,7 +1088,10 @@ pub(crate) mod tests {
     fn another_write_to_a_held_bundle_ends_its_hold() {
         let d = TempDir::new("held-update");
         let s = Store::open(&config(&d, BUFFERED)).unwrap();
-        let held = stored(s.insert_held(&key(1), 9, b"m", b"bytes").unwrap());
+        let held = stored(
+            s.insert_held(&key(1), 9, b"m", &Bytes::from_static(b"bytes"))
+                .unwrap(),
+        );
         let t = s.update_meta(&key(1), b"m2").unwrap();
         // The update is durable only with the insert it changes.
         block_on(s.persisted(t)).unwrap();
@@ -1090,10 +1109,14 @@ pub(crate) mod tests {
         let d = TempDir::new("held-fallback");
         for dur in [Durability::Memory, Durability::Sync] {
             let s = Store::open(&config(&d, dur)).unwrap();
-            let t = stored(s.insert_held(&key(1), 9, b"", b"x").unwrap());
+            let t = stored(
+                s.insert_held(&key(1), 9, b"", &Bytes::from_static(b"x"))
+                    .unwrap(),
+            );
             assert!(!t.is_held());
             assert_eq!(
-                s.insert_held(&key(1), 9, b"", b"x").unwrap(),
+                s.insert_held(&key(1), 9, b"", &Bytes::from_static(b"x"))
+                    .unwrap(),
                 InsertOutcome::Duplicate
             );
             drop(s);
@@ -1103,14 +1126,17 @@ pub(crate) mod tests {
         cfg.quota_bytes = 1 << 30;
         let s = buffered(&cfg);
         let big = vec![0u8; MAX_HELD_BUNDLE + 1];
-        assert!(!stored(s.insert_held(&key(2), 9, b"", &big).unwrap()).is_held());
+        assert!(!stored(s.insert_held(&key(2), 9, b"", &Bytes::from(big)).unwrap()).is_held());
     }
 
     #[test]
     fn combined_tickets_wait_for_both() {
         let d = TempDir::new("and");
         let s = Store::open(&config(&d, BUFFERED)).unwrap();
-        let held = stored(s.insert_held(&key(1), 9, b"", b"x").unwrap());
+        let held = stored(
+            s.insert_held(&key(1), 9, b"", &Bytes::from_static(b"x"))
+                .unwrap(),
+        );
         let plain = stored(s.insert(&key(2), 9, b"", b"y").unwrap());
         let both = plain.clone().and(held);
         assert!(pending_after(s.persisted(both.clone())));
@@ -1260,7 +1286,7 @@ mod model {
                 .insert(&key(*k), *e, &[*m], &vec![*m; *n])
                 .map(|o| matches!(o, InsertOutcome::Stored(_)).to_string()),
             Op::InsertHeld(k, e, m, n) => s
-                .insert_held(&key(*k), *e, &[*m], &vec![*m; *n])
+                .insert_held(&key(*k), *e, &[*m], &Bytes::from(vec![*m; *n]))
                 .map(|o| matches!(o, InsertOutcome::Stored(_)).to_string()),
             Op::Remove(k) => s.remove(&key(*k)).map(|b| b.to_string()),
             Op::UpdateMeta(k, m) => s.update_meta(&key(*k), &[*m, 1]).map(|_| String::new()),
