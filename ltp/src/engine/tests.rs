@@ -737,17 +737,7 @@ fn inactive_import_is_cancelled_and_freed() {
     let mut b = engine(B, A);
     b.handle_datagram(raw[0].clone(), now);
     assert!(drain(&mut b, now).is_empty());
-    let t = b.poll_timeout().unwrap();
-    assert_eq!(t, now + span().inactivity_timeout);
-    b.handle_timeout(t);
-    assert_eq!(
-        events(&mut b),
-        vec![Event::ImportCancelled {
-            session: sid,
-            reason: CancelReason::SystemCancelled,
-            by_peer: false
-        }]
-    );
+    let t = inactivity_cancels(&mut b, sid, now);
     let out = drain(&mut b, t);
     assert_eq!(
         out[0].body,
@@ -1062,6 +1052,23 @@ fn receiver_cancel_reaches_sender(
     );
 }
 
+/// The only timer of `b` is import `sid`'s inactivity timer, started at `now`: it fires and
+/// cancels the import (SYS_CNCLD). Returns when it fired.
+fn inactivity_cancels(b: &mut Engine, sid: SessionId, now: Instant) -> Instant {
+    let t = b.poll_timeout().unwrap();
+    assert_eq!(t, now + span().inactivity_timeout);
+    b.handle_timeout(t);
+    assert_eq!(
+        events(b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+    t
+}
+
 fn confirming_engine(id: EngineId, peer: EngineId) -> Engine {
     let mut e = Engine::new(
         id,
@@ -1214,17 +1221,7 @@ fn unanswered_red_part_is_cancelled_after_inactivity() {
         b.handle_datagram(s.clone(), now);
     }
     assert!(matches!(&events(&mut b)[..], [Event::BlockReceived { .. }]));
-    let t = b.poll_timeout().unwrap();
-    assert_eq!(t, now + span().inactivity_timeout);
-    b.handle_timeout(t);
-    assert_eq!(
-        events(&mut b),
-        vec![Event::ImportCancelled {
-            session: sid,
-            reason: CancelReason::SystemCancelled,
-            by_peer: false
-        }]
-    );
+    let t = inactivity_cancels(&mut b, sid, now);
     assert!(!b.accept_block(sid, t));
 }
 

@@ -134,6 +134,7 @@ fn tcp_reference(count: u64, size: usize) -> Result<Duration> {
     Ok(d)
 }
 
+#[derive(Default)]
 struct RecvResult {
     unique: u64,
     duplicates: u64,
@@ -149,12 +150,7 @@ async fn receive(
     deadline: tokio::time::Instant,
 ) -> Result<RecvResult> {
     let mut seen = HashSet::with_capacity(count as usize);
-    let mut r = RecvResult {
-        unique: 0,
-        duplicates: 0,
-        foreign: 0,
-        last: None,
-    };
+    let mut r = RecvResult::default();
     while r.unique < count {
         let d = match tokio::time::timeout_at(deadline, client.next_delivery()).await {
             Ok(d) => d.context("receiving a delivery")?,
@@ -405,12 +401,7 @@ async fn tcpcl_run(
     let start = Instant::now();
     let receiver = tokio::spawn(async move {
         let mut seen = HashSet::with_capacity(count as usize);
-        let mut r = RecvResult {
-            unique: 0,
-            duplicates: 0,
-            foreign: 0,
-            last: None,
-        };
+        let mut r = RecvResult::default();
         while r.unique < count {
             let got = match tokio::time::timeout_at(deadline, rx_rx.recv()).await {
                 Ok(Some(g)) => g,
