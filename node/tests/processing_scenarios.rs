@@ -338,11 +338,12 @@ fn proactive_fragmentation_and_reassembly_at_the_destination() {
     assert_eq!(net.stores[1].usage().bundles, 0);
 }
 
-/// Node 1 linked to node 2 by a link that fragments bundles above 400 bytes and carries at most
-/// `max_in_flight` transfers; transfers are held (not confirmed) until the test acks them.
-fn fragmenting_link(max_in_flight: usize) -> Net {
+/// Node 1 linked to node 2 by a link that carries at most `max_in_flight` transfers (and
+/// fragments bundles above `max_bundle_size`, if given); transfers are held (not confirmed)
+/// until the test acks them.
+fn held_link(max_in_flight: usize, max_bundle_size: Option<u64>) -> Net {
     let mut a = config(1, &[("b", 2)]);
-    a.neighbours[0].max_bundle_size = Some(400);
+    a.neighbours[0].max_bundle_size = max_bundle_size;
     a.neighbours[0].max_in_flight = max_in_flight;
     let b = config(2, &[("a", 1)]);
     let mut net = Net::new(vec![
@@ -358,7 +359,7 @@ fn fragmenting_link(max_in_flight: usize) -> Net {
 fn fragments_count_against_max_in_flight() {
     // Two bundles of 3 fragments each over a link with a window of 4 transfers: the second
     // waits until the first one's fragments are confirmed.
-    let mut net = fragmenting_link(4);
+    let mut net = held_link(4, Some(400));
     for i in 0..2u8 {
         net.engines[0]
             .send(request("ipn:2.9", &[i; 700]), None, net.now)
@@ -388,7 +389,7 @@ fn fragments_count_against_max_in_flight() {
 
 #[test]
 fn a_bundle_with_more_fragments_than_the_window_goes_alone() {
-    let mut net = fragmenting_link(2);
+    let mut net = held_link(2, Some(400));
     net.engines[0]
         .send(request("ipn:2.9", b"small"), None, net.now)
         .unwrap();
@@ -513,15 +514,7 @@ fn previous_hop_is_excluded() {
 
 #[test]
 fn expedited_bundles_go_first() {
-    let mut a = config(1, &[("b", 2)]);
-    a.neighbours[0].max_in_flight = 1;
-    let b = config(2, &[("a", 1)]);
-    let mut net = Net::new(vec![
-        (a, memory_store(1000, 1 << 30)),
-        (b, memory_store(1000, 1 << 30)),
-    ]);
-    net.link(0, 0, 1, 0);
-    net.hold = true;
+    let mut net = held_link(1, None);
     for (i, p) in [
         Priority::Bulk,
         Priority::Normal,
