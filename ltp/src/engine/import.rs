@@ -367,8 +367,7 @@ impl Engine {
             return;
         };
         if matches!(imp.state, ImportState::Open)
-            && imp.delivered
-            && imp.accepted
+            && imp.red_part_taken()
             && imp.reports.is_empty()
             && (imp.eob_seen || imp.eorp_is_eob)
         {

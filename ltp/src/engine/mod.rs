@@ -353,6 +353,16 @@ struct Import {
 }
 
 impl Import {
+    /// The client has the red part and took it: closing the import loses nothing.
+    fn red_part_taken(&self) -> bool {
+        self.delivered && self.accepted
+    }
+
+    /// The red part was delivered and the custody handshake waits for the client's answer.
+    fn awaits_acceptance(&self) -> bool {
+        matches!(self.state, ImportState::Open) && self.delivered && !self.accepted
+    }
+
     fn timers(&self) -> Vec<TimerId> {
         let mut v: Vec<TimerId> = self.reports.values().filter_map(|r| r.timer).collect();
         if let ImportState::Cancelling { timer: Some(t), .. } = self.state {
@@ -966,7 +976,7 @@ impl Engine {
                 r.timer = None;
                 // §6.8: retransmit the report, or give up once the limit is reached.
                 if r.retransmissions >= cfg.max_report_retransmissions {
-                    if imp.delivered && imp.accepted {
+                    if imp.red_part_taken() {
                         // The red part is delivered: nothing is lost by closing quietly; late
                         // checkpoints get a full report from the closed-session memory.
                         imp.reports.remove(&serial);
@@ -1033,7 +1043,7 @@ impl Engine {
                     return;
                 };
                 imp.inactivity = None;
-                if imp.delivered && imp.accepted {
+                if imp.red_part_taken() {
                     let red_len = imp.red_end.unwrap_or(0);
                     self.close_import(session, Outcome::ImportDelivered { red_len }, now);
                 } else {
@@ -1098,7 +1108,7 @@ impl Engine {
         let Some(imp) = self.imports.get_mut(&session) else {
             return false;
         };
-        if !matches!(imp.state, ImportState::Open) || !imp.delivered || imp.accepted {
+        if !imp.awaits_acceptance() {
             return false;
         }
         imp.accepted = true;
@@ -1116,9 +1126,10 @@ impl Engine {
     /// later). Returns false if the session is not an open import awaiting acceptance.
     pub fn refuse_block(&mut self, session: SessionId, reason: CancelReason, now: Instant) -> bool {
         self.clock = Some(now);
-        let awaiting = self.imports.get(&session).is_some_and(|imp| {
-            matches!(imp.state, ImportState::Open) && imp.delivered && !imp.accepted
-        });
+        let awaiting = self
+            .imports
+            .get(&session)
+            .is_some_and(Import::awaits_acceptance);
         if awaiting {
             self.cancel_import(session, reason, now);
         }
