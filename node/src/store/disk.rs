@@ -474,27 +474,8 @@ impl DiskBackend {
         bundle: &[u8],
         usage: &Usage,
     ) -> Result<bool, StoreError> {
-        let meta_v = encode_meta(expiry_ms, bundle.len() as u64, meta)?;
-        let mk = pk(P_META, key);
-        let over = {
-            let mut st = self.lock();
-            if self.lookup(&st, &mk)?.is_some() {
-                return Ok(false);
-            }
-            check_quota(st.bundles, st.bytes, 1, bundle.len() as u64, usage)?;
-            // The meta record is absent, so (batches being atomic) are the bytes and the
-            // index entry: all three are fresh.
-            let mut ch = Changes::default();
-            ch.put(pk(P_BUNDLE, key), Bytes::copy_from_slice(bundle), true);
-            ch.put(mk, meta_v, true);
-            ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
-            let over = self.commit(&mut st, ch)?;
-            st.bundles += 1;
-            st.bytes += bundle.len() as u64;
-            over
-        };
-        self.relieve(over)?;
-        Ok(true)
+        let bundle = Bytes::copy_from_slice(bundle);
+        self.insert_new(key, expiry_ms, meta, bundle, usage, None)
     }
 
     /// [`Self::insert`] as a held insert whose hold ends at `until` (buffered mode only); its
@@ -509,27 +490,47 @@ impl DiskBackend {
         until: Instant,
     ) -> Result<Option<Arc<HoldCell>>, StoreError> {
         debug_assert!(self.buffered, "held inserts need the write-back buffer");
-        let meta_v = encode_meta(expiry_ms, bundle.len() as u64, meta)?;
-        let mk = pk(P_META, key);
         let cell = HoldCell::new(until);
+        let stored = self.insert_new(key, expiry_ms, meta, bundle.clone(), usage, Some(&cell))?;
+        Ok(stored.then_some(cell))
+    }
+
+    /// Stores a bundle under `key` unless it is already stored (false); `hold`: as a held
+    /// insert with this cell.
+    fn insert_new(
+        &self,
+        key: &BundleKey,
+        expiry_ms: DtnMillis,
+        meta: &[u8],
+        bundle: Bytes,
+        usage: &Usage,
+        hold: Option<&Arc<HoldCell>>,
+    ) -> Result<bool, StoreError> {
+        let size = bundle.len() as u64;
+        let meta_v = encode_meta(expiry_ms, size, meta)?;
+        let mk = pk(P_META, key);
         let over = {
             let mut st = self.lock();
             if self.lookup(&st, &mk)?.is_some() {
-                return Ok(None);
+                return Ok(false);
             }
-            check_quota(st.bundles, st.bytes, 1, bundle.len() as u64, usage)?;
+            check_quota(st.bundles, st.bytes, 1, size, usage)?;
+            // The meta record is absent, so (batches being atomic) are the bytes and the
+            // index entry: all three are fresh.
             let mut ch = Changes::default();
-            ch.put(pk(P_BUNDLE, key), bundle.clone(), true);
+            ch.put(pk(P_BUNDLE, key), bundle, true);
             ch.put(mk, meta_v, true);
             ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
-            let over = self.commit_held(&mut st, ch, Some(&cell))?;
-            st.holds.push_back(cell.clone());
+            let over = self.commit_held(&mut st, ch, hold)?;
+            if let Some(cell) = hold {
+                st.holds.push_back(cell.clone());
+            }
             st.bundles += 1;
-            st.bytes += bundle.len() as u64;
+            st.bytes += size;
             over
         };
         self.relieve(over)?;
-        Ok(Some(cell))
+        Ok(true)
     }
 
     /// When the earliest hold still in the buffer ends.
