@@ -93,8 +93,9 @@ pub struct Received {
     pub bundle: bytes::Bytes,
     /// Where the node answers whether it took custody of the bundle, when the convergence
     /// layer can still acknowledge or refuse the transfer (TCPCL: the final XFER_ACK waits for
-    /// it). `None` for layers that acknowledged already or never do (UDP; LTP, whose red part
-    /// is acknowledged by the LTP engine itself).
+    /// it; LTP with `confirm_red_parts`: the report completing the red part waits for every
+    /// bundle of the block). `None` for layers that acknowledged already or never do (UDP;
+    /// green LTP data; LTP without the handshake).
     pub custody: Option<CustodyAck>,
 }
 

@@ -8,17 +8,18 @@
 //! deliver to a registration). Nothing is global: several nodes run in one process.
 //!
 //! Custody (RFC 9171 §5 "retention"; DESIGN.md principle 4): a bundle accepted from an
-//! application is acknowledged (the agent's reply) and a bundle received over TCPCL is
-//! acknowledged (the final XFER_ACK, through [`convergence::adapter::CustodyAck`]) only after
-//! [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks, never
-//! in the core loop. A bundle in transit is stored as a held insert
+//! application is acknowledged (the agent's reply), and a bundle received over TCPCL or LTP is
+//! acknowledged (the final XFER_ACK; the LTP report that completes the red part, held by the
+//! engine's `confirm_red_parts` handshake), through [`convergence::adapter::CustodyAck`], only
+//! after [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks,
+//! never in the core loop. A bundle in transit is stored as a held insert
 //! ([`Store::insert_held`](crate::store::Store::insert_held)): its wait also ends when it left
 //! the store before it was written, i.e. once the next hop confirmed it (or the application
 //! acknowledged it); the core handles transfer outcomes before new input, so that such
-//! confirmations are not queued behind new bundles. A refusal by the engine (store quota) becomes XFER_REFUSE "No Resources",
-//! a bundle the engine discards as invalid (RFC 9171 §5.6) XFER_REFUSE "Not Acceptable".
-//! Known limit: LTP acknowledges the red part at the LTP layer before the node stores the
-//! bundle (the LTP adapter gives no custody handle), and UDP has no acknowledgement at all.
+//! confirmations are not queued behind new bundles. A refusal by the engine (store quota)
+//! becomes XFER_REFUSE "No Resources" (over LTP: a cancel of the block), a bundle the engine
+//! discards as invalid (RFC 9171 §5.6) XFER_REFUSE "Not Acceptable". UDP has no
+//! acknowledgement at all.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
