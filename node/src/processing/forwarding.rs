@@ -260,7 +260,7 @@ impl BundleEngine {
     pub(super) fn pump(&mut self, n: NeighbourId, now: DtnMillis) {
         loop {
             let s = &mut self.neighbours[n.0];
-            if !s.usable(now) || s.in_flight >= s.cfg.max_in_flight.max(1) {
+            if !s.usable(now) || !s.fits(1) {
                 return;
             }
             if s.pace_rate.is_some() && s.pace_free_at > now.saturating_add(PACE_BURST_MS) {
@@ -314,7 +314,7 @@ impl BundleEngine {
             }
             _ => 1,
         };
-        if s.in_flight > 0 && s.in_flight.saturating_add(least) > s.cfg.max_in_flight.max(1) {
+        if !s.fits(least) {
             self.neighbours[n.0].queues[prio_index(priority)].insert(id);
             return false;
         }
@@ -366,7 +366,7 @@ impl BundleEngine {
             }
         }
         let s = &self.neighbours[n.0];
-        if s.in_flight > 0 && s.in_flight + pieces.len() > s.cfg.max_in_flight.max(1) {
+        if !s.fits(pieces.len()) {
             self.neighbours[n.0].queues[prio_index(priority)].insert(id);
             self.set_state(id, State::Queued(n));
             return false;

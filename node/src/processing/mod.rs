@@ -307,6 +307,12 @@ impl NeighbourState {
     fn queued(&self) -> usize {
         self.queues.iter().map(|q| q.len()).sum()
     }
+    /// Whether `transfers` more fit in the window (`max_in_flight`) beside those in flight; a
+    /// batch larger than the whole window fits only when nothing is in flight.
+    fn fits(&self, transfers: usize) -> bool {
+        self.in_flight == 0
+            || self.in_flight.saturating_add(transfers) <= self.cfg.max_in_flight.max(1)
+    }
 }
 
 /// A registration of an application endpoint.
