@@ -85,59 +85,49 @@ fn bpgen(args: &[&str], timeout: Duration) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("bpgen summary {last:?}: {e}"))
 }
 
+/// Runs bpgen between `endpoints` (its source and receiver options) with `count` bundles of
+/// 1 KiB to `dest`, `window` in flight; checks that every bundle arrived once and returns the
+/// summary.
+fn bpgen_load(endpoints: &[&str], count: u64, window: u64, dest: &str) -> serde_json::Value {
+    let (count_s, window_s) = (count.to_string(), window.to_string());
+    let mut args = endpoints.to_vec();
+    args.extend([
+        "--count",
+        &count_s,
+        "--size",
+        "1024",
+        "--window",
+        &window_s,
+        "--timeout",
+        "600",
+        "--json",
+        dest,
+    ]);
+    let v = bpgen(&args, Duration::from_secs(700));
+    assert_eq!(v["received"].as_u64(), Some(count), "{v}");
+    assert_eq!(v["duplicates"].as_u64(), Some(0), "{v}");
+    v
+}
+
 fn through_line(durability: &str, count: u64, window: u64, dest: &str, hops: usize) -> f64 {
     let dir = TempDir::new(&format!("bench-{durability}"));
     let nodes = start_line(dir.path(), LineCl::Tcpcl, durability);
     let receiver = if hops == 2 { &nodes[2] } else { &nodes[1] };
-    let v = bpgen(
-        &[
-            "--node",
-            &nodes[0].agent(),
-            "--recv-node",
-            &receiver.agent(),
-            "--count",
-            &count.to_string(),
-            "--size",
-            "1024",
-            "--window",
-            &window.to_string(),
-            "--timeout",
-            "600",
-            "--json",
-            dest,
-        ],
-        Duration::from_secs(700),
-    );
-    assert_eq!(v["received"].as_u64(), Some(count), "{v}");
-    assert_eq!(v["duplicates"].as_u64(), Some(0), "{v}");
+    let (a, r) = (nodes[0].agent(), receiver.agent());
+    let v = bpgen_load(&["--node", &a, "--recv-node", &r], count, window, dest);
     v["per_second"].as_f64().expect("per_second")
 }
 
 /// bpgen's TCPCL source sends `count` bundles to `to` with `window` transfers in flight; its
 /// sink listens on `sink` as `ipn:3.0`.
 fn bpgen_tcpcl(to: &str, sink: u16, count: u64, window: u64) -> serde_json::Value {
-    let v = bpgen(
-        &[
-            "--tcpcl-to",
-            to,
-            "--tcpcl-sink",
-            &format!("127.0.0.1:{sink}"),
-            "--count",
-            &count.to_string(),
-            "--size",
-            "1024",
-            "--window",
-            &window.to_string(),
-            "--timeout",
-            "600",
-            "--json",
-            "ipn:3.5",
-        ],
-        Duration::from_secs(700),
-    );
-    assert_eq!(v["received"].as_u64(), Some(count), "{v}");
-    assert_eq!(v["duplicates"].as_u64(), Some(0), "{v}");
-    v
+    let sink = format!("127.0.0.1:{sink}");
+    bpgen_load(
+        &["--tcpcl-to", to, "--tcpcl-sink", &sink],
+        count,
+        window,
+        "ipn:3.5",
+    )
 }
 
 /// The relay alone: one `dtnd` B between bpgen's TCPCL source (as `ipn:1.0`) and bpgen's TCPCL
