@@ -92,6 +92,15 @@ pub struct SpanConfig {
     /// Processing and queueing margin added to every round-trip timer (§6.1: both engines'
     /// processing time, plus queueing at the peer).
     pub timer_margin: Duration,
+    /// Adaptive retransmission timers (see `engine/rtt.rs`): learn the round trip from the
+    /// peer's answers (RFC 6298 estimate, Karn's rule) and time out at `srtt + 4·rttvar`,
+    /// never longer than [`Self::round_trip_timeout`] and never shorter than
+    /// [`Self::min_round_trip_timeout`], doubling per retransmission of the same segment.
+    /// Off: every timer lasts [`Self::round_trip_timeout`] (the fixed interval of §6.1).
+    pub adaptive_timers: bool,
+    /// With `adaptive_timers`, the smallest margin added to the light times (a floor that
+    /// keeps scheduling jitter from causing spurious retransmissions).
+    pub min_timer_margin: Duration,
     /// An import session that hears nothing from the peer for this long (link-up time only) is
     /// cancelled, or closed quietly if its red part was already delivered.
     pub inactivity_timeout: Duration,
@@ -115,6 +124,8 @@ impl Default for SpanConfig {
             owlt_outbound: Duration::from_millis(1),
             owlt_inbound: Duration::from_millis(1),
             timer_margin: Duration::from_millis(200),
+            adaptive_timers: true,
+            min_timer_margin: Duration::from_millis(1),
             inactivity_timeout: Duration::from_secs(60),
             rate_limit: None,
             rate_burst: 64 * 1024,
@@ -126,5 +137,11 @@ impl SpanConfig {
     /// Round-trip timer interval (§6.1): OWLT out + OWLT in + margin.
     pub fn round_trip_timeout(&self) -> Duration {
         self.owlt_outbound + self.owlt_inbound + self.timer_margin
+    }
+
+    /// The shortest round-trip timer with `adaptive_timers`: OWLT out + OWLT in +
+    /// `min_timer_margin`.
+    pub fn min_round_trip_timeout(&self) -> Duration {
+        self.owlt_outbound + self.owlt_inbound + self.min_timer_margin
     }
 }

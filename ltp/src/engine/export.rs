@@ -47,6 +47,9 @@ impl Engine {
                 if let Some(t) = cp.timer {
                     self.timers.stop(t);
                 }
+                if let Some(span) = self.spans.get_mut(&peer) {
+                    span.sample_round_trip(cp.sent_at, now);
+                }
                 ex.cp_resend.retain(|&s| s != r.checkpoint_serial);
             }
         }
@@ -400,6 +403,7 @@ fn new_checkpoint(
             report_serial,
             retransmissions: 0,
             timer: None,
+            sent_at: None,
         },
     );
     let cp = CheckpointInfo {

@@ -325,6 +325,7 @@ impl Engine {
                     report: r,
                     retransmissions: 0,
                     timer: None,
+                    sent_at: None,
                 },
             );
         }
@@ -434,6 +435,9 @@ impl Engine {
         if let Some(r) = imp.reports.remove(&serial) {
             if let Some(t) = r.timer {
                 self.timers.stop(t);
+            }
+            if let Some(span) = self.spans.get_mut(&sid.originator) {
+                span.sample_round_trip(r.sent_at, now);
             }
         }
         self.maybe_close_import(sid, now);

@@ -4,7 +4,9 @@
 //!
 //! Decisions where RFC 5326 leaves room (CCSDS 734.1-B-1 and the peers in INTEROP.md):
 //! - Timers start when their segment is handed out by `poll_transmit` (§6.1), last
-//!   OWLT out + OWLT in + margin, and are suspended while the span's link is down (§8).
+//!   OWLT out + OWLT in + margin, and are suspended while the span's link is down (§8). With
+//!   `SpanConfig::adaptive_timers` (the default) the margin is learned from measured round
+//!   trips, within the configured one (`rtt.rs`).
 //! - A retransmitted checkpoint keeps its serial number (§6.7); a gap retransmission (§6.13)
 //!   ends with a new checkpoint carrying the report's serial; a retransmitted report is not
 //!   acted on twice but is acknowledged every time (§6.12).
@@ -33,6 +35,7 @@ mod export;
 mod import;
 mod intervals;
 mod red_part;
+mod rtt;
 mod timer;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -50,6 +53,7 @@ use crate::segment::{
 };
 use intervals::IntervalSet;
 use red_part::RedPart;
+use rtt::RttEstimator;
 use timer::{TimerId, TimerKind, Timers};
 
 /// What the engine reports to its user.
@@ -225,6 +229,10 @@ struct Span {
     pending: VecDeque<PendingBlock>,
     imports: usize,
     pace_at: Option<Instant>,
+    /// Round trips measured on this span (used with `SpanConfig::adaptive_timers`).
+    rtt: RttEstimator,
+    /// Counts link-state changes: a round trip that spans one is not sampled.
+    link_epoch: u64,
 }
 
 impl Span {
@@ -238,11 +246,48 @@ impl Span {
             pending: VecDeque::new(),
             imports: 0,
             pace_at: None,
+            rtt: RttEstimator::default(),
+            link_epoch: 0,
         }
     }
     fn has_output(&self) -> bool {
         !self.control.is_empty() || !self.ready.is_empty()
     }
+
+    /// §6.1 retransmission timer for a segment sent for the `(retransmissions + 1)`-th time:
+    /// the configured round trip, or with adaptive timers the measured one (`rtt.rs`).
+    fn timeout(&self, retransmissions: u32) -> Duration {
+        let ceiling = self.cfg.round_trip_timeout();
+        if !self.cfg.adaptive_timers {
+            return ceiling;
+        }
+        self.rtt
+            .timeout(retransmissions, self.cfg.min_round_trip_timeout(), ceiling)
+    }
+
+    /// A send time to sample the round trip from, for a segment sent `retransmissions` times
+    /// before (Karn's rule: only first transmissions are sampled).
+    fn sample_start(&self, retransmissions: u32, now: Instant) -> Option<SentAt> {
+        (retransmissions == 0).then_some(SentAt {
+            at: now,
+            link_epoch: self.link_epoch,
+        })
+    }
+
+    /// The answer to a segment sent at `sent` arrived at `now`: one round-trip sample, unless
+    /// a link-state change happened in between.
+    fn sample_round_trip(&mut self, sent: Option<SentAt>, now: Instant) {
+        if let Some(s) = sent.filter(|s| s.link_epoch == self.link_epoch) {
+            self.rtt.sample(now.saturating_duration_since(s.at));
+        }
+    }
+}
+
+/// When a segment whose answer is a round-trip sample left (see `rtt.rs`).
+#[derive(Clone, Copy, Debug)]
+struct SentAt {
+    at: Instant,
+    link_epoch: u64,
 }
 
 struct Checkpoint {
@@ -252,6 +297,8 @@ struct Checkpoint {
     report_serial: u64,
     retransmissions: u32,
     timer: Option<TimerId>,
+    /// When the first transmission left, if it is to be sampled.
+    sent_at: Option<SentAt>,
 }
 
 struct RetxRange {
@@ -314,6 +361,8 @@ struct PendingReport {
     report: ReportSegment,
     retransmissions: u32,
     timer: Option<TimerId>,
+    /// When the first transmission left, if it is to be sampled.
+    sent_at: Option<SentAt>,
 }
 
 enum ImportState {
@@ -561,6 +610,12 @@ impl Engine {
         self.timers.len()
     }
 
+    /// The smoothed round-trip time measured to `peer` (see `SpanConfig::adaptive_timers`),
+    /// once one of its answers was sampled; measured whether or not adaptive timers are on.
+    pub fn round_trip_estimate(&self, peer: EngineId) -> Option<Duration> {
+        self.spans.get(&peer).and_then(|s| s.rtt.srtt())
+    }
+
     /// Starts sending a block whose first `red_len` octets are red (reliable), the rest green.
     pub fn send_block(
         &mut self,
@@ -711,8 +766,7 @@ impl Engine {
                     Some(now),
                 ) = (dropped, self.clock)
                 {
-                    let rtt = span.cfg.round_trip_timeout();
-                    self.on_sent(peer, kind, now, rtt);
+                    self.on_sent(peer, kind, now);
                 }
             }
             None => {
@@ -819,10 +873,9 @@ impl Engine {
 
     fn transmit_from(&mut self, peer: EngineId, now: Instant) -> Option<Bytes> {
         let span = self.spans.get_mut(&peer)?;
-        let rtt = span.cfg.round_trip_timeout();
         if let Some(o) = span.control.pop_front() {
             if let OnSent::Timer(kind) = o.on_sent {
-                self.on_sent(peer, kind, now, rtt);
+                self.on_sent(peer, kind, now);
             }
             return Some(o.bytes);
         }
@@ -838,7 +891,7 @@ impl Engine {
             };
             self.stats.data_segments_sent += 1;
             if let OnSent::Timer(kind) = on_sent {
-                self.on_sent(peer, kind, now, rtt);
+                self.on_sent(peer, kind, now);
             }
             self.mark_ready(number);
             self.check_export_complete(number, now);
@@ -847,9 +900,13 @@ impl Engine {
         None
     }
 
-    /// Starts the retransmission timer of a segment that just left (§6.1).
-    fn on_sent(&mut self, peer: EngineId, kind: TimerKind, now: Instant, rtt: Duration) {
-        let up = self.spans.get(&peer).is_none_or(|s| s.link_up);
+    /// Starts the retransmission timer of a segment that just left (§6.1), and notes its send
+    /// time for a round-trip sample.
+    fn on_sent(&mut self, peer: EngineId, kind: TimerKind, now: Instant) {
+        let Some(span) = self.spans.get(&peer) else {
+            return;
+        };
+        let up = span.link_up;
         match kind {
             TimerKind::Checkpoint { number, serial } => {
                 if let Some(cp) = self
@@ -860,6 +917,8 @@ impl Engine {
                     if let Some(t) = cp.timer.take() {
                         self.timers.stop(t);
                     }
+                    let rtt = span.timeout(cp.retransmissions);
+                    cp.sent_at = span.sample_start(cp.retransmissions, now);
                     cp.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -873,28 +932,38 @@ impl Engine {
                     if let Some(t) = r.timer.take() {
                         self.timers.stop(t);
                     }
+                    let rtt = span.timeout(r.retransmissions);
+                    r.sent_at = span.sample_start(r.retransmissions, now);
                     r.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
             TimerKind::ExportCancel { number } => {
                 self.stats.cancels_sent += 1;
-                if let Some(ExportState::Cancelling { timer, .. }) =
-                    self.exports.get_mut(&number).map(|e| &mut e.state)
+                if let Some(ExportState::Cancelling {
+                    timer,
+                    retransmissions,
+                    ..
+                }) = self.exports.get_mut(&number).map(|e| &mut e.state)
                 {
                     if let Some(t) = timer.take() {
                         self.timers.stop(t);
                     }
+                    let rtt = span.timeout(*retransmissions);
                     *timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
             TimerKind::ImportCancel { session } => {
                 self.stats.cancels_sent += 1;
-                if let Some(ImportState::Cancelling { timer, .. }) =
-                    self.imports.get_mut(&session).map(|i| &mut i.state)
+                if let Some(ImportState::Cancelling {
+                    timer,
+                    retransmissions,
+                    ..
+                }) = self.imports.get_mut(&session).map(|i| &mut i.state)
                 {
                     if let Some(t) = timer.take() {
                         self.timers.stop(t);
                     }
+                    let rtt = span.timeout(*retransmissions);
                     *timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -1064,6 +1133,7 @@ impl Engine {
             return;
         }
         span.link_up = up;
+        span.link_epoch += 1;
         if up {
             self.timers.resume_peer(peer, now);
         } else {

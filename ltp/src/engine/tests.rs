@@ -17,6 +17,9 @@ fn span() -> SpanConfig {
         owlt_inbound: Duration::from_millis(100),
         timer_margin: Duration::from_millis(50),
         max_checkpoint_retransmissions: 3,
+        // The scripted procedures below assume the fixed interval of §6.1; adaptive timers
+        // have their own tests.
+        adaptive_timers: false,
         ..SpanConfig::default()
     }
 }
@@ -1255,4 +1258,134 @@ fn a_restarted_receiver_cancels_rather_than_let_stale_claims_complete_the_sessio
         b2.handle_datagram(d, now);
     }
     receiver_cancel_reaches_sender(&mut b2, &mut a, sid, CancelReason::SystemCancelled, now);
+}
+
+/// A span with adaptive timers: 10 ms each way, a configured margin of 500 ms (the ceiling
+/// 520 ms), a floor of 21 ms.
+fn adaptive_span() -> SpanConfig {
+    SpanConfig {
+        max_segment_size: 256,
+        owlt_outbound: Duration::from_millis(10),
+        owlt_inbound: Duration::from_millis(10),
+        timer_margin: Duration::from_millis(500),
+        adaptive_timers: true,
+        min_timer_margin: Duration::from_millis(1),
+        max_checkpoint_retransmissions: 10,
+        ..SpanConfig::default()
+    }
+}
+
+fn adaptive_pair() -> (Engine, Engine) {
+    let (mut a, mut b) = (engine(A, B), engine(B, A));
+    a.add_span(B, adaptive_span());
+    b.add_span(A, adaptive_span());
+    (a, b)
+}
+
+/// Sends one 500-octet red block from `a` at `at` and completes it over a 10 ms channel with
+/// no loss; returns when the report-ack reached `b`.
+fn exchange_once(a: &mut Engine, b: &mut Engine, at: Instant) -> Instant {
+    let ms = Duration::from_millis;
+    a.send_block(B, 1, block(500), 500, at).unwrap();
+    for d in drain_raw(a, at) {
+        b.handle_datagram(d, at + ms(10));
+    }
+    for r in drain_raw(b, at + ms(10)) {
+        a.handle_datagram(r, at + ms(20));
+    }
+    for ra in drain_raw(a, at + ms(20)) {
+        b.handle_datagram(ra, at + ms(30));
+    }
+    at + ms(30)
+}
+
+#[test]
+fn adaptive_timer_learns_the_round_trip_and_backs_off() {
+    let ms = Duration::from_millis;
+    let (mut a, mut b) = adaptive_pair();
+    let t0 = t0();
+    assert_eq!(a.round_trip_estimate(B), None);
+    let t1 = exchange_once(&mut a, &mut b, t0);
+    // Checkpoint at t0, its report at t0 + 20 ms; report at t0 + 10 ms, its ack at + 30 ms.
+    assert_eq!(a.round_trip_estimate(B), Some(ms(20)));
+    assert_eq!(b.round_trip_estimate(A), Some(ms(20)));
+    assert_eq!(a.open_sessions() + b.open_sessions(), 0);
+
+    // The next checkpoint times out after srtt + 4·rttvar = 20 + 4·10 = 60 ms, not 520 ms.
+    a.send_block(B, 1, block(500), 500, t1).unwrap();
+    assert!(!drain(&mut a, t1).is_empty());
+    let mut fired = t1;
+    let mut gaps = Vec::new();
+    for _ in 0..6 {
+        let at = a.poll_timeout().expect("the checkpoint timer runs");
+        gaps.push(at - fired);
+        a.handle_timeout(at);
+        let resent = drain(&mut a, at);
+        assert_eq!(resent.len(), 1, "the checkpoint alone is retransmitted");
+        assert!(data(&resent[0]).checkpoint.is_some());
+        fired = at;
+    }
+    // Each retransmission doubles the timeout, up to the configured 520 ms.
+    assert_eq!(gaps, [ms(60), ms(120), ms(240), ms(480), ms(520), ms(520)]);
+}
+
+#[test]
+fn adaptive_timer_samples_neither_retransmissions_nor_round_trips_across_a_link_change() {
+    let ms = Duration::from_millis;
+    let (mut a, mut b) = adaptive_pair();
+    let t0 = t0();
+    // Lost checkpoint: without a sample the configured 520 ms apply.
+    a.send_block(B, 1, block(500), 500, t0).unwrap();
+    let first = drain_raw(&mut a, t0);
+    assert_eq!(a.poll_timeout(), Some(t0 + ms(520)));
+    let t1 = t0 + ms(520);
+    a.handle_timeout(t1);
+    let again = drain_raw(&mut a, t1);
+    assert_eq!(again.len(), 1);
+    // The data before the checkpoint and the retransmitted checkpoint arrive; the report
+    // answers a checkpoint sent twice, so it cannot be timed (Karn's rule).
+    for d in &first[..first.len() - 1] {
+        b.handle_datagram(d.clone(), t1 + ms(10));
+    }
+    b.handle_datagram(again[0].clone(), t1 + ms(10));
+    for r in drain_raw(&mut b, t1 + ms(10)) {
+        a.handle_datagram(r, t1 + ms(20));
+    }
+    assert_eq!(a.open_sessions(), 0, "the block completed");
+    assert_eq!(a.round_trip_estimate(B), None);
+
+    // A round trip that spans a link-state change includes the outage: not sampled either.
+    let t2 = t1 + ms(100);
+    a.send_block(B, 1, block(500), 500, t2).unwrap();
+    let segs = drain_raw(&mut a, t2);
+    a.set_link(B, false, t2 + ms(1));
+    a.set_link(B, true, t2 + ms(5_000));
+    for d in segs {
+        b.handle_datagram(d, t2 + ms(5_010));
+    }
+    for r in drain_raw(&mut b, t2 + ms(5_010)) {
+        a.handle_datagram(r, t2 + ms(5_020));
+    }
+    assert_eq!(a.open_sessions(), 0, "the block completed");
+    assert_eq!(a.round_trip_estimate(B), None);
+
+    // A clean round trip is sampled.
+    exchange_once(&mut a, &mut b, t2 + ms(6_000));
+    assert_eq!(a.round_trip_estimate(B), Some(ms(20)));
+}
+
+#[test]
+fn fixed_timers_ignore_the_estimate() {
+    let ms = Duration::from_millis;
+    let (mut a, mut b) = adaptive_pair();
+    let fixed = SpanConfig {
+        adaptive_timers: false,
+        ..adaptive_span()
+    };
+    a.add_span(B, fixed);
+    let t1 = exchange_once(&mut a, &mut b, t0());
+    assert_eq!(a.round_trip_estimate(B), Some(ms(20)), "still measured");
+    a.send_block(B, 1, block(500), 500, t1).unwrap();
+    drain(&mut a, t1);
+    assert_eq!(a.poll_timeout(), Some(t1 + ms(520)));
 }
