@@ -8,104 +8,46 @@
 //! source address and port — the engine identifies the peer by the engine ID in the segment,
 //! never by the source address.
 //!
-//! The loop: received datagrams go to [`Engine::handle_datagram`]; [`Engine::poll_transmit`] is
-//! drained in batches with async sends (a full socket buffer suspends sending, not the task);
-//! events go to a bounded channel (when it is full the driver stops reading the socket until the
-//! user catches up: back-pressure, LTP recovers what the kernel drops); [`Engine::poll_timeout`]
-//! arms a tokio sleep; commands arrive from [`LtpHandle`] over a bounded channel. An optional
-//! [`Impairment`] (loss, delay) sits between the engine and the socket, for tests, `ltpperf` and
-//! emulated links; it sees each datagram's [`Destination`] (peer engine and UDP address), so it
-//! can treat the links to different peers differently.
+//! The loop: datagrams are read in batches ([`udp_io`]: `recvmmsg` and UDP GRO on Linux) and
+//! go to [`Engine::handle_datagram`]; [`Engine::poll_transmit`] is drained into a bounded send
+//! queue that is sent in batches (`sendmmsg` and UDP GSO on Linux; a full socket buffer suspends
+//! sending until the socket is writable, not the task); events go to a bounded channel (when it
+//! is full the driver stops reading the socket until the user catches up: back-pressure, LTP
+//! recovers what the kernel drops); [`Engine::poll_timeout`] arms a tokio sleep; commands arrive
+//! from [`LtpHandle`] over a bounded channel. An optional [`Impairment`] (loss, delay) sits
+//! between the engine and the send queue, for tests, `ltpperf` and emulated links: it decides
+//! per datagram, before batching, and sees each datagram's [`Destination`] (peer engine and UDP
+//! address), so it can treat the links to different peers differently.
 //!
 //! Spans can be changed while the driver runs: [`LtpHandle::configure_span`] reconfigures a span
 //! in place ([`Engine::add_span`]), [`LtpHandle::set_span_address`] moves it to another address,
 //! and [`LtpHandle::cancel_exports`] cancels every export session to a peer (RFC 5326 §4.2).
 
+mod impairment;
+pub mod udp_io;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use tokio::net::UdpSocket;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig};
 use crate::segment::{CancelReason, EngineId, SessionId};
+use impairment::Delayed;
+pub use impairment::{Destination, Impairment, SimpleImpairment};
+use udp_io::UdpIo;
+pub use udp_io::{IoConfig, Offload};
 
-/// Largest UDP payload we can receive.
-const MAX_DATAGRAM: usize = 65_536;
-/// Datagrams sent per loop turn before the driver looks at the socket and commands again.
-const TX_BATCH: usize = 256;
-/// Datagrams read per loop turn once the socket is readable.
-const RX_BATCH: usize = 256;
-/// Receive buffer chunk: received datagrams are zero-copy slices of chunks of this size.
-const RX_CHUNK: usize = 1024 * 1024;
-
-/// Where a sent datagram goes: the peer engine and the UDP address of its span.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Destination {
-    /// The peer engine the segment is for.
-    pub engine: EngineId,
-    /// The UDP address the datagram is sent to (configured or learned for `engine`).
-    pub addr: SocketAddr,
-}
-
-/// Emulated channel impairment applied to every datagram the driver sends.
-///
-/// The driver resolves the peer's address first (a datagram for a peer with no address is
-/// counted as `no_route` and never reaches the impairment), then calls `on_send` once per
-/// datagram, in transmission order. The datagrams returned are sent to `dest.addr` at their
-/// instants (at once if not in the future), even if the span's address changes meanwhile.
-pub trait Impairment {
-    /// Returns the datagrams to actually send to `dest` and when (empty: dropped).
-    fn on_send(
-        &mut self,
-        now: Instant,
-        dest: Destination,
-        datagram: Bytes,
-    ) -> Vec<(Instant, Bytes)>;
-}
-
-/// Seeded random loss with a fixed one-way delay, the same for every destination.
-#[derive(Debug)]
-pub struct SimpleImpairment {
-    /// Probability (0..=1) that a datagram is dropped.
-    pub loss: f64,
-    /// Delay added to every datagram that is not dropped.
-    pub delay: Duration,
-    rng: SmallRng,
-}
-
-impl SimpleImpairment {
-    /// Loss probability `loss`, constant `delay`, RNG seeded with `seed` (same seed, same drops).
-    pub fn new(loss: f64, delay: Duration, seed: u64) -> SimpleImpairment {
-        SimpleImpairment {
-            loss: loss.clamp(0.0, 1.0),
-            delay,
-            rng: SmallRng::seed_from_u64(seed),
-        }
-    }
-}
-
-impl Impairment for SimpleImpairment {
-    fn on_send(
-        &mut self,
-        now: Instant,
-        _dest: Destination,
-        datagram: Bytes,
-    ) -> Vec<(Instant, Bytes)> {
-        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
-            Vec::new()
-        } else {
-            vec![(now + self.delay, datagram)]
-        }
-    }
-}
+/// Datagrams taken from the engine per loop turn before the driver looks at the socket and
+/// commands again.
+const TX_BATCH: usize = 2048;
+/// Datagrams read per loop turn once the socket is readable (one GRO buffer may add up to 64).
+const RX_BATCH: usize = 1024;
 
 /// Driver settings.
 pub struct DriverConfig {
@@ -133,10 +75,13 @@ pub struct DriverConfig {
     pub learn_peer_addresses: bool,
     /// Most learned peer addresses kept (further unknown engines are not learned).
     pub max_learned_peers: usize,
+    /// Socket I/O: send queue and receive pool bounds, batching, GSO/GRO.
+    pub io: IoConfig,
 }
 
 impl DriverConfig {
-    /// Defaults: 8 MiB socket buffers, no spans, no impairment, queues of 1024.
+    /// Defaults: 8 MiB socket buffers, no spans, no impairment, queues of 1024, batched I/O
+    /// with GSO/GRO where the kernel has them ([`IoConfig::default`]).
     pub fn new(bind: SocketAddr) -> DriverConfig {
         DriverConfig {
             bind,
@@ -149,6 +94,7 @@ impl DriverConfig {
             max_delayed: 1 << 20,
             learn_peer_addresses: false,
             max_learned_peers: 1024,
+            io: IoConfig::default(),
         }
     }
 }
@@ -172,8 +118,14 @@ pub struct DriverStats {
     pub no_route: u64,
     /// Datagrams dropped by the impairment (or its delay queue limit).
     pub impaired_drops: u64,
-    /// Requested and effective socket buffer sizes (send, receive).
+    /// Effective socket buffer sizes (send, receive), as the kernel granted them.
     pub socket_buffers: (usize, usize),
+    /// Send system calls that sent something (one may carry many datagrams).
+    pub send_calls: u64,
+    /// Receive system calls that returned something.
+    pub recv_calls: u64,
+    /// Batching and offloads in use on the socket.
+    pub offload: Offload,
 }
 
 /// Errors of [`LtpHandle`] calls.
@@ -343,25 +295,27 @@ impl LtpDriver {
         config: DriverConfig,
         engine: Engine,
     ) -> io::Result<(LtpHandle, mpsc::Receiver<Event>)> {
-        let (socket, buffers) = bind_socket(&config)?;
-        let local_addr = socket.local_addr()?;
+        let io = UdpIo::bind(
+            config.bind,
+            config.send_buffer,
+            config.recv_buffer,
+            &config.io,
+        )?;
+        let local_addr = io.local_addr();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_queue.max(1));
         let task = Task {
             engine,
-            socket,
+            io,
             spans: config.spans.into_iter().collect(),
             impairment: config.impairment,
             delayed: BinaryHeap::new(),
             delayed_seq: 0,
             max_delayed: config.max_delayed,
-            stats: DriverStats {
-                socket_buffers: buffers,
-                ..DriverStats::default()
-            },
+            stats: DriverStats::default(),
             event_tx,
             pending_event: None,
-            rx_buf: BytesMut::new(),
+            rx_out: Vec::new(),
             learn: config.learn_peer_addresses,
             learned: 0,
             max_learned: config.max_learned_peers,
@@ -377,64 +331,20 @@ impl LtpDriver {
     }
 }
 
-fn bind_socket(config: &DriverConfig) -> io::Result<(UdpSocket, (usize, usize))> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(
-        Domain::for_address(config.bind),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    if let Err(e) = s.set_send_buffer_size(config.send_buffer) {
-        warn!(error = %e, "cannot set SO_SNDBUF");
-    }
-    if let Err(e) = s.set_recv_buffer_size(config.recv_buffer) {
-        warn!(error = %e, "cannot set SO_RCVBUF");
-    }
-    let buffers = (
-        s.send_buffer_size().unwrap_or(0),
-        s.recv_buffer_size().unwrap_or(0),
-    );
-    if buffers.1 < config.recv_buffer {
-        debug!(
-            requested = config.recv_buffer,
-            effective = buffers.1,
-            "receive buffer capped by the kernel (net.core.rmem_max)"
-        );
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&config.bind.into())?;
-    let socket = UdpSocket::from_std(s.into())?;
-    Ok((socket, buffers))
-}
-
-/// A datagram held back by the impairment until `at`, for the address it was impaired for.
-struct Delayed {
-    at: Instant,
-    seq: u64,
-    addr: SocketAddr,
-    datagram: Bytes,
-}
-
-impl PartialEq for Delayed {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Delayed {}
-impl PartialOrd for Delayed {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Delayed {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
+/// What the send path needs after a loop turn.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tx {
+    /// Nothing to send until something happens.
+    Idle,
+    /// The socket buffer is full: wait until the socket is writable.
+    Blocked,
+    /// The turn's budget is spent and the engine may have more: come back after a yield.
+    More,
 }
 
 struct Task {
     engine: Engine,
-    socket: UdpSocket,
+    io: UdpIo,
     spans: HashMap<EngineId, SocketAddr>,
     impairment: Option<Box<dyn Impairment + Send>>,
     delayed: BinaryHeap<Reverse<Delayed>>,
@@ -443,7 +353,8 @@ struct Task {
     stats: DriverStats,
     event_tx: mpsc::Sender<Event>,
     pending_event: Option<Event>,
-    rx_buf: BytesMut,
+    /// Datagrams of one receive batch (reused).
+    rx_out: Vec<(Bytes, SocketAddr)>,
     learn: bool,
     learned: usize,
     max_learned: usize,
@@ -453,7 +364,12 @@ impl Task {
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
         let mut shutdown_reply = None;
         loop {
-            let more_tx = self.transmit().await;
+            // Timers first: a socket that stays readable must not starve them.
+            let now = Instant::now();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            let tx = self.transmit();
             self.forward_events();
             let deadline = self.next_deadline();
             let sleep = async {
@@ -465,9 +381,6 @@ impl Task {
             let reading = self.pending_event.is_none();
             // A clone, so that the permit borrows this local rather than `self`.
             let event_tx = self.event_tx.clone();
-            if self.rx_buf.capacity() < MAX_DATAGRAM {
-                self.rx_buf.reserve(RX_CHUNK);
-            }
             tokio::select! {
                 biased;
                 cmd = cmd_rx.recv() => match cmd {
@@ -489,21 +402,23 @@ impl Task {
                         self.pending_event = None;
                     }
                 },
-                r = self.socket.recv_buf_from(&mut self.rx_buf), if reading => match r {
-                    Ok((n, from)) => {
-                        self.received(n, from);
-                        self.drain_socket();
-                    }
+                r = self.io.readable(), if reading => match r {
+                    Ok(()) => self.receive(),
                     Err(e) => debug!(error = %e, "UDP receive error"),
                 },
-                _ = sleep => {
-                    let now = Instant::now();
-                    self.engine.handle_timeout(now);
-                    self.release_delayed(now).await;
+                r = self.io.writable(), if tx == Tx::Blocked => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "UDP socket not writable");
+                    }
                 },
-                _ = tokio::task::yield_now(), if more_tx => {},
+                _ = sleep => {
+                    self.engine.handle_timeout(Instant::now());
+                },
+                _ = tokio::task::yield_now(), if tx == Tx::More => {},
             }
         }
+        // What is queued goes if the socket takes it now; the rest is dropped with the task.
+        self.io.flush();
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
@@ -541,22 +456,43 @@ impl Task {
                 let _ = reply.send(self.engine.cancel_exports(peer, now));
             }
             Command::Stats(reply) => {
-                let mut s = self.stats.clone();
-                s.engine = self.engine.stats();
-                let _ = reply.send(s);
+                let _ = reply.send(self.stats());
             }
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
     }
 
-    fn received(&mut self, n: usize, from: SocketAddr) {
-        let datagram = self.rx_buf.split_to(n).freeze();
-        if self.learn {
-            self.learn_address(&datagram, from);
+    fn stats(&self) -> DriverStats {
+        let io = self.io.counters();
+        DriverStats {
+            engine: self.engine.stats(),
+            datagrams_sent: io.datagrams_sent,
+            bytes_sent: io.bytes_sent,
+            datagrams_received: io.datagrams_received,
+            bytes_received: io.bytes_received,
+            send_errors: io.send_errors,
+            socket_buffers: self.io.socket_buffers(),
+            send_calls: io.send_calls,
+            recv_calls: io.recv_calls,
+            offload: self.io.offload(),
+            ..self.stats.clone()
         }
-        self.stats.datagrams_received += 1;
-        self.stats.bytes_received += n as u64;
-        self.engine.handle_datagram(datagram, Instant::now());
+    }
+
+    /// Reads a batch of datagrams from the socket and hands them to the engine.
+    fn receive(&mut self) {
+        let mut batch = std::mem::take(&mut self.rx_out);
+        if let Err(e) = self.io.try_recv(&mut batch, RX_BATCH) {
+            debug!(error = %e, "UDP receive error");
+        }
+        let now = Instant::now();
+        for (datagram, from) in batch.drain(..) {
+            if self.learn {
+                self.learn_address(&datagram, from);
+            }
+            self.engine.handle_datagram(datagram, now);
+        }
+        self.rx_out = batch;
     }
 
     /// Records `from` as the address of the segment's session originator if none is known.
@@ -576,67 +512,70 @@ impl Task {
         }
     }
 
-    /// Reads whatever else is already queued on the socket (bounded batch).
-    fn drain_socket(&mut self) {
-        for _ in 0..RX_BATCH {
-            if self.rx_buf.capacity() < MAX_DATAGRAM {
-                self.rx_buf.reserve(RX_CHUNK);
-            }
-            match self.socket.try_recv_buf_from(&mut self.rx_buf) {
-                Ok((n, from)) => self.received(n, from),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    debug!(error = %e, "UDP receive error");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Sends up to a batch of datagrams; returns true if the engine may have more.
-    async fn transmit(&mut self) -> bool {
+    /// Moves the engine's output (through the impairment) into the send queue while it has
+    /// room, and sends the queue, for at most one turn's budget.
+    fn transmit(&mut self) -> Tx {
         let now = Instant::now();
-        self.release_delayed(now).await;
-        for _ in 0..TX_BATCH {
-            let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
-                return false;
-            };
-            let Some(addr) = self.route(peer) else {
-                continue;
-            };
-            match self.impairment.as_mut() {
-                None => self.send(addr, datagram).await,
-                Some(imp) => {
-                    let dest = Destination { engine: peer, addr };
-                    let out = imp.on_send(now, dest, datagram);
-                    if out.is_empty() {
-                        self.stats.impaired_drops += 1;
-                    }
-                    for (at, d) in out {
-                        if at <= now {
-                            self.send(addr, d).await;
-                        } else if self.delayed.len() >= self.max_delayed {
-                            self.stats.impaired_drops += 1;
-                        } else {
-                            self.delayed_seq += 1;
-                            self.delayed.push(Reverse(Delayed {
-                                at,
-                                seq: self.delayed_seq,
-                                addr,
-                                datagram: d,
-                            }));
-                        }
-                    }
-                }
+        self.release_delayed(now);
+        let mut budget = TX_BATCH;
+        loop {
+            let mut engine_idle = false;
+            while self.io.room() > 0 && budget > 0 {
+                let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
+                    engine_idle = true;
+                    break;
+                };
+                budget -= 1;
+                self.enqueue(now, peer, datagram);
+            }
+            if !self.io.flush() {
+                return Tx::Blocked;
+            }
+            if engine_idle {
+                return Tx::Idle;
+            }
+            if budget == 0 {
+                return Tx::More;
             }
         }
-        true
     }
 
-    async fn release_delayed(&mut self, now: Instant) {
+    /// Queues one datagram of the engine for its span's address, after the impairment.
+    fn enqueue(&mut self, now: Instant, peer: EngineId, datagram: Bytes) {
+        let Some(addr) = self.route(peer) else {
+            return;
+        };
+        let Some(imp) = self.impairment.as_mut() else {
+            self.io.push(addr, datagram);
+            return;
+        };
+        let dest = Destination { engine: peer, addr };
+        let out = imp.on_send(now, dest, datagram);
+        if out.is_empty() {
+            self.stats.impaired_drops += 1;
+        }
+        for (at, d) in out {
+            if at <= now {
+                self.io.push(addr, d);
+            } else if self.delayed.len() >= self.max_delayed {
+                self.stats.impaired_drops += 1;
+            } else {
+                self.delayed_seq += 1;
+                self.delayed.push(Reverse(Delayed {
+                    at,
+                    seq: self.delayed_seq,
+                    addr,
+                    datagram: d,
+                }));
+            }
+        }
+    }
+
+    /// Queues the delayed datagrams that are due (bounded by `max_delayed`).
+    fn release_delayed(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
-                self.send(d.addr, d.datagram).await;
+                self.io.push(d.addr, d.datagram);
             }
         }
     }
@@ -654,19 +593,6 @@ impl Task {
             }
         }
         addr
-    }
-
-    async fn send(&mut self, addr: SocketAddr, datagram: Bytes) {
-        match self.socket.send_to(&datagram, addr).await {
-            Ok(n) => {
-                self.stats.datagrams_sent += 1;
-                self.stats.bytes_sent += n as u64;
-            }
-            Err(e) => {
-                self.stats.send_errors += 1;
-                debug!(error = %e, %addr, "UDP send error");
-            }
-        }
     }
 
     fn forward_events(&mut self) {
@@ -691,42 +617,5 @@ impl Task {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dest(engine: EngineId, port: u16) -> Destination {
-        Destination {
-            engine,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    #[test]
-    fn simple_impairment_is_seeded_and_drops_about_the_loss_rate() {
-        let now = Instant::now();
-        let run = |seed| {
-            let mut imp = SimpleImpairment::new(0.05, Duration::from_millis(10), seed);
-            (0..10_000u64)
-                .map(|i| imp.on_send(now, dest(i % 3, 1113), Bytes::from_static(b"x")))
-                .collect::<Vec<_>>()
-        };
-        let a = run(3);
-        assert_eq!(a, run(3), "same seed, same drops");
-        let dropped = a.iter().filter(|v| v.is_empty()).count();
-        assert!((350..650).contains(&dropped), "{dropped} of 10000 dropped");
-        assert!(a
-            .iter()
-            .flatten()
-            .all(|(at, _)| *at == now + Duration::from_millis(10)));
-        let mut none = SimpleImpairment::new(0.0, Duration::ZERO, 1);
-        assert_eq!(
-            none.on_send(now, dest(7, 4556), Bytes::from_static(b"y"))
-                .len(),
-            1
-        );
     }
 }
