@@ -11,8 +11,10 @@
 //! application is acknowledged (the agent's reply), and a bundle received over TCPCL or LTP is
 //! acknowledged (the final XFER_ACK; the LTP report that completes the red part, held by the
 //! engine's `confirm_red_parts` handshake), through [`convergence::adapter::CustodyAck`], only
-//! after [`Store::persisted`] resolved for its write. Those waits run in small spawned tasks,
-//! never in the core loop. A bundle in transit is stored as a held insert
+//! after its write is durable: [`Store::on_persisted`] runs the acknowledgement from the
+//! thread that settles the write (the group-commit thread after its flush; the core itself
+//! when a held insert leaves the store), with no task or future per bundle and no wait in the
+//! core loop. A bundle in transit is stored as a held insert
 //! ([`Store::insert_held`](crate::store::Store::insert_held)): its wait also ends when it left
 //! the store before it was written, i.e. once the next hop confirmed it (or the application
 //! acknowledged it); the core handles transfer outcomes before new input, so that such
@@ -865,14 +867,11 @@ impl Core {
         match reception {
             Reception::Accepted(ticket) => {
                 if let Some(ack) = custody {
-                    let wait = self.store.persisted(ticket);
-                    tokio::spawn(async move {
-                        match wait.await {
-                            Ok(()) => ack.accept(),
-                            Err(e) => {
-                                warn!("store did not persist a received bundle: {e}");
-                                ack.refuse(Refusal::Retransmit);
-                            }
+                    self.store.on_persisted(ticket, move |r| match r {
+                        Ok(()) => ack.accept(),
+                        Err(e) => {
+                            warn!("store did not persist a received bundle: {e}");
+                            ack.refuse(Refusal::Retransmit);
                         }
                     });
                 }
@@ -934,10 +933,8 @@ impl Core {
             }
             AgentCommand::Send { request, reply } => match self.engine.send(request, None, now) {
                 Ok((accepted, ticket)) => {
-                    let wait = self.store.persisted(ticket);
-                    tokio::spawn(async move {
-                        let r = wait
-                            .await
+                    self.store.on_persisted(ticket, move |r| {
+                        let r = r
                             .map(|()| accepted)
                             .map_err(|e| AgentError::Storage(e.to_string()));
                         let _ = reply.send(r);

@@ -23,6 +23,12 @@
 //! reaches the disk and nothing needs to), or when a flush that includes it is durable. A relay
 //! that forwards a bundle within `max_delay` thus acknowledges it once the next hop has custody
 //! of it, without writing it at all; a bundle that stays longer is written like any other.
+//!
+//! **Callbacks instead of futures.** [`Store::on_persisted`](super::Store::on_persisted) runs a
+//! callback when a ticket is durable, without a task or a future per write: a held insert's
+//! callback sits in its [`HoldCell`] (run by whoever releases the cell, or handed on when a
+//! flush covers it), a sequence number's in [`Tickets`]' list, run by the flush that makes it
+//! durable (or fails). A relay acknowledges each bundle in transit this way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -50,7 +56,13 @@ pub(super) struct Tickets {
     urgent: AtomicU64,
     tx: watch::Sender<Durable>,
     rx: watch::Receiver<Durable>,
+    /// Callbacks waiting for a sequence number to be durable ([`Tickets::after`]); the lock
+    /// also orders their registration against [`Tickets::flushed`].
+    callbacks: Mutex<Vec<(u64, Done)>>,
 }
+
+/// A callback run once a write is durable (or failed to be).
+pub(super) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 impl Tickets {
     pub(super) fn new() -> Tickets {
@@ -60,6 +72,28 @@ impl Tickets {
             urgent: AtomicU64::new(0),
             tx,
             rx,
+            callbacks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `done` once `seq` is durable: at once if it is, else from the flush that makes it
+    /// so (on the flushing thread). The caller makes `seq` urgent if someone waits for it.
+    pub(super) fn after(&self, seq: u64, done: Done) {
+        let mut cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = {
+            let d = self.rx.borrow();
+            if d.seq >= seq {
+                Some(Ok(()))
+            } else {
+                d.failed.as_deref().map(|f| Err(flush_failed(f)))
+            }
+        };
+        match ready {
+            Some(r) => {
+                drop(cbs);
+                done(r);
+            }
+            None => cbs.push((seq, done)),
         }
     }
 
@@ -98,8 +132,10 @@ impl Tickets {
         }
     }
 
-    /// Publish the outcome of a flush that began after `seq` was read.
+    /// Publish the outcome of a flush that began after `seq` was read, and run the callbacks
+    /// it settles.
     pub(super) fn flushed(&self, seq: u64, result: Result<(), StoreError>) {
+        let mut cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
         self.tx.send_modify(|d| match result {
             Ok(()) => d.seq = d.seq.max(seq),
             Err(e) => {
@@ -107,6 +143,29 @@ impl Tickets {
                 d.failed.get_or_insert_with(|| e.to_string().into());
             }
         });
+        if cbs.is_empty() {
+            return;
+        }
+        let (durable, failed) = {
+            let d = self.rx.borrow();
+            (d.seq, d.failed.clone())
+        };
+        let ready: Vec<(u64, Done)> = if failed.is_some() {
+            std::mem::take(&mut *cbs)
+        } else {
+            let (ready, wait) = std::mem::take(&mut *cbs)
+                .into_iter()
+                .partition(|(s, _)| *s <= durable);
+            *cbs = wait;
+            ready
+        };
+        drop(cbs);
+        for (s, done) in ready {
+            done(match &failed {
+                Some(f) if s > durable => Err(flush_failed(f)),
+                _ => Ok(()),
+            });
+        }
     }
 
     /// A future resolving when `ticket` is durable (or a flush failed); `group` is false when
@@ -137,6 +196,36 @@ impl Tickets {
     }
 }
 
+impl Tickets {
+    /// Runs `done` once every one of `leaves` is durable (taken from the end), or with the
+    /// first error; `group` as in [`Tickets::wait`].
+    pub(super) fn when_all(self: &Arc<Self>, mut leaves: Vec<Leaf>, group: bool, done: Done) {
+        let Some(leaf) = leaves.pop() else {
+            return done(Ok(()));
+        };
+        let next: Done = if leaves.is_empty() {
+            done
+        } else {
+            let t = self.clone();
+            Box::new(move |r| match r {
+                Ok(()) => t.when_all(leaves, group, done),
+                Err(e) => done(Err(e)),
+            })
+        };
+        match leaf {
+            Leaf::Seq(s) if group => self.after(s, next),
+            Leaf::Seq(_) => next(Ok(())),
+            Leaf::Held(cell) => {
+                let t = self.clone();
+                cell.on_settle(Box::new(move |s| match s {
+                    Some(s) if group => t.after(s, next),
+                    _ => next(Ok(())),
+                }));
+            }
+        }
+    }
+}
+
 /// One ticket of a (possibly combined) ticket.
 pub(super) enum Leaf {
     Seq(u64),
@@ -154,7 +243,7 @@ impl Ticket {
     }
 
     /// Its single tickets, in order.
-    fn leaves(self, out: &mut Vec<Leaf>) {
+    pub(super) fn leaves(self, out: &mut Vec<Leaf>) {
         match self.0 {
             TicketInner::Seq(s) => out.push(Leaf::Seq(s)),
             TicketInner::Held(c) => out.push(Leaf::Held(c)),
@@ -167,6 +256,10 @@ impl Ticket {
     }
 }
 
+fn flush_failed(why: &str) -> StoreError {
+    StoreError::Db(format!("flush failed: {why}"))
+}
+
 async fn wait_seq(mut rx: watch::Receiver<Durable>, seq: u64) -> Result<(), StoreError> {
     let d = rx
         .wait_for(|d| d.seq >= seq || d.failed.is_some())
@@ -175,10 +268,7 @@ async fn wait_seq(mut rx: watch::Receiver<Durable>, seq: u64) -> Result<(), Stor
     if d.seq >= seq {
         Ok(())
     } else {
-        Err(StoreError::Db(format!(
-            "flush failed: {}",
-            d.failed.as_deref().unwrap_or("unknown")
-        )))
+        Err(flush_failed(d.failed.as_deref().unwrap_or("unknown")))
     }
 }
 
@@ -193,34 +283,81 @@ enum HoldState {
     Released,
 }
 
-/// The ticket of a held insert (see the module docs), shared by its buffered entries.
-#[derive(Debug)]
+/// Run when a held insert's hold is over: `Some(seq)` covered by the flush publishing `seq`,
+/// `None` released (nothing to wait for).
+pub(super) type OnSettle = Box<dyn FnOnce(Option<u64>) + Send>;
+
+struct CellState {
+    state: HoldState,
+    /// The callback of [`HoldCell::on_settle`], while held.
+    on_settle: Option<OnSettle>,
+    /// A future waits in [`HoldCell::resolved`] (else settling needs no wake-up).
+    awaited: bool,
+}
+
+/// The ticket of a held insert (see the module docs).
 pub(crate) struct HoldCell {
-    state: Mutex<HoldState>,
+    state: Mutex<CellState>,
     changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for HoldCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldCell")
+            .field("state", &self.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HoldCell {
     pub(super) fn new(until: Instant) -> Arc<HoldCell> {
         Arc::new(HoldCell {
-            state: Mutex::new(HoldState::Held { until }),
+            state: Mutex::new(CellState {
+                state: HoldState::Held { until },
+                on_settle: None,
+                awaited: false,
+            }),
             changed: tokio::sync::Notify::new(),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, CellState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn get(&self) -> HoldState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock().state
     }
 
     fn settle(&self, to: HoldState) {
-        {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !matches!(*s, HoldState::Held { .. }) {
+        let (f, awaited) = {
+            let mut s = self.lock();
+            if !matches!(s.state, HoldState::Held { .. }) {
                 return;
             }
-            *s = to;
+            s.state = to;
+            (s.on_settle.take(), s.awaited)
+        };
+        if awaited {
+            self.changed.notify_waiters();
         }
-        self.changed.notify_waiters();
+        if let Some(f) = f {
+            f(settled(to));
+        }
+    }
+
+    /// Runs `f` once the hold is over (at once if it is): with the sequence number to wait
+    /// for, or `None` if released. One callback per cell (a second replaces the first).
+    pub(super) fn on_settle(&self, f: OnSettle) {
+        let state = {
+            let mut s = self.lock();
+            if let HoldState::Held { .. } = s.state {
+                s.on_settle = Some(f);
+                return;
+            }
+            s.state
+        };
+        f(settled(state));
     }
 
     /// Still held (neither taken into a flush nor released).
@@ -233,14 +370,6 @@ impl HoldCell {
         match self.get() {
             HoldState::Held { until } => Some(until),
             _ => None,
-        }
-    }
-
-    /// End the hold now: the next flush takes the entries.
-    pub(super) fn expire(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let HoldState::Held { until } = &mut *s {
-            *until = (*until).min(Instant::now());
         }
     }
 
@@ -260,12 +389,25 @@ impl HoldCell {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.get() {
+            let state = {
+                let mut s = self.lock();
+                s.awaited = true;
+                s.state
+            };
+            match state {
                 HoldState::Held { .. } => notified.await,
                 HoldState::Covered(s) => return Some(s),
                 HoldState::Released => return None,
             }
         }
+    }
+}
+
+/// What a settled hold leaves to wait for.
+fn settled(state: HoldState) -> Option<u64> {
+    match state {
+        HoldState::Covered(s) => Some(s),
+        _ => None,
     }
 }
 

@@ -24,15 +24,19 @@
 //! bounded ([`MAX_PENDING_OPS`], [`MAX_PENDING_BYTES`]); a writer that finds it full applies it
 //! itself (back-pressure). In `Sync` mode writes go straight to sled.
 //!
-//! **Held inserts.** The entries of a held insert (see `commit`) carry its [`HoldCell`]: a
-//! flush leaves them in the buffer until the hold ends (or takes them all when asked to:
-//! shutdown, [`super::Store::flush`]), and covers the cell with its sequence number when it
-//! takes them; removing the bundle before that drops the entries and releases the cell. A
-//! writer relieving a full buffer never applies held entries (it publishes no sequence number
-//! to cover them with); they leave by their hold's end, which bounds them to `max_delay` of
-//! arrivals. Any other write to a held bundle ends its hold at once.
+//! **Held inserts.** A held insert (see `commit`) is kept apart from the buffer, as one entry
+//! of a hash map by bundle key (its bytes, encoded meta record, expiry and [`HoldCell`]), in a
+//! queue ordered by the end of its hold: inserting and removing a bundle in transit costs one
+//! map entry, not three buffered sled entries. Reads and scans see it like a buffered write. A
+//! flush takes the held inserts whose hold has ended (or all of them when asked to: shutdown,
+//! [`super::Store::flush`]) into its batch as the three entries, and covers their cells with
+//! its sequence number; removing the bundle before that drops the entry and releases the
+//! cell. A writer relieving a full buffer never takes held inserts (it publishes no sequence
+//! number to cover them with); they leave by their hold's end, which bounds them to
+//! `max_delay` of arrivals. Any other write to a held bundle ends its hold at once: its
+//! entries move into the buffer, and the next flush covers its cell.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -119,8 +123,31 @@ struct Pending {
     value: Option<Bytes>,
     /// The key is absent below this layer: deleting it drops the entry.
     fresh: bool,
-    /// The held insert this entry belongs to (left out of flushes while held).
-    hold: Option<Arc<HoldCell>>,
+}
+
+/// A held insert, kept out of the buffer until its hold ends (see the module docs).
+struct HeldBundle {
+    bundle: Bytes,
+    /// The encoded meta record (the `M` value).
+    meta: Bytes,
+    expiry_ms: DtnMillis,
+    cell: Arc<HoldCell>,
+}
+
+impl HeldBundle {
+    /// Its three sled entries (bytes, meta record, expiry index entry) for bundle key `key`.
+    fn entries(&self, key: &[u8]) -> [(Vec<u8>, Bytes); 3] {
+        let mut b = Vec::with_capacity(1 + key.len());
+        b.push(P_BUNDLE);
+        b.extend_from_slice(key);
+        let mut m = b.clone();
+        m[0] = P_META;
+        [
+            (b, self.bundle.clone()),
+            (m, self.meta.clone()),
+            (time_key(&[P_EXPIRY], self.expiry_ms, key), Bytes::new()),
+        ]
+    }
 }
 
 /// Which held entries a batch takes.
@@ -168,14 +195,28 @@ struct State {
     applying: Arc<Overlay>,
     /// A batch failed to apply: the overlay is no longer trustworthy; writes are refused.
     broken: bool,
-    /// Held inserts in the order their holds end (the front may have been settled since).
-    holds: VecDeque<Arc<HoldCell>>,
+    /// Held inserts by bundle key (above `mem`: a key held is not buffered).
+    held: HashMap<Box<[u8]>, HeldBundle>,
+    /// Held inserts in the order their holds end, with their keys (the front may have been
+    /// settled, or moved into `mem`, since).
+    holds: VecDeque<(Arc<HoldCell>, Box<[u8]>)>,
+    /// Cells of held inserts moved into `mem` by another write: the next flush covers them.
+    uncovered: Vec<Arc<HoldCell>>,
 }
 
 impl State {
     /// The buffered state of `k`: `Some(Some(v))` put, `Some(None)` deleted, `None` not
     /// buffered (look in sled).
     fn overlay_get(&self, k: &[u8]) -> Option<Option<Bytes>> {
+        if let (Some(&p @ (P_BUNDLE | P_META)), false) = (k.first(), self.held.is_empty()) {
+            if let Some(h) = self.held.get(&k[1..]) {
+                return Some(Some(if p == P_BUNDLE {
+                    h.bundle.clone()
+                } else {
+                    h.meta.clone()
+                }));
+            }
+        }
         self.mem
             .get(k)
             .or_else(|| self.applying.get(k))
@@ -301,16 +342,6 @@ impl DiskBackend {
     /// Apply one operation's changes atomically: into the buffer, or as one sled batch.
     /// Returns whether the buffer is over its bounds (the caller then applies it).
     fn commit(&self, st: &mut State, ch: Changes) -> Result<bool, StoreError> {
-        self.commit_held(st, ch, None)
-    }
-
-    /// [`Self::commit`]; `hold`: the changes are a held insert's (buffered mode only).
-    fn commit_held(
-        &self,
-        st: &mut State,
-        ch: Changes,
-        hold: Option<&Arc<HoldCell>>,
-    ) -> Result<bool, StoreError> {
         if st.broken {
             return Err(StoreError::Db(
                 "an earlier write to disk failed; the store refuses writes".into(),
@@ -340,19 +371,13 @@ impl DiskBackend {
                     st.mem.remove(&k);
                 }
                 Some(p) => {
-                    // Another write to a held insert's entry ends the hold: the flush that
-                    // covers this write's ticket takes the whole insert with it.
-                    if let Some(h) = &p.hold {
-                        h.expire();
-                    }
                     let old = p.value.as_ref().map_or(0, |v| v.len());
                     p.value = value;
                     st.mem_bytes = st.mem_bytes.saturating_sub(old) + size - k.len();
                 }
                 None => {
                     st.mem_bytes += size;
-                    let hold = hold.cloned();
-                    st.mem.insert(k, Pending { value, fresh, hold });
+                    st.mem.insert(k, Pending { value, fresh });
                 }
             }
         }
@@ -376,41 +401,56 @@ impl DiskBackend {
             if st.broken {
                 return Err(StoreError::Db("an earlier write to disk failed".into()));
             }
-            while st.holds.front().is_some_and(|h| !h.is_held()) {
-                st.holds.pop_front();
-            }
-            let (m, s) = if st.holds.is_empty() {
-                st.mem_bytes = 0;
-                (std::mem::take(&mut st.mem), seq(false))
-            } else {
-                let (take, keep): (Overlay, Overlay) = std::mem::take(&mut st.mem)
-                    .into_iter()
-                    .partition(|(_, p)| p.hold.as_ref().is_none_or(|h| holds.takes(h)));
-                let cells: Vec<&Arc<HoldCell>> =
-                    take.values().filter_map(|p| p.hold.as_ref()).collect();
-                let s = seq(!cells.is_empty());
-                let mut covered = 0;
-                for h in cells {
-                    if h.is_held() {
-                        covered += 1;
+            st.mem_bytes = 0;
+            let mut take = std::mem::take(&mut st.mem);
+            let mut cells = Vec::new();
+            if !matches!(holds, Holds::Skip) {
+                cells = std::mem::take(&mut st.uncovered);
+                while let Some((cell, _)) = st.holds.front() {
+                    if cell.is_held() && !holds.takes(cell) {
+                        break;
                     }
-                    h.cover(s);
+                    let Some((cell, key)) = st.holds.pop_front() else {
+                        break;
+                    };
+                    if !cell.is_held() {
+                        continue;
+                    }
+                    match st.held.remove(&key) {
+                        Some(h) if Arc::ptr_eq(&h.cell, &cell) => {
+                            for (k, v) in h.entries(&key) {
+                                // Deletions buffered before the insert are overwritten.
+                                take.insert(
+                                    k,
+                                    Pending {
+                                        value: Some(v),
+                                        fresh: false,
+                                    },
+                                );
+                            }
+                            cells.push(cell);
+                        }
+                        // Moved into the buffer by another write: in `uncovered`.
+                        Some(other) => {
+                            st.held.insert(key, other);
+                        }
+                        None => {}
+                    }
                 }
-                self.held_flushed.fetch_add(covered, Ordering::Relaxed);
-                st.mem_bytes = keep
-                    .iter()
-                    .map(|(k, p)| k.len() + p.value.as_ref().map_or(0, |v| v.len()))
-                    .sum();
-                st.mem = keep;
-                while st.holds.front().is_some_and(|h| !h.is_held()) {
-                    st.holds.pop_front();
+            }
+            let s = seq(!cells.is_empty());
+            let mut covered = 0;
+            for h in cells {
+                if h.is_held() {
+                    covered += 1;
                 }
-                (take, s)
-            };
-            if m.is_empty() {
+                h.cover(s);
+            }
+            self.held_flushed.fetch_add(covered, Ordering::Relaxed);
+            if take.is_empty() {
                 return Ok(s);
             }
-            st.applying = Arc::new(m);
+            st.applying = Arc::new(take);
             (st.applying.clone(), s)
         };
         let mut b = Batch::default();
@@ -515,16 +555,33 @@ impl DiskBackend {
                 return Ok(false);
             }
             check_quota(st.bundles, st.bytes, 1, size, usage)?;
-            // The meta record is absent, so (batches being atomic) are the bytes and the
-            // index entry: all three are fresh.
-            let mut ch = Changes::default();
-            ch.put(pk(P_BUNDLE, key), bundle, true);
-            ch.put(mk, meta_v, true);
-            ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
-            let over = self.commit_held(&mut st, ch, hold)?;
-            if let Some(cell) = hold {
-                st.holds.push_back(cell.clone());
-            }
+            let over = match hold {
+                Some(cell) => {
+                    if st.broken {
+                        return Err(StoreError::Db(
+                            "an earlier write to disk failed; the store refuses writes".into(),
+                        ));
+                    }
+                    st.holds.push_back((cell.clone(), key.0.clone()));
+                    let h = HeldBundle {
+                        bundle,
+                        meta: meta_v.into(),
+                        expiry_ms,
+                        cell: cell.clone(),
+                    };
+                    st.held.insert(key.0.clone(), h);
+                    false
+                }
+                None => {
+                    // The meta record is absent, so (batches being atomic) are the bytes and
+                    // the index entry: all three are fresh.
+                    let mut ch = Changes::default();
+                    ch.put(pk(P_BUNDLE, key), bundle, true);
+                    ch.put(mk, meta_v, true);
+                    ch.put(time_key(&[P_EXPIRY], expiry_ms, &key.0), Bytes::new(), true);
+                    self.commit(&mut st, ch)?
+                }
+            };
             st.bundles += 1;
             st.bytes += size;
             over
@@ -536,7 +593,7 @@ impl DiskBackend {
     /// When the earliest hold still in the buffer ends.
     pub(super) fn next_hold(&self) -> Option<Instant> {
         let mut st = self.lock();
-        while let Some(h) = st.holds.front() {
+        while let Some((h, _)) = st.holds.front() {
             match h.until() {
                 Some(t) => return Some(t),
                 None => {
@@ -547,15 +604,31 @@ impl DiskBackend {
         None
     }
 
+    /// Another write to `key` ends its hold, if it is held: its entries move into the buffer
+    /// (the next flush takes them and covers its cell). Returns whether the buffer is over
+    /// its bounds.
+    fn unhold(&self, st: &mut State, key: &BundleKey) -> Result<bool, StoreError> {
+        let Some(h) = st.held.remove(&key.0) else {
+            return Ok(false);
+        };
+        let mut ch = Changes::default();
+        for (k, v) in h.entries(&key.0) {
+            ch.put(k, v, true);
+        }
+        st.uncovered.push(h.cell);
+        self.commit(st, ch)
+    }
+
     pub(super) fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<(), StoreError> {
         let over = {
             let mut st = self.lock();
+            let over = self.unhold(&mut st, key)?;
             let mk = pk(P_META, key);
             let old = self.lookup(&st, &mk)?.ok_or_else(|| not_found(key))?;
             let (expiry, size) = meta_expiry_size(key, &old)?;
             let mut ch = Changes::default();
             ch.put(mk, encode_meta(expiry, size, meta)?, false);
-            self.commit(&mut st, ch)?
+            self.commit(&mut st, ch)? || over
         };
         self.relieve(over)
     }
@@ -568,6 +641,7 @@ impl DiskBackend {
     ) -> Result<(), StoreError> {
         let over = {
             let mut st = self.lock();
+            let unheld = self.unhold(&mut st, key)?;
             let mk = pk(P_META, key);
             let old = self.lookup(&st, &mk)?.ok_or_else(|| not_found(key))?;
             let rec = decode_meta(key, &old)?;
@@ -580,19 +654,27 @@ impl DiskBackend {
             ch.put(mk, encode_meta(rec.expiry_ms, new, &rec.meta)?, false);
             let over = self.commit(&mut st, ch)?;
             st.bytes = st.bytes - rec.size + new;
-            over
+            over || unheld
         };
         self.relieve(over)
     }
 
     pub(super) fn remove(&self, key: &BundleKey) -> Result<Removal, StoreError> {
-        let (over, held) = {
+        let over = {
             let mut st = self.lock();
+            if let Some(h) = st.held.remove(&key.0) {
+                // Never written: nothing to delete. Settled outside the lock (the cell may
+                // run a callback).
+                st.bundles = st.bundles.saturating_sub(1);
+                st.bytes = st.bytes.saturating_sub(h.bundle.len() as u64);
+                drop(st);
+                h.cell.release();
+                self.held_released.fetch_add(1, Ordering::Relaxed);
+                return Ok(Removal::Cancelled);
+            }
             let Some((expiry, size)) = self.size_of(&st, key)? else {
                 return Ok(Removal::Absent);
             };
-            let mk = pk(P_META, key);
-            let held = st.mem.get(&mk).and_then(|p| p.hold.clone());
             let mut ch = Changes::default();
             ch.del(pk(P_BUNDLE, key));
             ch.del(pk(P_META, key));
@@ -602,19 +684,10 @@ impl DiskBackend {
             let over = self.commit(&mut st, ch)?;
             st.bundles = st.bundles.saturating_sub(1);
             st.bytes = st.bytes.saturating_sub(size);
-            // A held insert's entries are fresh: they are gone from the buffer now.
-            if let Some(h) = &held {
-                h.release();
-                self.held_released.fetch_add(1, Ordering::Relaxed);
-            }
-            (over, held.is_some())
+            over
         };
         self.relieve(over)?;
-        Ok(if held {
-            Removal::Cancelled
-        } else {
-            Removal::Written
-        })
+        Ok(Removal::Written)
     }
 
     pub(super) fn get(&self, key: &BundleKey) -> Result<Option<Bytes>, StoreError> {
@@ -647,6 +720,13 @@ impl DiskBackend {
                     .range::<Vec<u8>, _>(bounds)
                     .map(|(k, p)| (k.clone(), p.value.clone())),
             );
+            for (key, h) in &st.held {
+                for (k, v) in h.entries(key) {
+                    if lo <= k && k < hi {
+                        o.insert(k, Some(v));
+                    }
+                }
+            }
             o
         };
         MergeIter {
@@ -759,7 +839,8 @@ impl DiskBackend {
     /// Buffered operations (tests).
     #[cfg(test)]
     pub(super) fn pending_ops(&self) -> usize {
-        self.lock().mem.len()
+        let st = self.lock();
+        st.mem.len() + 3 * st.held.len()
     }
 
     /// Entries in sled itself, bypassing the buffer (tests).

@@ -571,6 +571,28 @@ impl Store {
         self.inner.tickets.wait(ticket, self.inner.group.is_some())
     }
 
+    /// Runs `done` when the write that returned `ticket` is durable, like [`Store::persisted`]
+    /// but without a future: at once if it is, else from the thread that settles it (the
+    /// group-commit thread after its flush, or the caller of [`Store::remove`] that releases a
+    /// held insert). `done` must be quick and must not call into the store. Dropped without
+    /// being run only if the store closes before the write is flushed.
+    pub fn on_persisted(
+        &self,
+        ticket: Ticket,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        if let Some(g) = &self.inner.group {
+            if self.inner.tickets.make_urgent(ticket.max_seq()) {
+                g.notify();
+            }
+        }
+        let mut leaves = Vec::with_capacity(1);
+        ticket.leaves(&mut leaves);
+        self.inner
+            .tickets
+            .when_all(leaves, self.inner.group.is_some(), Box::new(done));
+    }
+
     /// Tests: the group-commit thread stops flushing on its own (writes and holds stay in the
     /// buffer until [`Store::flush`]).
     #[cfg(test)]
@@ -1144,6 +1166,78 @@ pub(crate) mod tests {
         assert!(s.remove(&key(1)).unwrap());
         block_on(s.persisted(both)).unwrap();
         assert_eq!(Ticket::NONE.and(plain.clone()), plain);
+    }
+
+    /// What a [`callback`] reports.
+    type Reports = std::sync::mpsc::Receiver<Result<(), String>>;
+
+    /// A callback for [`Store::on_persisted`] and the channel it reports on.
+    fn callback() -> (
+        impl FnOnce(Result<(), StoreError>) + Send + 'static,
+        Reports,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            move |r: Result<(), StoreError>| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn on_persisted_runs_when_the_write_is_durable() {
+        let d = TempDir::new("on-persisted");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let wait = Duration::from_secs(10);
+        // A held insert released by its removal: run by `remove` itself, nothing written.
+        let base = disk(&s).sled_len();
+        let held = stored(
+            s.insert_held(&key(1), 9, b"", &Bytes::from_static(b"x"))
+                .unwrap(),
+        );
+        let (cb, rx) = callback();
+        s.on_persisted(held, cb);
+        assert!(rx.try_recv().is_err(), "ran before the hold ended");
+        assert!(s.remove(&key(1)).unwrap());
+        assert_eq!(rx.try_recv().unwrap(), Ok(()));
+        // A plain insert: run by the group-commit thread after its flush.
+        let plain = stored(s.insert(&key(2), 9, b"", b"y").unwrap());
+        let (cb, rx) = callback();
+        s.on_persisted(plain.clone(), cb);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Ok(()));
+        assert_eq!(disk(&s).sled_len(), base + 3);
+        // Already durable: at once.
+        let (cb, rx) = callback();
+        s.on_persisted(plain, cb);
+        assert_eq!(rx.try_recv().unwrap(), Ok(()));
+        // A held insert that another write ends the hold of: run after the flush that takes
+        // it; and one taken by an explicit flush.
+        let held = stored(
+            s.insert_held(&key(3), 9, b"", &Bytes::from_static(b"z"))
+                .unwrap(),
+        );
+        let (cb, rx) = callback();
+        s.on_persisted(held, cb);
+        let t = s.update_meta(&key(3), b"m").unwrap();
+        let (cb2, rx2) = callback();
+        s.on_persisted(t, cb2);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Ok(()));
+        assert_eq!(rx2.recv_timeout(wait).unwrap(), Ok(()));
+        assert_eq!(disk(&s).sled_len(), base + 6);
+        let held = stored(
+            s.insert_held(&key(4), 9, b"", &Bytes::from_static(b"w"))
+                .unwrap(),
+        );
+        let (cb, rx) = callback();
+        s.on_persisted(held.clone().and(Ticket::NONE), cb);
+        s.flush().unwrap();
+        assert_eq!(rx.try_recv().unwrap(), Ok(()));
+        assert_eq!(s.counters().held_flushed, 2);
+        drop(s);
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert_eq!(s.usage().bundles, 3);
+        assert_eq!(&s.get_meta(&key(3)).unwrap().unwrap().meta[..], b"m");
     }
 
     #[test]
