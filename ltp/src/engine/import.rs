@@ -100,6 +100,8 @@ impl Engine {
                     // Custody handshake: the report that would acknowledge the whole red
                     // part waits until the client has taken it (`accept_block`).
                     hold_checkpoint(&mut imp.held, cp, end);
+                } else if imp.answered.contains(&cp.checkpoint_serial) {
+                    self.repeat_reports(sid, peer, cp.checkpoint_serial);
                 } else {
                     self.answer_checkpoint(sid, peer, cp, end);
                 }
@@ -181,6 +183,7 @@ impl Engine {
                 held: Vec::new(),
                 reports: HashMap::new(),
                 sent_bounds: HashMap::new(),
+                answered: HashSet::new(),
                 prev_upper: 0,
                 first_report_serial: next_report_serial,
                 next_report_serial,
@@ -261,6 +264,49 @@ impl Engine {
 
     /// §6.8 (and §6.3): answer a checkpoint with report segments whose claims cover exactly
     /// what arrived within the report's scope, split when they exceed `max_claims_per_report`.
+    /// A retransmitted checkpoint (§6.7: it keeps its serial) that this import has answered
+    /// already: the reports that answered it and are not yet acknowledged are sent again, with
+    /// their serial numbers; acknowledged ones are not, since the sender has them.
+    ///
+    /// New reports would carry new serials, and the sender would act on each (§6.13): when
+    /// the checkpoint was retransmitted only because our first answer was still on its way
+    /// (a timer shorter than the round trip, or a report delayed in a queue), it would
+    /// retransmit the same gaps twice. Repeating the original reports is idempotent at the
+    /// sender (it acts on a report serial once, §6.13), and loses nothing when the first
+    /// answer was really lost.
+    fn repeat_reports(&mut self, sid: SessionId, peer: EngineId, checkpoint_serial: u64) {
+        let Some(limit) = self
+            .spans
+            .get(&peer)
+            .map(|s| s.cfg.max_report_retransmissions)
+        else {
+            return;
+        };
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
+        let mut again: Vec<(u64, Bytes)> = Vec::new();
+        for (&serial, r) in imp.reports.iter_mut() {
+            if r.report.checkpoint_serial != checkpoint_serial || r.retransmissions >= limit {
+                continue;
+            }
+            r.retransmissions += 1;
+            again.push((
+                serial,
+                control_segment(sid, SegmentBody::Report(r.report.clone())),
+            ));
+        }
+        again.sort_unstable_by_key(|&(serial, _)| serial);
+        for (serial, bytes) in again {
+            self.stats.reports_retransmitted += 1;
+            let kind = TimerKind::Report {
+                session: sid,
+                serial,
+            };
+            self.push_control(peer, bytes, OnSent::Timer(kind));
+        }
+    }
+
     pub(super) fn answer_checkpoint(
         &mut self,
         sid: SessionId,
@@ -272,6 +318,12 @@ impl Engine {
         let Some(imp) = self.imports.get_mut(&sid) else {
             return;
         };
+        if imp.answered.len() >= MAX_SENT_BOUNDS {
+            // Bounded memory: forgetting only means a retransmitted checkpoint gets new
+            // reports (correct, if redundant).
+            imp.answered.clear();
+        }
+        imp.answered.insert(cp.checkpoint_serial);
         let (lower, upper) = match imp.sent_bounds.get(&cp.report_serial) {
             // A checkpoint ending a retransmission: the scope of the report it answers.
             Some(&b) if cp.report_serial != 0 => b,

@@ -393,6 +393,9 @@ struct Import {
     held: Vec<(CheckpointInfo, u64)>,
     reports: HashMap<u64, PendingReport>,
     sent_bounds: HashMap<u64, (u64, u64)>,
+    /// Checkpoint serials already answered with reports (at most `MAX_SENT_BOUNDS`; a
+    /// retransmitted checkpoint gets those reports again, not new ones: see `import.rs`).
+    answered: HashSet<u64>,
     prev_upper: u64,
     /// Our report serials for this import are `first_report_serial..next_report_serial`.
     first_report_serial: u64,

@@ -1389,3 +1389,52 @@ fn fixed_timers_ignore_the_estimate() {
     drain(&mut a, t1);
     assert_eq!(a.poll_timeout(), Some(t1 + ms(520)));
 }
+
+#[test]
+fn retransmitted_checkpoint_gets_the_same_reports_not_new_ones() {
+    let now = t0();
+    let (mut a, mut b) = (engine(A, B), engine(B, A));
+    let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
+    let segs = drain_raw(&mut a, now);
+    // The second segment is lost: the checkpoint is answered with a report claiming a gap.
+    for (i, d) in segs.iter().enumerate() {
+        if i != 1 {
+            b.handle_datagram(d.clone(), now);
+        }
+    }
+    let first_segs = drain(&mut b, now);
+    let first = reports(&first_segs);
+    assert_eq!(first.len(), 1);
+    let serial = first[0].report_serial;
+    // The checkpoint comes again (its timer fired before the report arrived): the same
+    // report, same serial, goes out again, so the sender acts on it once.
+    let cp = segs.last().unwrap().clone();
+    b.handle_datagram(cp.clone(), now);
+    let again = drain(&mut b, now);
+    let again = reports(&again);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0], first[0]);
+    // The sender acts on the report once: one retransmission of the gap, not two.
+    a.handle_datagram(report_bytes(sid, first[0]), now);
+    a.handle_datagram(report_bytes(sid, again[0]), now);
+    let out = drain(&mut a, now);
+    let retransmitted = out
+        .iter()
+        .filter(|s| matches!(s.body, SegmentBody::Data(_)))
+        .count();
+    assert_eq!(retransmitted, 1, "{out:?}");
+    // Once the report is acknowledged, a late copy of the checkpoint needs no answer.
+    for s in &out {
+        if matches!(s.body, SegmentBody::ReportAck { .. }) {
+            b.handle_datagram(s.to_bytes(), now);
+        }
+    }
+    b.handle_datagram(cp, now);
+    assert!(reports(&drain(&mut b, now)).is_empty());
+    assert_eq!(b.stats().reports_sent, 2, "{:?}", b.stats());
+    assert!(first.iter().all(|r| r.report_serial == serial));
+}
+
+fn report_bytes(sid: SessionId, r: &ReportSegment) -> Bytes {
+    control_segment(sid, SegmentBody::Report(r.clone()))
+}
