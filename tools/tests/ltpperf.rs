@@ -120,3 +120,33 @@ fn raw_mode_reports_json() {
     assert!(r["datagrams"].as_u64().unwrap() > 0, "{r}");
     assert!(r["goodput_bps"].as_f64().is_some(), "{r}");
 }
+
+#[test]
+fn raw_mode_uses_the_driver_socket_path() {
+    let (s, r) = run(true, &[]);
+    // Both sides report the I/O path they used: the driver's (batched on Linux).
+    assert_eq!(s["io"]["batch"], cfg!(target_os = "linux"), "{s}");
+    assert_eq!(r["io"]["batch"], cfg!(target_os = "linux"), "{r}");
+    let (datagrams, calls) = (
+        s["datagrams"].as_u64().unwrap(),
+        s["send_calls"].as_u64().unwrap(),
+    );
+    assert_eq!(datagrams, 800_000u64.div_ceil(1400), "{s}");
+    if cfg!(target_os = "linux") {
+        assert!(calls < datagrams, "sendmmsg batches: {s}");
+    }
+    // --no-batch: one system call per datagram.
+    let (s, _) = run(true, &["--no-batch"]);
+    assert_eq!(s["io"]["batch"], false, "{s}");
+    assert_eq!(s["send_calls"], s["datagrams"], "{s}");
+}
+
+#[test]
+fn ltp_mode_paces_with_rate() {
+    // 800 000 octets at 40 Mbit/s (5 MB/s) take at least ~0.15 s (less the 64 KiB burst).
+    let (s, r) = run(false, &["--rate", "40", "--window", "4"]);
+    assert_eq!(s["blocks_completed"], 4, "{s}");
+    assert_eq!(s["rate_mbps"], 40.0, "{s}");
+    assert!(s["elapsed_s"].as_f64().unwrap() >= 0.12, "{s}");
+    assert_eq!(r["blocks_received"], 4, "{r}");
+}

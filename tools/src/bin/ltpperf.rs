@@ -5,24 +5,63 @@
 //! emulated loss and delay on its own sends) and prints goodput, segments sent and retransmitted,
 //! and sessions completed/cancelled. With `--raw` on both sides it blasts plain UDP datagrams of
 //! the segment size (same total octets) so the LTP figure can be compared with the raw path.
+//! Raw mode sends and receives through the LTP driver's own socket I/O
+//! (`ltp::driver::udp_io`: the same send queue and receive pool, `sendmmsg`/`recvmmsg`, UDP
+//! GSO/GRO where the kernel has them, the same socket buffers), so the raw figure is the
+//! machine's limit for that datagram size on that path and LTP/raw measures LTP's own cost.
+//! `--no-gso`, `--no-gro` and `--no-batch` turn the batching off, on both modes alike.
 //! Goodput is in bits per second.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use ltp::driver::{DriverConfig, LtpDriver, SimpleImpairment};
+use ltp::driver::udp_io::UdpIo;
+use ltp::driver::{DriverConfig, DriverStats, IoConfig, LtpDriver, SimpleImpairment};
 use ltp::{Engine, EngineConfig, Event, SendError, SpanConfig};
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "ltpperf", about = "Measure LTP (RFC 5326) goodput over UDP")]
+#[command(
+    name = "ltpperf",
+    about = "Measure LTP (RFC 5326) goodput over UDP",
+    long_about = "Measure LTP (RFC 5326) goodput over UDP, beside a raw UDP reference (--raw on \
+both sides) that blasts datagrams of the segment size through the SAME socket I/O path as the \
+LTP driver (same send queue, receive pool, sendmmsg/recvmmsg and UDP GSO/GRO where the kernel \
+has them, same socket buffers): the raw figure is the machine's limit for that datagram size, \
+and LTP/raw is LTP's own cost."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Socket I/O switches, the same for LTP and raw mode.
+#[derive(clap::Args, Clone, Copy)]
+struct IoFlags {
+    /// No UDP GSO (UDP_SEGMENT) on sends.
+    #[arg(long)]
+    no_gso: bool,
+    /// No UDP GRO (UDP_GRO) on receives.
+    #[arg(long)]
+    no_gro: bool,
+    /// One send/receive system call per datagram (no sendmmsg/recvmmsg, no GSO/GRO).
+    #[arg(long)]
+    no_batch: bool,
+}
+
+impl IoFlags {
+    fn config(self) -> IoConfig {
+        IoConfig {
+            batch: !self.no_batch,
+            gso: !self.no_gso,
+            gro: !self.no_gro,
+            ..IoConfig::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -35,7 +74,8 @@ enum Cmd {
         /// Our LTP engine ID.
         #[arg(long, default_value_t = 2)]
         engine_id: u64,
-        /// Raw UDP mode (the sender must use --raw too).
+        /// Raw UDP mode (the sender must use --raw too): counts datagrams received through the
+        /// driver's socket I/O path.
         #[arg(long)]
         raw: bool,
         /// Print the summary as one JSON object on the last line.
@@ -47,9 +87,12 @@ enum Cmd {
         /// Exit after this many seconds in any case.
         #[arg(long, default_value_t = 600.0)]
         max_time: f64,
-        /// Socket buffer size (SO_RCVBUF and SO_SNDBUF), octets.
+        /// Socket buffer size (SO_RCVBUF and SO_SNDBUF) to request, octets (the kernel caps
+        /// it at net.core.rmem_max/wmem_max; the JSON says what it granted).
         #[arg(long, default_value_t = 8 * 1024 * 1024)]
         socket_buffer: usize,
+        #[command(flatten)]
+        io: IoFlags,
     },
     /// Send blocks (or raw datagrams) and report goodput.
     Send {
@@ -89,9 +132,13 @@ enum Cmd {
         /// more.
         #[arg(long, default_value_t = 20)]
         timer_margin: u64,
-        /// Raw UDP mode (the receiver must use --raw too).
+        /// Raw UDP mode (the receiver must use --raw too): blasts datagrams of the segment size
+        /// (same total octets) through the driver's socket I/O path (batching, GSO).
         #[arg(long)]
         raw: bool,
+        /// Pace the span at this many Mbit/s (the engine's per-span rate limit; 0: unpaced).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -101,9 +148,12 @@ enum Cmd {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
-        /// Socket buffer size (SO_RCVBUF and SO_SNDBUF), octets.
+        /// Socket buffer size (SO_RCVBUF and SO_SNDBUF) to request, octets (the kernel caps
+        /// it at net.core.rmem_max/wmem_max; the JSON says what it granted).
         #[arg(long, default_value_t = 8 * 1024 * 1024)]
         socket_buffer: usize,
+        #[command(flatten)]
+        io: IoFlags,
     },
 }
 
@@ -121,13 +171,23 @@ fn main() -> Result<()> {
             idle_exit,
             max_time,
             socket_buffer,
+            io,
         } => {
             let idle = Duration::from_secs_f64(idle_exit.max(0.01));
             let max = Duration::from_secs_f64(max_time.max(0.01));
+            let io = io.config();
             if raw {
-                recv_raw(bind, json, idle, max, socket_buffer)
+                runtime()?.block_on(recv_raw(bind, json, idle, max, socket_buffer, io))
             } else {
-                runtime()?.block_on(recv_ltp(bind, engine_id, json, idle, max, socket_buffer))
+                runtime()?.block_on(recv_ltp(
+                    bind,
+                    engine_id,
+                    json,
+                    idle,
+                    max,
+                    socket_buffer,
+                    io,
+                ))
             }
         }
         Cmd::Send {
@@ -143,10 +203,12 @@ fn main() -> Result<()> {
             delay,
             timer_margin,
             raw,
+            rate,
             json,
             seed,
             timeout,
             socket_buffer,
+            io,
         } => {
             if !(0.0..=1.0).contains(&red_fraction) || !(0.0..=1.0).contains(&loss) {
                 bail!("--red-fraction and --loss must be within 0..=1");
@@ -154,8 +216,20 @@ fn main() -> Result<()> {
             if block_size == 0 || blocks == 0 || segment_size == 0 || window == 0 {
                 bail!("--blocks, --block-size, --segment-size and --window must be positive");
             }
+            if !(rate >= 0.0 && rate.is_finite()) {
+                bail!("--rate must be a non-negative number of Mbit/s");
+            }
+            let io = io.config();
             if raw {
-                send_raw(to, blocks, block_size, segment_size, json, socket_buffer)
+                runtime()?.block_on(send_raw(
+                    to,
+                    blocks,
+                    block_size,
+                    segment_size,
+                    json,
+                    socket_buffer,
+                    io,
+                ))
             } else {
                 let p = SendParams {
                     to,
@@ -172,6 +246,8 @@ fn main() -> Result<()> {
                     seed,
                     timeout: Duration::from_secs_f64(timeout.max(0.01)),
                     socket_buffer,
+                    rate_bytes: (rate * 1e6 / 8.0) as u64,
+                    io,
                 };
                 runtime()?.block_on(send_ltp(p, json))
             }
@@ -210,6 +286,9 @@ struct SendParams {
     seed: u64,
     timeout: Duration,
     socket_buffer: usize,
+    /// Pacing of the span, octets per second (0: none).
+    rate_bytes: u64,
+    io: IoConfig,
 }
 
 async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
@@ -220,6 +299,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         owlt_outbound: p.delay,
         owlt_inbound: Duration::ZERO,
         timer_margin: p.timer_margin,
+        rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -240,6 +320,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
     cfg.spans = vec![(p.peer_engine_id, p.to)];
     cfg.send_buffer = p.socket_buffer;
     cfg.recv_buffer = p.socket_buffer;
+    cfg.io = p.io;
     if p.loss > 0.0 || !p.delay.is_zero() {
         cfg.impairment = Some(Box::new(SimpleImpairment::new(p.loss, p.delay, p.seed)));
     }
@@ -304,6 +385,9 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "bytes_sent": e.bytes_sent,
                 "datagrams_sent": st.datagrams_sent,
                 "impaired_drops": st.impaired_drops,
+                "send_calls": st.send_calls,
+                "io": io_json(&st),
+                "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
                 "red_len": p.red_len,
@@ -323,6 +407,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
             "segments sent {} ({} octets), data segments retransmitted {}, checkpoints retransmitted {}",
             e.segments_sent, e.bytes_sent, e.data_segments_retransmitted, e.checkpoints_retransmitted
         );
+        println!("{}", io_line(&st));
     }
     if completed + cancelled < p.blocks {
         bail!("timed out: {completed} of {} blocks completed", p.blocks);
@@ -337,6 +422,7 @@ async fn recv_ltp(
     idle: Duration,
     max: Duration,
     socket_buffer: usize,
+    io: IoConfig,
 ) -> Result<()> {
     let engine = Engine::new(
         engine_id,
@@ -349,6 +435,7 @@ async fn recv_ltp(
     cfg.learn_peer_addresses = true;
     cfg.send_buffer = socket_buffer;
     cfg.recv_buffer = socket_buffer;
+    cfg.io = io;
     let (handle, mut events) = LtpDriver::spawn(cfg, engine).context("binding UDP socket")?;
     if !json_out {
         println!("listening on {}", handle.local_addr());
@@ -410,6 +497,8 @@ async fn recv_ltp(
                 "imports_cancelled": cancelled,
                 "datagrams": st.datagrams_received,
                 "segments_received": st.engine.segments_received,
+                "recv_calls": st.recv_calls,
+                "io": io_json(&st),
                 "elapsed_s": span.as_secs_f64(),
             })
         );
@@ -418,50 +507,89 @@ async fn recv_ltp(
             "{blocks} blocks, {red_bytes} red + {green_bytes} green octets, {cancelled} cancelled, goodput {:.1} Mbit/s",
             goodput / 1e6
         );
+        println!("{}", io_line(&st));
     }
     Ok(())
 }
 
-fn raw_socket(bind: SocketAddr, buffer: usize) -> Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(buffer);
-    let _ = s.set_send_buffer_size(buffer);
-    s.bind(&bind.into())?;
-    Ok(s.into())
+/// The socket I/O figures of a driver, as JSON.
+fn io_json(st: &DriverStats) -> serde_json::Value {
+    json!({
+        "batch": st.offload.batch,
+        "gso_segments": st.offload.gso_segments,
+        "gro": st.offload.gro,
+        "socket_buffers_granted": [st.socket_buffers.0, st.socket_buffers.1],
+        "datagrams_sent": st.datagrams_sent,
+        "send_calls": st.send_calls,
+        "send_errors": st.send_errors,
+        "datagrams_received": st.datagrams_received,
+        "recv_calls": st.recv_calls,
+    })
 }
 
-fn recv_raw(
+/// The socket I/O figures of a driver, as one line of text.
+fn io_line(st: &DriverStats) -> String {
+    format!(
+        "socket I/O: batch {} gso {} gro {}, buffers granted snd {} rcv {}; {} datagrams in {} send calls, {} in {} receive calls",
+        st.offload.batch,
+        st.offload.gso_segments,
+        st.offload.gro,
+        st.socket_buffers.0,
+        st.socket_buffers.1,
+        st.datagrams_sent,
+        st.send_calls,
+        st.datagrams_received,
+        st.recv_calls
+    )
+}
+
+/// The socket I/O figures of a raw-mode socket, as JSON.
+fn raw_io_json(io: &UdpIo) -> serde_json::Value {
+    let (o, c, b) = (io.offload(), io.counters(), io.socket_buffers());
+    json!({
+        "batch": o.batch,
+        "gso_segments": o.gso_segments,
+        "gro": o.gro,
+        "socket_buffers_granted": [b.0, b.1],
+        "datagrams_sent": c.datagrams_sent,
+        "send_calls": c.send_calls,
+        "send_errors": c.send_errors,
+        "datagrams_received": c.datagrams_received,
+        "recv_calls": c.recv_calls,
+    })
+}
+
+async fn recv_raw(
     bind: SocketAddr,
     json_out: bool,
     idle: Duration,
     max: Duration,
     buffer: usize,
+    io_config: IoConfig,
 ) -> Result<()> {
-    let sock = raw_socket(bind, buffer).context("binding UDP socket")?;
-    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut io = UdpIo::bind(bind, buffer, buffer, &io_config).context("binding UDP socket")?;
     if !json_out {
-        println!("listening on {}", sock.local_addr()?);
+        println!("listening on {}", io.local_addr());
     }
     let start = Instant::now();
-    let mut buf = vec![0u8; 65_536];
+    let mut batch = Vec::new();
     let (mut first, mut last) = (None::<Instant>, start);
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     loop {
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => {
-                let now = Instant::now();
-                first.get_or_insert(now);
-                last = now;
-                datagrams += 1;
-                bytes += n as u64;
+        tokio::select! {
+            r = io.readable() => {
+                r.context("recv")?;
+                batch.clear();
+                let n = io.try_recv(&mut batch, 1024).context("recv")?;
+                if n > 0 {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                    datagrams += n as u64;
+                    bytes += batch.iter().map(|(d, _)| d.len() as u64).sum::<u64>();
+                }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e).context("recv"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         let now = Instant::now();
         if (first.is_some() && now.duration_since(last) >= idle) || now.duration_since(start) >= max
@@ -475,57 +603,70 @@ fn recv_raw(
         println!(
             "{}",
             json!({ "mode": "raw", "goodput_bps": goodput, "datagrams": datagrams, "bytes": bytes,
+                    "recv_calls": io.counters().recv_calls, "io": raw_io_json(&io),
                     "elapsed_s": span.as_secs_f64() })
         );
     } else {
+        let c = io.counters();
         println!(
-            "{datagrams} datagrams, {bytes} octets, goodput {:.1} Mbit/s",
+            "{datagrams} datagrams, {bytes} octets in {} receive calls, goodput {:.1} Mbit/s",
+            c.recv_calls,
             goodput / 1e6
         );
     }
     Ok(())
 }
 
-fn send_raw(
+async fn send_raw(
     to: SocketAddr,
     blocks: u64,
     block_size: usize,
     segment_size: usize,
     json_out: bool,
     buffer: usize,
+    io_config: IoConfig,
 ) -> Result<()> {
     let bind: SocketAddr = if to.is_ipv6() {
         "[::]:0".parse()?
     } else {
         "0.0.0.0:0".parse()?
     };
-    let sock = raw_socket(bind, buffer).context("binding UDP socket")?;
+    let mut io = UdpIo::bind(bind, buffer, buffer, &io_config).context("binding UDP socket")?;
     let total = blocks * block_size as u64;
-    let payload = vec![0xa5u8; segment_size.min(65_507)];
+    let size = segment_size.min(65_507);
+    let payload = Bytes::from(vec![0xa5u8; size]);
     let start = Instant::now();
-    let (mut sent, mut datagrams) = (0u64, 0u64);
-    while sent < total {
-        let n = payload.len().min((total - sent) as usize);
-        match sock.send_to(&payload[..n], to) {
-            Ok(k) => {
-                sent += k as u64;
-                datagrams += 1;
-            }
-            // ENOBUFS or a transient error: try again.
-            Err(_) => std::thread::yield_now(),
+    let mut queued = 0u64;
+    // The driver's way: fill the bounded send queue, send it in batches, wait while the
+    // socket buffer is full.
+    while queued < total {
+        while io.room() > 0 && queued < total {
+            let n = size.min((total - queued) as usize);
+            io.push(to, payload.slice(..n));
+            queued += n as u64;
+        }
+        if !io.flush() {
+            io.writable().await.context("send")?;
         }
     }
+    io.flush_all().await.context("send")?;
     let elapsed = start.elapsed();
+    let c = io.counters();
     if json_out {
         println!(
             "{}",
-            json!({ "mode": "raw", "send_rate_bps": bps(sent, elapsed), "datagrams": datagrams,
-                    "bytes": sent, "elapsed_s": elapsed.as_secs_f64() })
+            json!({ "mode": "raw", "send_rate_bps": bps(c.bytes_sent, elapsed),
+                    "datagrams": c.datagrams_sent, "bytes": c.bytes_sent,
+                    "send_calls": c.send_calls, "send_errors": c.send_errors,
+                    "io": raw_io_json(&io), "elapsed_s": elapsed.as_secs_f64() })
         );
     } else {
         println!(
-            "sent {datagrams} datagrams, {sent} octets at {:.1} Mbit/s",
-            bps(sent, elapsed) / 1e6
+            "sent {} datagrams, {} octets in {} send calls at {:.1} Mbit/s",
+            c.datagrams_sent,
+            c.bytes_sent,
+            c.send_calls,
+            bps(c.bytes_sent, elapsed) / 1e6
         );
     }
     Ok(())
