@@ -65,9 +65,24 @@ impl Engine {
         let limit = ex.red_len.min(ex.cursor);
         let upper = r.upper_bound.min(limit);
         let lower = r.lower_bound.min(upper);
+        let mut claimed = IntervalSet::default();
         for c in &r.claims {
             let s = c.offset.min(limit);
             let e = c.offset.saturating_add(c.length).min(limit);
+            claimed.insert(s, e);
+        }
+        if retracts_claims(&ex.acked, &claimed, lower, upper) {
+            // A report lists everything received within its scope, and a live receiver
+            // never loses red data it received: leaving out something an earlier report
+            // claimed means the receiver lost its state (a restart) and these claims were
+            // made by its earlier incarnation. Trusting them would complete the block with
+            // data the receiver no longer has; forget them all, and retransmit whatever the
+            // new incarnation reports missing.
+            tracing::debug!(?sid, "report takes back earlier claims; forgetting them");
+            ex.acked = IntervalSet::default();
+            self.stats.claims_retracted += 1;
+        }
+        for (s, e) in claimed.clipped(0, limit) {
             ex.acked.insert(s, e);
         }
         if ex.red_done() {
@@ -382,6 +397,15 @@ fn build_data(ex: &Export, kind: DataKind, s: u64, e: u64, cp: Option<Checkpoint
         }),
     }
     .to_bytes()
+}
+
+/// Whether a report with claims `claimed` over the scope `[lower, upper)` leaves out any part of
+/// `acked` (what earlier reports claimed) within that scope.
+fn retracts_claims(acked: &IntervalSet, claimed: &IntervalSet, lower: u64, upper: u64) -> bool {
+    acked
+        .clipped(lower, upper)
+        .into_iter()
+        .any(|(s, e)| !claimed.covers(s, e))
 }
 
 /// Registers a new checkpoint (fresh serial) for `[s, e)` and encodes it.

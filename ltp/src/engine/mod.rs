@@ -20,12 +20,15 @@
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
 //!   the red part cancels with `Miscolored`.
-//! - A checkpoint answering a report serial the import never sent cancels the import
-//!   (`SystemCancelled`): the report came from an earlier incarnation of this engine (a
-//!   restart), and the sender still counts its claims for data we no longer hold, so answering
-//!   from our fresh state could complete a block that was never delivered. (A restart can still
-//!   leave stale claims from reports to *discretionary* checkpoints of a session that goes on
-//!   after it; our own senders send only the mandatory checkpoints unless configured.)
+//! - A receiver that restarts mid-session must not let the sender complete a block from
+//!   claims its earlier incarnation made. Two rules close that:
+//!   - a checkpoint answering a report serial the import never sent cancels the import
+//!     (`SystemCancelled`): the sender still counts that report's claims, for data we no
+//!     longer hold (receiver side, `import.rs`);
+//!   - a report whose scope leaves out data an earlier report claimed takes those claims
+//!     back: received data is never lost by a live receiver, so the sender forgets every
+//!     claim of the export and retransmits what the new reports show missing (sender side,
+//!     `export.rs`; counted in `EngineStats::claims_retracted`).
 //! - An import whose red part was delivered closes quietly when its report retransmissions or
 //!   its inactivity time run out (nothing is lost; late checkpoints get a full report from the
 //!   closed-session memory).
@@ -197,6 +200,9 @@ pub struct EngineStats {
     pub open_import_sessions: u64,
     /// Blocks waiting for an export session now.
     pub queued_blocks: u64,
+    /// Reports that took back claims of earlier reports: the receiver lost its session state
+    /// (a restart), and the export forgot every claim it had (see `export.rs`).
+    pub claims_retracted: u64,
 }
 
 /// What to do when a queued control segment is actually transmitted.

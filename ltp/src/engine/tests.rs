@@ -1438,3 +1438,66 @@ fn retransmitted_checkpoint_gets_the_same_reports_not_new_ones() {
 fn report_bytes(sid: SessionId, r: &ReportSegment) -> Bytes {
     control_segment(sid, SegmentBody::Report(r.clone()))
 }
+
+#[test]
+fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
+    // B answers the discretionary checkpoints of the first half of a block, then restarts
+    // (all import state lost) while the rest of the block is on its way. The new B answers
+    // the end-of-red-part checkpoint from its own state: a report over [0, 2000) that leaves
+    // out the first half. Combined with the old claims, the sender would complete a block
+    // the new B never had; instead it forgets the old claims and retransmits the first half.
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.checkpoint_every = 2;
+    a.add_span(B, sp);
+    let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
+    let raw = drain_raw(&mut a, now);
+    let half = raw.len() / 2;
+    let mut b = engine(B, A);
+    for s in &raw[..half] {
+        b.handle_datagram(s.clone(), now);
+    }
+    let old_reports = drain_raw(&mut b, now);
+    assert!(
+        !old_reports.is_empty(),
+        "B answered discretionary checkpoints"
+    );
+    for r in old_reports {
+        a.handle_datagram(r, now);
+    }
+    drain(&mut a, now); // report-acks to the old B, lost with it
+    let mut b2 = Engine::new(
+        B,
+        EngineConfig {
+            seed: 777,
+            ..EngineConfig::default()
+        },
+    );
+    b2.add_span(A, span());
+    let mut to_b2: Vec<Bytes> = raw[half..].to_vec();
+    let mut delivered = Vec::new();
+    for _round in 0..10 {
+        for s in to_b2.drain(..) {
+            b2.handle_datagram(s, now);
+        }
+        for s in drain_raw(&mut b2, now) {
+            a.handle_datagram(s, now);
+        }
+        to_b2 = drain_raw(&mut a, now);
+        delivered.extend(events(&mut b2).into_iter().filter_map(|e| match e {
+            Event::BlockReceived { red, .. } => Some(red),
+            _ => None,
+        }));
+        if to_b2.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        delivered == vec![block(2000)],
+        "the new B must deliver the whole block once; it delivered {} blocks",
+        delivered.len()
+    );
+    assert_eq!(a.stats().claims_retracted, 1);
+    assert!(events(&mut a).contains(&Event::TransmissionCompleted { session: sid }));
+}
