@@ -517,6 +517,8 @@ fn two_engines_random_loss_reorder_duplication() {
         let mut sp = span(delay);
         sp.checkpoint_every = rng.gen_range(0..5);
         sp.max_export_sessions = rng.gen_range(1..4);
+        // Adaptive timers (the default) against the fixed §6.1 interval.
+        sp.adaptive_timers = rng.gen_bool(0.5);
         if rng.gen_bool(0.3) {
             // Pacing: poll_transmit holds segments back until the token bucket allows them.
             sp.rate_limit = Some(rng.gen_range(20_000..2_000_000));
