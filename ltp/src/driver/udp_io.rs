@@ -57,6 +57,10 @@ pub struct IoConfig {
     pub gso: bool,
     /// Use UDP GRO (`UDP_GRO`) when the kernel accepts it (Linux, with `batch`).
     pub gro: bool,
+    /// Ask for the socket buffer sizes beyond `net.core.rmem_max`/`wmem_max` with
+    /// `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (Linux, needs CAP_NET_ADMIN; without it, or elsewhere,
+    /// the plain request, capped by the kernel, is made).
+    pub force_buffers: bool,
 }
 
 impl Default for IoConfig {
@@ -68,6 +72,7 @@ impl Default for IoConfig {
             batch: true,
             gso: true,
             gro: true,
+            force_buffers: false,
         }
     }
 }
@@ -131,11 +136,28 @@ impl UdpIo {
     ) -> io::Result<UdpIo> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-        if let Err(e) = s.set_send_buffer_size(send_buffer) {
-            warn!(error = %e, "cannot set SO_SNDBUF");
+        let forced = |_name, _size| {
+            #[cfg(target_os = "linux")]
+            if config.force_buffers {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+                let v = libc::c_int::try_from(_size).unwrap_or(libc::c_int::MAX);
+                return linux::set_option(fd, libc::SOL_SOCKET, _name, v).is_ok();
+            }
+            false
+        };
+        #[cfg(target_os = "linux")]
+        let (sndforce, rcvforce) = (libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE);
+        #[cfg(not(target_os = "linux"))]
+        let (sndforce, rcvforce) = (0, 0);
+        if !forced(sndforce, send_buffer) {
+            if let Err(e) = s.set_send_buffer_size(send_buffer) {
+                warn!(error = %e, "cannot set SO_SNDBUF");
+            }
         }
-        if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
-            warn!(error = %e, "cannot set SO_RCVBUF");
+        if !forced(rcvforce, recv_buffer) {
+            if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
+                warn!(error = %e, "cannot set SO_RCVBUF");
+            }
         }
         let buffers = (
             s.send_buffer_size().unwrap_or(0),
@@ -393,11 +415,20 @@ mod linux {
         name: libc::c_int,
         value: libc::c_int,
     ) -> io::Result<()> {
+        set_option(fd, libc::SOL_UDP, name, value)
+    }
+
+    pub(super) fn set_option(
+        fd: RawFd,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
         // SAFETY: the option value is a c_int on our stack, its size passed with it.
         let r = unsafe {
             libc::setsockopt(
                 fd,
-                libc::SOL_UDP,
+                level,
                 name,
                 &value as *const libc::c_int as *const libc::c_void,
                 mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -798,6 +829,16 @@ mod tests {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let io = UdpIo::bind(any, 1 << 20, 1 << 20, &IoConfig::default()).unwrap();
         assert!(io.offload().batch);
+        // A forced buffer request is granted at least what the plain one is (more as root).
+        let big = 32 << 20;
+        let plain = UdpIo::bind(any, big, big, &IoConfig::default()).unwrap();
+        let forced = IoConfig {
+            force_buffers: true,
+            ..IoConfig::default()
+        };
+        let forced = UdpIo::bind(any, big, big, &forced).unwrap();
+        assert!(forced.socket_buffers().1 >= plain.socket_buffers().1);
+        assert!(forced.socket_buffers().0 >= plain.socket_buffers().0);
         let off = UdpIo::bind(
             any,
             1 << 20,

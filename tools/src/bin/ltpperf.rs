@@ -51,6 +51,10 @@ struct IoFlags {
     /// One send/receive system call per datagram (no sendmmsg/recvmmsg, no GSO/GRO).
     #[arg(long)]
     no_batch: bool,
+    /// Request --socket-buffer beyond net.core.rmem_max/wmem_max (SO_RCVBUFFORCE and
+    /// SO_SNDBUFFORCE; needs CAP_NET_ADMIN, else the kernel's cap applies).
+    #[arg(long)]
+    force_socket_buffer: bool,
 }
 
 impl IoFlags {
@@ -59,6 +63,7 @@ impl IoFlags {
             batch: !self.no_batch,
             gso: !self.no_gso,
             gro: !self.no_gro,
+            force_buffers: self.force_socket_buffer,
             ..IoConfig::default()
         }
     }
@@ -139,6 +144,11 @@ enum Cmd {
         /// Pace the span at this many Mbit/s (the engine's per-span rate limit; 0: unpaced).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// Pacing burst, octets (default: what --rate sends in 2 ms, at least 64 KiB: the
+        /// driver's timers tick in milliseconds, so a smaller burst caps the rate at about
+        /// burst per millisecond).
+        #[arg(long)]
+        rate_burst: Option<u64>,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -204,6 +214,7 @@ fn main() -> Result<()> {
             timer_margin,
             raw,
             rate,
+            rate_burst,
             json,
             seed,
             timeout,
@@ -247,6 +258,8 @@ fn main() -> Result<()> {
                     timeout: Duration::from_secs_f64(timeout.max(0.01)),
                     socket_buffer,
                     rate_bytes: (rate * 1e6 / 8.0) as u64,
+                    rate_burst: rate_burst
+                        .unwrap_or_else(|| ((rate * 1e6 / 8.0 * 0.002) as u64).max(64 * 1024)),
                     io,
                 };
                 runtime()?.block_on(send_ltp(p, json))
@@ -288,6 +301,8 @@ struct SendParams {
     socket_buffer: usize,
     /// Pacing of the span, octets per second (0: none).
     rate_bytes: u64,
+    /// Pacing burst, octets.
+    rate_burst: u64,
     io: IoConfig,
 }
 
@@ -300,6 +315,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         owlt_inbound: Duration::ZERO,
         timer_margin: p.timer_margin,
         rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
+        rate_burst: p.rate_burst,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -388,6 +404,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "send_calls": st.send_calls,
                 "io": io_json(&st),
                 "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
+                "rate_burst": p.rate_burst,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
                 "red_len": p.red_len,
