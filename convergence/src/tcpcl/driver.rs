@@ -520,6 +520,11 @@ where
     let mut peer_node_id: Option<String> = None;
     let mut logged_bad_input = false;
     let mut writer_failed = false;
+    // One timer for the session's deadlines, reset only when the deadline changes (a new
+    // timer per loop turn cost a timer-wheel insertion and removal per message).
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     loop {
         while let Some(ev) = session.poll_event() {
@@ -622,6 +627,12 @@ where
             && session.can_send()
             && outgoing.as_ref().is_some_and(|(_, p)| p.is_empty());
         let deadline = session.poll_timeout();
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d.into());
+            }
+            armed = deadline;
+        }
         let has_tx = session.has_transmit();
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
             rbuf.reserve(64 * 1024);
@@ -633,15 +644,25 @@ where
             }
             permit = wtx.reserve(), if has_tx => match permit {
                 Ok(permit) => {
-                    if let Some(b) = session.poll_transmit(Instant::now()) {
+                    let now = Instant::now();
+                    if let Some(b) = session.poll_transmit(now) {
+                        permit.send(b);
+                    }
+                    // Whatever else is ready, while the writer has room (one loop turn for
+                    // many messages).
+                    while session.has_transmit() {
+                        let Ok(permit) = wtx.try_reserve() else { break };
+                        let Some(b) = session.poll_transmit(now) else { break };
                         permit.send(b);
                     }
                 }
                 Err(_) => writer_failed = true,
             },
             permit = shared.channels.received.reserve(), if can_deliver => match permit {
-                Ok(permit) => {
-                    if let Some((transfer_id, mut r)) = deliveries.pop_front() {
+                Ok(mut permit) => {
+                    // Then as many more as the node's channel takes at once.
+                    loop {
+                        let Some((transfer_id, mut r)) = deliveries.pop_front() else { break };
                         shared.counters.record_in(r.bundle.len());
                         if cfg.custody_acks {
                             let (ack, wait) = CustodyAck::new();
@@ -653,6 +674,13 @@ where
                             // The node has the bundle: only now does the final XFER_ACK go out.
                             session.accept_received(transfer_id);
                         }
+                        if deliveries.is_empty() || verdicts.len() >= max_pending {
+                            break;
+                        }
+                        match shared.channels.received.try_reserve() {
+                            Ok(p) => permit = p,
+                            Err(_) => break,
+                        }
                     }
                 }
                 Err(_) => {
@@ -662,14 +690,14 @@ where
             },
             verdict = async { match verdicts.front_mut() { Some((_, w)) => w.await, None => std::future::pending().await } }, if !verdicts.is_empty() => {
                 if let Some((transfer_id, _)) = verdicts.pop_front() {
-                    match verdict {
-                        // The bundle is in the node's store: the final XFER_ACK goes out now.
-                        Verdict::Accept => session.accept_received(transfer_id),
-                        Verdict::Refuse(why) => {
-                            let reason = refuse_reason(why);
-                            debug!(transfer_id, ?reason, "node refused a received bundle");
-                            session.refuse_received(transfer_id, reason);
-                        }
+                    answer_received(&mut session, transfer_id, verdict);
+                }
+                // The verdicts that followed it and are in already (in order: acknowledgements
+                // go out in transfer order).
+                while let Some((_, w)) = verdicts.front_mut() {
+                    let Some(verdict) = ready_now(w) else { break };
+                    if let Some((transfer_id, _)) = verdicts.pop_front() {
+                        answer_received(&mut session, transfer_id, verdict);
                     }
                 }
             }
@@ -679,18 +707,27 @@ where
             },
             job = async { match outgoing.as_mut() { Some((rx, _)) => rx.recv().await, None => None } }, if can_take => {
                 match job {
-                    Some(j) => {
+                    Some(mut j) => loop {
                         let h = next_handle;
                         next_handle += 1;
                         match session.send_bundle(h, j.bundle.clone()) {
                             Ok(()) => { in_flight.insert(h, j); }
                             Err(_) => left.push(j),
                         }
-                    }
+                        // Then the jobs already queued, while the session takes them.
+                        if !session.can_send() {
+                            break;
+                        }
+                        match outgoing.as_mut().map(|(rx, _)| rx.try_recv()) {
+                            Some(Ok(next)) => j = next,
+                            _ => break,
+                        }
+                    },
                     None => outgoing = None,
                 }
             }
-            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+            () = &mut timer, if deadline.is_some() => {
+                armed = None;
                 session.handle_timeout(Instant::now());
             }
             res = wait_writer_dead(&wtx), if !writer_failed => {
@@ -723,9 +760,26 @@ async fn wait_writer_dead(wtx: &mpsc::Sender<Bytes>) {
     wtx.closed().await
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
+/// The final XFER_ACK, or XFER_REFUSE, for a received transfer the node gave `verdict` on.
+fn answer_received(session: &mut Session, transfer_id: u64, verdict: Verdict) {
+    match verdict {
+        // The bundle is in the node's store: the final XFER_ACK goes out now.
+        Verdict::Accept => session.accept_received(transfer_id),
+        Verdict::Refuse(why) => {
+            let reason = refuse_reason(why);
+            debug!(transfer_id, ?reason, "node refused a received bundle");
+            session.refuse_received(transfer_id, reason);
+        }
+    }
+}
+
+/// `wait`'s verdict if it is in already (polled once, without registering for a wake-up: the
+/// session loop awaits the front verdict properly when this returns `None`).
+fn ready_now(wait: &mut CustodyWait) -> Option<Verdict> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(wait).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
