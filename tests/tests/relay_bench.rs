@@ -27,38 +27,47 @@
 //! (`bpgen --tcp-reference`). The aim set by issue 5 is ≥ 50,000 bundles/s durable through a
 //! relay.
 //!
-//! Measured 2026-12-01, release profile, a VM with 2 cores shared with another engineer's
-//! builds and tests (figures vary by ±20 % from run to run); two runs at 0d60854:
+//! Measured 2026-12-01, release profile, a VM with 2 cores shared with other engineers'
+//! builds and tests (figures vary by ±20 % from run to run); two runs at c0da49e:
 //!
 //! | path                                              | run 1 bundles/s | run 2 bundles/s |
 //! |---------------------------------------------------|-----------------|-----------------|
-//! | raw TCP loopback, 1 KiB writes                    | 391,678         | 300,142         |
-//! | bpgen TCPCL source → sink, no relay               | 187,798         | 208,941         |
-//! | relay alone, group commit (durable)               | 42,064          | 33,581          |
-//! | relay alone, memory only                          | 48,419          | 43,244          |
-//! | line: one hop A→B, group commit                   | 6,204           | 5,907           |
-//! | line: relay A→B→C, group commit (durable)         | 4,887           | 4,182           |
-//! | line: relay A→B→C, memory only                    | 9,224           | 12,732          |
+//! | raw TCP loopback, 1 KiB writes                    | 616,891         | 655,466         |
+//! | bpgen TCPCL source → sink, no relay               | 237,172         | 221,604         |
+//! | relay alone, group commit (durable)               | 66,565          | 78,947          |
+//! | relay alone, memory only                          | 63,926          | 66,880          |
+//! | line: one hop A→B, group commit                   | 6,159           | 6,854           |
+//! | line: relay A→B→C, group commit (durable)         | 4,516           | 5,803           |
+//! | line: relay A→B→C, memory only                    | 9,485           | 14,741          |
 //!
-//! B's CPU per relayed bundle, durable: 26 µs (run 1) and 33 µs (run 2); memory only: 23 µs and
-//! 24 µs. In run 1, 96 % of the bundles B relayed were never written (held inserts released
-//! once the sink confirmed them; see `node::store`), in run 2 88 %: the rest stayed in B longer
-//! than the 5 ms hold and were written and removed again (6 sled entries each), which is what
-//! separates the durable figure from the memory one and makes it vary.
+//! B's CPU per relayed bundle, durable: 13 µs (run 1) and 11 µs (run 2); memory only: 14 µs
+//! and 12 µs. In both runs over 99.6 % of the bundles B relayed were never written (held
+//! inserts released once the sink confirmed them; see `node::store`); the rest stayed in B
+//! longer than the 5 ms hold and were written and removed again. Durable and memory-only are
+//! now within the run-to-run spread of each other: the relay's cost is the bundle processing
+//! and the TCPCL sessions, not the store.
 //!
-//! Before (76d79b5's `dtnd`, release build, in the same relay-alone setup driven by hand with
-//! this `bpgen`, window 256, 100,000 bundles, three runs): relay alone, group commit,
-//! 10,367 to 12,053 bundles/s (B: 99 to 116 µs CPU per bundle; every bundle written, flushed and
-//! removed, with at most 64 transfers in flight per neighbour and one flush per 5 ms); memory
-//! only 34,360 to 38,400. The line through agents at 76d79b5, in the same session: raw TCP
-//! 747,148; one hop 4,780; relay durable 3,561; memory 14,609.
+//! Before this (0d60854, same setup and machine, two runs): relay alone durable 42,064 and
+//! 33,581 bundles/s (B: 26 and 33 µs CPU per bundle; 4–12 % of the bundles written), memory
+//! only 48,419 and 43,244; raw TCP 391,678 and 300,142; generator ceiling 187,798 and
+//! 208,941. What changed: held inserts are one hash-map entry outside the write-back buffer
+//! (they were three buffered sled entries in a B-tree, scanned at every flush); custody
+//! acknowledgements run as callbacks from the store (`Store::on_persisted`) instead of one
+//! spawned task per bundle; the TCPCL session loop handles a batch per turn and keeps one
+//! timer. Earlier still (76d79b5, before held inserts): relay alone, group commit,
+//! 10,367 to 12,053 bundles/s (B: 99 to 116 µs CPU per bundle), memory only 34,360 to 38,400.
 //!
-//! What bounds the figures here: the relay alone is CPU-bound (B, bpgen and the kernel's
-//! loopback share 2 cores); durable stays below the 50,000 aim by the held-insert bookkeeping
-//! (write-back buffer, waiters) and the share of bundles whose hold ends before the next hop
-//! confirms them. The line through agents runs three daemons and bpgen on the same 2 cores
-//! (memory only is ~10,000 to 13,000); with 128 sends in flight a bundle needs longer than the
-//! 5 ms hold to cross A, B and C and come back acknowledged, so every node writes it.
+//! What bounds the figures here: the relay alone is CPU-bound (B, bpgen's source and sink
+//! and the kernel's loopback share 2 cores, with other work on the machine). A profile of B
+//! at c0da49e (`perf record -e cpu-clock --call-graph dwarf`, durable, 100,000 bundles):
+//! 55 % of its CPU in the core task (reception and validation 9 %, routing and the
+//! forwarding rewrite 18 %, of which re-reading the bundle from the store 4 % and the
+//! rewrite and copy into one buffer 6 %; held insert 7 %; transfer outcomes and release 8 %),
+//! 34 % in the TCPCL session tasks and their socket calls, 6 % in the runtime's idle
+//! polling, 4 % in the group-commit thread and sled. The line through agents runs three
+//! daemons and bpgen on the same 2 cores; with 128 sends in flight a bundle needs longer than
+//! the 5 ms hold to cross the line and come back acknowledged, so every node writes it: it
+//! measures the machine and the agent path more than the relay.
 
 use std::time::Duration;
 

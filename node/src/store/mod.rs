@@ -18,6 +18,8 @@
 //! - [`Store::insert_held`] stores a bundle in transit: with group commit its write is held
 //!   back for up to `max_delay`, and its ticket resolves when the bundle is on disk or has left
 //!   the store (forwarded and confirmed, delivered, deleted) before then; see `commit`.
+//! - [`Store::on_persisted`] runs a callback when a ticket is durable (no future, no task:
+//!   the daemon acknowledges custody this way, one callback per bundle).
 //! - A quota (bundles and bytes) makes [`Store::insert`] fail with
 //!   [`StoreError::QuotaExceeded`] instead of growing without bound.
 //! - A delivered-id record ([`Store::record_delivered`], [`Store::was_delivered`]) remembers
