@@ -479,18 +479,29 @@ impl Task {
         }
     }
 
-    /// Reads a batch of datagrams from the socket and hands them to the engine.
+    /// Reads datagrams from the socket and hands them to the engine, one receive call (at most
+    /// `recv_slots` buffers) at a time so that what is held between the socket and the engine
+    /// stays within the pool's size and in cache, until the socket is empty or the turn's
+    /// budget is spent.
     fn receive(&mut self) {
         let mut batch = std::mem::take(&mut self.rx_out);
-        if let Err(e) = self.io.try_recv(&mut batch, RX_BATCH) {
-            debug!(error = %e, "UDP receive error");
-        }
-        let now = Instant::now();
-        for (datagram, from) in batch.drain(..) {
-            if self.learn {
-                self.learn_address(&datagram, from);
+        let mut budget = RX_BATCH;
+        while budget > 0 {
+            match self.io.try_recv(&mut batch, 1) {
+                Ok(0) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) => {
+                    debug!(error = %e, "UDP receive error");
+                    break;
+                }
             }
-            self.engine.handle_datagram(datagram, now);
+            let now = Instant::now();
+            for (datagram, from) in batch.drain(..) {
+                if self.learn {
+                    self.learn_address(&datagram, from);
+                }
+                self.engine.handle_datagram(datagram, now);
+            }
         }
         self.rx_out = batch;
     }

@@ -292,8 +292,10 @@ impl UdpIo {
     }
 
     /// Reads the datagrams already queued on the socket, without waiting, into `out` (with
-    /// their source addresses), until the socket is empty or about `max` datagrams were read
-    /// (one buffer may add up to 64 more under GRO). Returns how many were read.
+    /// their source addresses), until the socket is empty or at least `max` datagrams were read.
+    /// Each receive call fills up to `recv_slots` buffers (and a buffer may hold up to 64
+    /// datagrams under GRO), so `max = 1` means one system call. Returns how many were read
+    /// (0: the socket is empty).
     pub fn try_recv(
         &mut self,
         out: &mut Vec<(Bytes, SocketAddr)>,

@@ -596,12 +596,20 @@ async fn recv_raw(
         tokio::select! {
             r = io.readable() => {
                 r.context("recv")?;
-                batch.clear();
-                let n = io.try_recv(&mut batch, 1024).context("recv")?;
-                if n > 0 {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    last = now;
+                // The driver's way: one receive call at a time, up to 1024 datagrams a turn.
+                let mut budget = 1024usize;
+                while budget > 0 {
+                    batch.clear();
+                    let t0 = Instant::now();
+                    let n = io.try_recv(&mut batch, 1).context("recv")?;
+                    if n == 0 {
+                        break;
+                    }
+                    budget = budget.saturating_sub(n);
+                    // From the start of the first call that returned data to the end of the
+                    // last one.
+                    first.get_or_insert(t0);
+                    last = Instant::now();
                     datagrams += n as u64;
                     bytes += batch.iter().map(|(d, _)| d.len() as u64).sum::<u64>();
                 }
