@@ -531,7 +531,7 @@ impl Task {
         let mut budget = TX_BATCH;
         loop {
             let mut engine_idle = false;
-            while self.io.room() > 0 && budget > 0 {
+            while !self.io.batch_full() && budget > 0 {
                 let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
                     engine_idle = true;
                     break;

@@ -665,7 +665,7 @@ async fn send_raw(
     // The driver's way: fill the bounded send queue, send it in batches, wait while the
     // socket buffer is full.
     while queued < total {
-        while io.room() > 0 && queued < total {
+        while !io.batch_full() && queued < total {
             let n = size.min((total - queued) as usize);
             io.push(to, payload.slice(..n));
             queued += n as u64;
