@@ -131,12 +131,16 @@ enum Cmd {
         /// Emulated one-way delay on our sends, ms.
         #[arg(long, default_value_t = 0)]
         delay: u64,
-        /// Margin added to the round trip (2 × --delay) for the checkpoint retransmission
-        /// timer, ms (RFC 5326 §6.1: the peer's processing and queueing time). The default
-        /// suits loopback and LANs; long-haul and space links need the engine default (200) or
-        /// more.
-        #[arg(long, default_value_t = 20)]
+        /// Margin added to the round trip (2 × --delay) for the retransmission timers, ms
+        /// (RFC 5326 §6.1: the peer's processing and queueing time). With the engine's
+        /// adaptive timers (the default) this is the ceiling: the timers follow the measured
+        /// round trip below it, and back off toward it when retransmissions go unanswered.
+        #[arg(long, default_value_t = 200)]
         timer_margin: u64,
+        /// Fixed retransmission timers: every timer lasts 2 × --delay + --timer-margin, as
+        /// RFC 5326 §6.1 describes (no round-trip measurement).
+        #[arg(long)]
+        fixed_timers: bool,
         /// Raw UDP mode (the receiver must use --raw too): blasts datagrams of the segment size
         /// (same total octets) through the driver's socket I/O path (batching, GSO).
         #[arg(long)]
@@ -212,6 +216,7 @@ fn main() -> Result<()> {
             loss,
             delay,
             timer_margin,
+            fixed_timers,
             raw,
             rate,
             rate_burst,
@@ -254,6 +259,7 @@ fn main() -> Result<()> {
                     loss,
                     delay: Duration::from_millis(delay),
                     timer_margin: Duration::from_millis(timer_margin),
+                    adaptive_timers: !fixed_timers,
                     seed,
                     timeout: Duration::from_secs_f64(timeout.max(0.01)),
                     socket_buffer,
@@ -296,6 +302,7 @@ struct SendParams {
     loss: f64,
     delay: Duration,
     timer_margin: Duration,
+    adaptive_timers: bool,
     seed: u64,
     timeout: Duration,
     socket_buffer: usize,
@@ -314,6 +321,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         owlt_outbound: p.delay,
         owlt_inbound: Duration::ZERO,
         timer_margin: p.timer_margin,
+        adaptive_timers: p.adaptive_timers,
         rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
         rate_burst: p.rate_burst,
         ..SpanConfig::default()
@@ -412,6 +420,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "window": p.window,
                 "loss": p.loss,
                 "timer_margin_ms": p.timer_margin.as_millis() as u64,
+                "adaptive_timers": p.adaptive_timers,
             })
         );
     } else {
