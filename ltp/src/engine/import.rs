@@ -69,7 +69,7 @@ impl Engine {
                 let mut added = 0;
                 for (a, b) in new {
                     let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
-                    added += imp.red.write(a, piece, imp.red_end);
+                    added += imp.red.write(a, piece, imp.red_end, &mut self.pages);
                 }
                 self.reassembly += added;
                 // §6.20-style limit on what all imports hold (pages actually allocated; at
@@ -402,7 +402,7 @@ impl Engine {
         }
         imp.delivered = true;
         self.reassembly -= imp.red.allocated();
-        let red = imp.red.take(red_end);
+        let red = imp.red.take(red_end, &mut self.pages);
         self.stats.import_sessions_completed += 1;
         self.stats.red_bytes_delivered += red.len() as u64;
         self.events.push_back(Event::BlockReceived {
@@ -430,13 +430,14 @@ impl Engine {
     }
 
     pub(super) fn close_import(&mut self, sid: SessionId, outcome: Outcome, now: Instant) {
-        let Some(imp) = self.imports.remove(&sid) else {
+        let Some(mut imp) = self.imports.remove(&sid) else {
             return;
         };
         for t in imp.timers() {
             self.timers.stop(t);
         }
         self.reassembly -= imp.red.allocated();
+        imp.red.clear(&mut self.pages);
         if let Some(span) = self.spans.get_mut(&sid.originator) {
             span.imports = span.imports.saturating_sub(1);
         }
@@ -458,7 +459,7 @@ impl Engine {
         imp.reports.clear();
         imp.inactivity = None;
         self.reassembly -= imp.red.allocated();
-        imp.red.clear();
+        imp.red.clear(&mut self.pages);
         imp.state = ImportState::Cancelling {
             reason,
             retransmissions: 0,

@@ -55,7 +55,7 @@ use crate::segment::{
     ReportSegment, Segment, SegmentBody, SessionId,
 };
 use intervals::IntervalSet;
-use red_part::RedPart;
+use red_part::{PagePool, RedPart, PAGE};
 use rtt::RttEstimator;
 use timer::{TimerId, TimerKind, Timers};
 
@@ -465,6 +465,8 @@ pub struct Engine {
     timers: Timers,
     events: VecDeque<Event>,
     reassembly: usize,
+    /// Reassembly pages kept for reuse (`red_part.rs`).
+    pages: PagePool,
     stats: EngineStats,
     /// The latest `now` given to any method (for work done where no time is passed in).
     clock: Option<Instant>,
@@ -483,6 +485,7 @@ fn control_segment(session: SessionId, body: SegmentBody) -> Bytes {
 impl Engine {
     /// Creates an engine with our engine ID.
     pub fn new(local_engine_id: EngineId, config: EngineConfig) -> Engine {
+        let idle_pages = (config.max_reassembly_memory / PAGE as usize).min(64);
         Engine {
             local: local_engine_id,
             rng: SmallRng::seed_from_u64(config.seed),
@@ -497,6 +500,8 @@ impl Engine {
             timers: Timers::default(),
             events: VecDeque::new(),
             reassembly: 0,
+            // Idle pages kept: up to 4 MiB, and never more than the reassembly limit.
+            pages: PagePool::new(idle_pages),
             stats: EngineStats::default(),
             clock: None,
         }
