@@ -778,15 +778,22 @@ fn reassembly_memory_limit_cancels_the_import() {
     assert_eq!(b.reassembly, 0, "memory released on cancel");
 }
 
-#[test]
-fn discretionary_checkpoint_reports_scope_and_serials() {
-    let now = t0();
+/// A sender with a discretionary checkpoint every 2 segments, and the segments of the 2000-octet
+/// red block it sent at `now`.
+fn discretionary_sender(now: Instant) -> (Engine, SessionId, Vec<Bytes>) {
     let mut a = engine(A, B);
     let mut sp = span();
     sp.checkpoint_every = 2;
     a.add_span(B, sp);
     let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
     let raw = drain_raw(&mut a, now);
+    (a, sid, raw)
+}
+
+#[test]
+fn discretionary_checkpoint_reports_scope_and_serials() {
+    let now = t0();
+    let (mut a, sid, raw) = discretionary_sender(now);
     let mut b = engine(B, A);
     for s in &raw {
         b.handle_datagram(s.clone(), now);
@@ -1447,12 +1454,7 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     // out the first half. Combined with the old claims, the sender would complete a block
     // the new B never had; instead it forgets the old claims and retransmits the first half.
     let now = t0();
-    let mut a = engine(A, B);
-    let mut sp = span();
-    sp.checkpoint_every = 2;
-    a.add_span(B, sp);
-    let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
-    let raw = drain_raw(&mut a, now);
+    let (mut a, sid, raw) = discretionary_sender(now);
     let half = raw.len() / 2;
     let mut b = engine(B, A);
     for s in &raw[..half] {
