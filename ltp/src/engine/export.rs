@@ -82,7 +82,7 @@ impl Engine {
             ex.acked = IntervalSet::default();
             self.stats.claims_retracted += 1;
         }
-        for (s, e) in claimed.clipped(0, limit) {
+        for (s, e) in claimed.iter() {
             ex.acked.insert(s, e);
         }
         if ex.red_done() {

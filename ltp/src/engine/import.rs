@@ -282,29 +282,41 @@ impl Engine {
         else {
             return;
         };
-        let Some(imp) = self.imports.get_mut(&sid) else {
+        let Some(imp) = self.imports.get(&sid) else {
             return;
         };
-        let mut again: Vec<(u64, Bytes)> = Vec::new();
-        for (&serial, r) in imp.reports.iter_mut() {
-            if r.report.checkpoint_serial != checkpoint_serial || r.retransmissions >= limit {
-                continue;
-            }
-            r.retransmissions += 1;
-            again.push((
-                serial,
-                control_segment(sid, SegmentBody::Report(r.report.clone())),
-            ));
+        let mut again: Vec<u64> = imp
+            .reports
+            .iter()
+            .filter(|(_, r)| {
+                r.report.checkpoint_serial == checkpoint_serial && r.retransmissions < limit
+            })
+            .map(|(&serial, _)| serial)
+            .collect();
+        again.sort_unstable();
+        for serial in again {
+            self.retransmit_report(sid, peer, serial);
         }
-        again.sort_unstable_by_key(|&(serial, _)| serial);
-        for (serial, bytes) in again {
-            self.stats.reports_retransmitted += 1;
-            let kind = TimerKind::Report {
-                session: sid,
-                serial,
-            };
-            self.push_control(peer, bytes, OnSent::Timer(kind));
-        }
+    }
+
+    /// §6.8: sends a pending report again with its serial number, counted as a retransmission
+    /// (its timer restarts when it leaves).
+    pub(super) fn retransmit_report(&mut self, sid: SessionId, peer: EngineId, serial: u64) {
+        let Some(r) = self
+            .imports
+            .get_mut(&sid)
+            .and_then(|i| i.reports.get_mut(&serial))
+        else {
+            return;
+        };
+        r.retransmissions += 1;
+        self.stats.reports_retransmitted += 1;
+        let bytes = control_segment(sid, SegmentBody::Report(r.report.clone()));
+        let kind = TimerKind::Report {
+            session: sid,
+            serial,
+        };
+        self.push_control(peer, bytes, OnSent::Timer(kind));
     }
 
     pub(super) fn answer_checkpoint(

@@ -86,6 +86,11 @@ impl IntervalSet {
         out
     }
 
+    /// The intervals of the set, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&a, &b)| (a, b))
+    }
+
     /// Octets covered.
     #[cfg(test)]
     pub(crate) fn covered(&self) -> u64 {

@@ -1074,10 +1074,7 @@ impl Engine {
                     }
                     return;
                 }
-                r.retransmissions += 1;
-                self.stats.reports_retransmitted += 1;
-                let bytes = control_segment(session, SegmentBody::Report(r.report.clone()));
-                self.push_control(peer, bytes, OnSent::Timer(kind));
+                self.retransmit_report(session, peer, serial);
             }
             TimerKind::ExportCancel { number } => {
                 let Some(ex) = self.exports.get_mut(&number) else {
