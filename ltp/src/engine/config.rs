@@ -17,8 +17,13 @@ pub struct EngineConfig {
     pub max_block_size: u64,
     /// Largest number of concurrent import sessions per peer; new ones are cancelled.
     pub max_import_sessions_per_peer: usize,
-    /// Total octets of red data held for reassembly across all import sessions.
+    /// Total octets of red data held for reassembly across all import sessions (from the start
+    /// of each block to the furthest octet received).
     pub max_reassembly_memory: usize,
+    /// Octets of idle reassembly buffers kept for the next red parts (a delivered red part's
+    /// buffer comes back when the client drops it; see `red_part.rs`). Bounded as well by
+    /// `max_reassembly_memory`.
+    pub reassembly_pool: usize,
     /// Largest number of reception claims in one report segment we send (§6.3: more claims are
     /// split over several reports); reports we receive are bounded by `decode_limits.max_claims`.
     pub max_claims_per_report: usize,
@@ -54,6 +59,7 @@ impl Default for EngineConfig {
             max_block_size: 256 * 1024 * 1024,
             max_import_sessions_per_peer: 1024,
             max_reassembly_memory: 1024 * 1024 * 1024,
+            reassembly_pool: 16 * 1024 * 1024,
             max_claims_per_report: 256,
             closed_session_capacity: 4096,
             closed_session_linger: Duration::from_secs(600),

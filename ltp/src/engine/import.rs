@@ -65,18 +65,17 @@ impl Engine {
                 imp.eorp_is_eob = d.kind.is_eob();
             }
             if !imp.delivered {
-                let new = imp.received.insert(d.offset, end);
-                let mut added = 0;
-                for (a, b) in new {
-                    let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
-                    added += imp.red.write(a, piece, imp.red_end, &mut self.pages);
-                }
-                self.reassembly += added;
-                // §6.20-style limit on what all imports hold (pages actually allocated; at
-                // most one page over before the import is cancelled and its pages freed).
-                if self.reassembly > self.cfg.max_reassembly_memory {
+                // §6.20-style limit on what all imports hold, checked before anything is
+                // allocated for the segment.
+                let growth = imp.red.growth(end);
+                if self.reassembly as u64 + growth > self.cfg.max_reassembly_memory as u64 {
                     self.cancel_import(sid, CancelReason::SystemCancelled, now);
                     return;
+                }
+                let new = imp.received.insert(d.offset, end);
+                for (a, b) in new {
+                    let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
+                    self.reassembly += imp.red.write(a, piece, self.red_size_hint, &self.buffers);
                 }
             }
             if let Some(cp) = d.checkpoint {
@@ -181,9 +180,9 @@ impl Engine {
                 delivered: false,
                 accepted: !self.cfg.confirm_red_parts,
                 held: Vec::new(),
-                reports: HashMap::new(),
-                sent_bounds: HashMap::new(),
-                answered: HashSet::new(),
+                reports: Map::default(),
+                sent_bounds: Map::default(),
+                answered: Set::default(),
                 prev_upper: 0,
                 first_report_serial: next_report_serial,
                 next_report_serial,
@@ -413,8 +412,9 @@ impl Engine {
             return;
         }
         imp.delivered = true;
-        self.reassembly -= imp.red.allocated();
-        let red = imp.red.take(red_end, &mut self.pages);
+        self.reassembly -= imp.red.held();
+        let red = imp.red.take(red_end, &self.buffers);
+        self.red_size_hint = red.len();
         self.stats.import_sessions_completed += 1;
         self.stats.red_bytes_delivered += red.len() as u64;
         self.events.push_back(Event::BlockReceived {
@@ -448,8 +448,8 @@ impl Engine {
         for t in imp.timers() {
             self.timers.stop(t);
         }
-        self.reassembly -= imp.red.allocated();
-        imp.red.clear(&mut self.pages);
+        self.reassembly -= imp.red.held();
+        imp.red.clear(&self.buffers);
         if let Some(span) = self.spans.get_mut(&sid.originator) {
             span.imports = span.imports.saturating_sub(1);
         }
@@ -470,8 +470,8 @@ impl Engine {
         }
         imp.reports.clear();
         imp.inactivity = None;
-        self.reassembly -= imp.red.allocated();
-        imp.red.clear(&mut self.pages);
+        self.reassembly -= imp.red.held();
+        imp.red.clear(&self.buffers);
         imp.state = ImportState::Cancelling {
             reason,
             retransmissions: 0,

@@ -1,166 +1,210 @@
 //! Reassembly of an import's red part (RFC 5326 §6.10: red data is delivered once the whole red
-//! part has arrived): data segments are copied, as they arrive in any order, into pages of at
-//! most [`PAGE`] octets, and the pages are joined into one buffer at delivery.
+//! part has arrived): data segments are copied, as they arrive in any order, into one contiguous
+//! buffer at their block offset, and that buffer is what the client gets at delivery: the red
+//! part is copied once, never joined from pieces.
 //!
-//! Copying at arrival, rather than keeping each segment as a slice of the received datagram,
-//! lets the driver reuse its receive buffers at once: a slice would keep the whole receive
-//! chunk it came from alive until the last session with data in that chunk delivered, which
-//! with interleaved sessions held several times the data in flight. Memory held here is the
-//! data received rounded up to a page per region, and is what the engine's reassembly limit
-//! counts.
+//! LTP does not tell a receiver how large a block is until its end-of-red-part checkpoint
+//! arrives, so a new import's buffer is sized from the red part delivered before it
+//! (`size_hint`: a span's blocks tend to be alike) and grows by doubling when data lands beyond
+//! it.
 //!
-//! Full pages come from a [`PagePool`] and go back to it when the red part is delivered or
-//! dropped: a receiver taking block after block reuses the same memory instead of asking the
-//! allocator for (and the kernel to fault in) fresh pages for every block.
+//! Buffers of large red parts ([`POOLED_MIN`] octets and more) come from a [`BufferPool`] and go
+//! back to it when the client drops the delivered `Bytes` (or when the import is dropped): a
+//! receiver taking block after block writes into memory that is already faulted in, instead of
+//! asking the allocator, and the kernel, for fresh pages for every block. Page faults on fresh
+//! buffers, and the copy that joined pages into one buffer, were the receiver's largest costs.
+//!
+//! Memory counted against the engine's reassembly limit is [`RedPart::held`]: the octets from
+//! the start of the block to the furthest one received (gaps are zero-filled). The caller asks
+//! [`RedPart::growth`] before writing, so a segment far beyond the data received is refused
+//! before anything is allocated for it. Idle pooled buffers are bounded by the pool's own limit.
 
-use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-/// Largest page, in octets.
-pub(super) const PAGE: u64 = 64 * 1024;
+/// Red parts at least this large are reassembled in pooled buffers; smaller ones in plain
+/// vectors (the allocator serves them well).
+pub(super) const POOLED_MIN: usize = 64 * 1024;
 
-/// Full pages ([`PAGE`] octets of capacity) given back by delivered or dropped red parts, kept
-/// for the next ones: at most `max` of them (the rest are freed).
-#[derive(Debug)]
-pub(super) struct PagePool {
-    free: Vec<Vec<u8>>,
-    max: usize,
+/// Idle reassembly buffers, shared with the `Bytes` handed to clients so that a dropped red part
+/// comes back. Keeps at most `max_idle` octets of capacity (the rest are freed).
+#[derive(Clone, Debug)]
+pub(super) struct BufferPool {
+    inner: Arc<Mutex<Idle>>,
 }
 
-impl PagePool {
-    /// A pool keeping at most `max` idle pages.
-    pub(super) fn new(max: usize) -> PagePool {
-        PagePool {
-            free: Vec::new(),
-            max,
+#[derive(Debug, Default)]
+struct Idle {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Idle {
+    fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() >= POOLED_MIN && self.bytes + buf.capacity() <= self.max_bytes {
+            buf.clear();
+            self.bytes += buf.capacity();
+            self.buffers.push(buf);
+        }
+    }
+}
+
+impl BufferPool {
+    /// A pool keeping at most `max_idle` octets of idle buffers.
+    pub(super) fn new(max_idle: usize) -> BufferPool {
+        BufferPool {
+            inner: Arc::new(Mutex::new(Idle {
+                max_bytes: max_idle,
+                ..Idle::default()
+            })),
         }
     }
 
-    /// An empty page with a capacity of exactly [`PAGE`] octets.
-    fn get(&mut self) -> Vec<u8> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(PAGE as usize))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        // A client thread that panicked while returning a buffer leaves a consistent list.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a page back if it is a full one and the pool has room.
-    fn put(&mut self, mut page: Vec<u8>) {
-        if page.capacity() == PAGE as usize && self.free.len() < self.max {
-            page.clear();
-            self.free.push(page);
+    /// An empty buffer with a capacity of at least `min` and at most twice that: an idle one if
+    /// there is such, else a fresh allocation of exactly `min`.
+    fn get(&self, min: usize) -> Vec<u8> {
+        let mut idle = self.lock();
+        let best = idle
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= min && b.capacity() / 2 <= min)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let buf = idle.buffers.swap_remove(i);
+                idle.bytes -= buf.capacity();
+                buf
+            }
+            None => Vec::with_capacity(min),
         }
     }
 
-    /// Idle pages held.
+    /// Takes a buffer back if it is a large one and there is room.
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() >= POOLED_MIN {
+            self.lock().put(buf);
+        }
+    }
+
+    /// Octets of capacity held idle.
     #[cfg(test)]
-    fn idle(&self) -> usize {
-        self.free.len()
+    fn idle_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// A delivered red part in a pooled buffer: returns the buffer to its pool when the last
+/// `Bytes` referring to it is dropped (if the engine, and so the pool, still exists).
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Weak<Mutex<Idle>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let buf = std::mem::take(&mut self.buf);
+            pool.lock().unwrap_or_else(|e| e.into_inner()).put(buf);
+        }
     }
 }
 
 /// The red data received so far for one import.
 #[derive(Debug, Default)]
 pub(super) struct RedPart {
-    /// Page index → the page's octets from its start (`index * PAGE`) up to the highest
-    /// octet written in it (gaps within are zero until their data arrives).
-    pages: BTreeMap<u64, Vec<u8>>,
-    /// Capacity of all pages, in octets.
-    allocated: usize,
+    /// The block's octets `[0, len)`: received data, and zeros where data has not arrived yet.
+    buf: Vec<u8>,
 }
 
 impl RedPart {
-    /// Octets allocated for the pages.
-    pub(super) fn allocated(&self) -> usize {
-        self.allocated
+    /// Octets held: from the start of the block to the furthest octet received.
+    pub(super) fn held(&self) -> usize {
+        self.buf.len()
     }
 
-    /// Copies `data`, the block's octets at `offset`, into the pages; `red_end` (if known)
-    /// sizes the last page exactly. Returns how many octets were newly allocated (full pages
-    /// come from `pool`).
+    /// How many octets [`RedPart::held`] grows by if data ending at `end` is written.
+    pub(super) fn growth(&self, end: u64) -> u64 {
+        end.saturating_sub(self.buf.len() as u64)
+    }
+
+    /// Copies `data`, the block's octets at `offset`. A first write takes a buffer of
+    /// `size_hint` octets (if the data fits in it) from `pool`; a write beyond the capacity
+    /// doubles it. Returns how many octets [`RedPart::held`] grew by.
     pub(super) fn write(
         &mut self,
         offset: u64,
         data: &[u8],
-        red_end: Option<u64>,
-        pool: &mut PagePool,
+        size_hint: usize,
+        pool: &BufferPool,
     ) -> usize {
-        let before = self.allocated;
-        let mut pos = offset;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let index = pos / PAGE;
-            let start = index * PAGE;
-            let within = (pos - start) as usize;
-            let n = rest.len().min(PAGE as usize - within);
-            let need = within + n;
-            let page = self.pages.entry(index).or_default();
-            if page.len() < need {
-                let cap = page.capacity();
-                if cap < need {
-                    // The first page grows by doubling (few copies for blocks arriving in
-                    // order, and a small block takes little more than its size); a block
-                    // that reaches a second page is a large one, whose pages are full ones
-                    // from the pool. A page is sized exactly when the red part is known to
-                    // end in it.
-                    let limit = match red_end {
-                        Some(end) if end > start && end - start < PAGE => (end - start) as usize,
-                        _ => PAGE as usize,
-                    };
-                    let target = if index == 0 {
-                        (cap * 2).clamp(need, limit.max(need))
-                    } else {
-                        limit.max(need)
-                    };
-                    if target >= PAGE as usize {
-                        let mut full = pool.get();
-                        full.extend_from_slice(page);
-                        pool.put(std::mem::replace(page, full));
-                    } else {
-                        page.reserve_exact(target - page.len());
-                    }
-                    self.allocated += page.capacity() - cap;
-                }
-                page.resize(need, 0);
+        let before = self.buf.len();
+        let (Ok(start), Some(end)) = (
+            usize::try_from(offset),
+            usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(data.len())),
+        ) else {
+            return 0; // beyond the address space: the block-size limit refuses it first
+        };
+        if end > self.buf.capacity() {
+            if self.buf.capacity() == 0 && size_hint >= POOLED_MIN && end <= size_hint {
+                self.buf = pool.get(size_hint);
+            } else {
+                let target = end.max(self.buf.capacity().saturating_mul(2));
+                self.buf.reserve_exact(target - self.buf.len());
             }
-            page[within..need].copy_from_slice(&rest[..n]);
-            pos += n as u64;
-            rest = &rest[n..];
         }
-        self.allocated - before
+        if start > self.buf.len() {
+            self.buf.resize(start, 0); // a gap, filled when its data arrives
+        }
+        let overlap = self.buf.len().min(end) - start.min(self.buf.len());
+        let (old, new) = data.split_at(overlap);
+        self.buf[start..start + overlap].copy_from_slice(old);
+        self.buf.extend_from_slice(new);
+        self.buf.len() - before
     }
 
-    /// The red part `[0, red_end)` as one buffer (the caller has checked that all of it
-    /// arrived); the pages go back to `pool`.
-    pub(super) fn take(&mut self, red_end: u64, pool: &mut PagePool) -> Bytes {
-        let pages = std::mem::take(&mut self.pages);
-        self.allocated = 0;
-        let len = usize::try_from(red_end).unwrap_or(usize::MAX);
-        if pages.len() == 1 {
-            if let Some((0, mut page)) = pages.into_iter().next() {
-                if page.len() >= len {
-                    page.truncate(len);
-                    page.shrink_to_fit();
-                    return Bytes::from(page);
-                }
-            }
-            return Bytes::new(); // unreachable when [0, red_end) arrived
+    /// The red part `[0, red_end)` as one buffer, without copying it (the caller has checked
+    /// that all of it arrived). A pooled buffer goes back to `pool` when the client drops the
+    /// last reference; one much larger than the red part is copied out of and returned at once.
+    pub(super) fn take(&mut self, red_end: u64, pool: &BufferPool) -> Bytes {
+        let mut buf = std::mem::take(&mut self.buf);
+        let len = usize::try_from(red_end)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        buf.truncate(len);
+        if buf.capacity() < POOLED_MIN {
+            return Bytes::from(buf);
         }
-        let mut out = BytesMut::with_capacity(len);
-        for page in pages.into_values() {
-            let take = page.len().min(len - out.len());
-            out.extend_from_slice(&page[..take]);
-            pool.put(page);
+        if len < buf.capacity() / 2 {
+            let out = Bytes::copy_from_slice(&buf);
+            pool.put(buf);
+            return out;
         }
-        out.freeze()
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: Arc::downgrade(&pool.inner),
+        })
     }
 
-    /// Drops everything held; the pages go back to `pool`.
-    pub(super) fn clear(&mut self, pool: &mut PagePool) {
-        for page in std::mem::take(&mut self.pages).into_values() {
-            pool.put(page);
-        }
-        self.allocated = 0;
+    /// Drops everything held; a pooled buffer goes back to `pool`.
+    pub(super) fn clear(&mut self, pool: &BufferPool) {
+        pool.put(std::mem::take(&mut self.buf));
     }
 }
 
@@ -172,85 +216,140 @@ mod tests {
         (0..n).map(|i| (i * 13 + 1) as u8).collect()
     }
 
+    fn segments(len: usize, size: usize) -> Vec<(usize, usize)> {
+        (0..len)
+            .step_by(size)
+            .map(|s| (s, (s + size).min(len)))
+            .collect()
+    }
+
     #[test]
-    fn any_order_reassembles_exactly() {
+    fn any_order_and_duplicates_reassemble_exactly() {
         let b = block(300_000);
-        let mut segs: Vec<(usize, usize)> = (0..b.len())
-            .step_by(1400)
-            .map(|s| (s, (s + 1400).min(b.len())))
-            .collect();
+        let mut segs = segments(b.len(), 1400);
         segs.reverse();
         segs.swap(3, 100);
+        segs.push(segs[7]); // a duplicate
+        segs.push((1000, 5000)); // overlapping several
         let mut r = RedPart::default();
-        let mut pool = PagePool::new(4);
-        for (i, &(s, e)) in segs.iter().enumerate() {
-            let end = (i == 0).then_some(b.len() as u64);
-            r.write(s as u64, &b[s..e], end, &mut pool);
+        let pool = BufferPool::new(1 << 20);
+        let mut held = 0;
+        for &(s, e) in &segs {
+            assert_eq!(r.growth(e as u64), (e.saturating_sub(r.held())) as u64);
+            held += r.write(s as u64, &b[s..e], 0, &pool);
+            assert_eq!(held, r.held());
         }
-        assert!(r.allocated() <= b.len() + PAGE as usize);
-        let got = r.take(b.len() as u64, &mut pool);
+        assert_eq!(r.held(), b.len());
+        let got = r.take(b.len() as u64, &pool);
         assert_eq!(&got[..], &b[..]);
-        assert_eq!(r.allocated(), 0);
+        assert_eq!(r.held(), 0);
     }
 
     #[test]
-    fn a_small_block_is_sized_exactly_and_not_copied_twice() {
+    fn a_small_block_is_a_plain_vector_of_its_size() {
         let b = block(3000);
+        let pool = BufferPool::new(1 << 20);
+        // After small blocks (hint below the pooled size): a vector that grows as data comes.
         let mut r = RedPart::default();
-        let mut pool = PagePool::new(4);
-        r.write(0, &b[..1400], None, &mut pool);
-        r.write(1400, &b[1400..2800], None, &mut pool);
-        r.write(2800, &b[2800..], Some(3000), &mut pool);
-        assert!(r.allocated() <= 2 * 3000, "{}", r.allocated());
-        assert_eq!(&r.take(3000, &mut pool)[..], &b[..]);
-        // Known end from the first (only) segment: exactly its size.
+        assert_eq!(r.write(0, &b[..1400], 3000, &pool), 1400);
+        r.write(1400, &b[1400..2800], 3000, &pool);
+        r.write(2800, &b[2800..], 3000, &pool);
+        assert_eq!(r.held(), 3000);
+        assert!(r.buf.capacity() < POOLED_MIN);
+        assert_eq!(&r.take(3000, &pool)[..], &b[..]);
+        assert_eq!(pool.idle_bytes(), 0);
+        // After a large block: its size of buffer, copied out of at delivery and returned.
         let mut r = RedPart::default();
-        assert_eq!(r.write(0, &b[..100], Some(100), &mut pool), 100);
-    }
-
-    #[test]
-    fn in_order_large_block_stays_within_a_page_of_its_size() {
-        let b = block(1 << 20);
-        let mut r = RedPart::default();
-        let mut pool = PagePool::new(64);
-        for s in (0..b.len()).step_by(1400) {
-            let e = (s + 1400).min(b.len());
-            let end = (e == b.len()).then_some(b.len() as u64);
-            r.write(s as u64, &b[s..e], end, &mut pool);
+        for (s, e) in segments(b.len(), 1400) {
+            r.write(s as u64, &b[s..e], 1 << 20, &pool);
         }
-        assert!(
-            r.allocated() <= b.len() + PAGE as usize,
-            "{}",
-            r.allocated()
-        );
-        assert_eq!(&r.take(b.len() as u64, &mut pool)[..], &b[..]);
+        assert_eq!(r.held(), 3000);
+        assert_eq!(&r.take(3000, &pool)[..], &b[..]);
+        assert_eq!(pool.idle_bytes(), 1 << 20);
     }
 
     #[test]
-    fn pages_are_reused_block_after_block_within_the_pool_bound() {
-        let b = block(10 * PAGE as usize + 100);
-        let mut pool = PagePool::new(4);
+    fn the_hint_sizes_the_buffer_and_growth_doubles_it() {
+        let b = block(300_000);
+        let pool = BufferPool::new(1 << 20);
+        let mut r = RedPart::default();
+        r.write(0, &b[..1400], 200_000, &pool);
+        assert_eq!(r.buf.capacity(), 200_000);
+        for (s, e) in segments(b.len(), 1400).into_iter().skip(1) {
+            r.write(s as u64, &b[s..e], 200_000, &pool);
+        }
+        assert_eq!(r.buf.capacity(), 400_000);
+        assert_eq!(&r.take(b.len() as u64, &pool)[..], &b[..]);
+    }
+
+    #[test]
+    fn delivered_buffers_return_to_the_pool_and_are_reused() {
+        let b = block(10 * POOLED_MIN + 100);
+        let pool = BufferPool::new(4 * b.len());
+        let mut first = None;
         for round in 0..3 {
             let mut r = RedPart::default();
-            for s in (0..b.len()).step_by(1400) {
-                let e = (s + 1400).min(b.len());
-                let end = (e == b.len()).then_some(b.len() as u64);
-                r.write(s as u64, &b[s..e], end, &mut pool);
+            for (s, e) in segments(b.len(), 1400) {
+                r.write(s as u64, &b[s..e], b.len(), &pool);
             }
+            let ptr = r.buf.as_ptr();
             assert_eq!(
-                &r.take(b.len() as u64, &mut pool)[..],
-                &b[..],
-                "round {round}"
+                *first.get_or_insert(ptr),
+                ptr,
+                "round {round} reused the buffer"
             );
-            // Ten full pages came back (page 0 grew into one too); four are kept.
-            assert_eq!(pool.idle(), 4);
+            let got = r.take(b.len() as u64, &pool);
+            assert_eq!(&got[..], &b[..], "round {round}");
+            assert_eq!(pool.idle_bytes(), 0, "the client holds it");
+            let slice = got.slice(10..20);
+            drop(got);
+            assert_eq!(pool.idle_bytes(), 0, "a slice still refers to it");
+            drop(slice);
+            assert_eq!(pool.idle_bytes(), b.len(), "back once the client let go");
         }
-        // A dropped red part gives its pages back as well.
+        // A dropped import gives its buffer back as well; one far larger than its red part is
+        // copied out of and returned at delivery.
         let mut r = RedPart::default();
-        r.write(3 * PAGE, &b[..2000], None, &mut pool);
-        assert_eq!(pool.idle(), 3);
-        r.clear(&mut pool);
-        assert_eq!(pool.idle(), 4);
-        assert_eq!(r.allocated(), 0);
+        r.write(0, &b[..2000], b.len(), &pool);
+        assert_eq!(pool.idle_bytes(), 0);
+        r.clear(&pool);
+        assert_eq!(pool.idle_bytes(), b.len());
+        let mut r = RedPart::default();
+        r.write(0, &b[..2000], b.len(), &pool);
+        assert_eq!(&r.take(2000, &pool)[..], &b[..2000]);
+        assert_eq!(pool.idle_bytes(), b.len());
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_bound_and_outlives_nothing() {
+        let pool = BufferPool::new(3 * POOLED_MIN);
+        let parts: Vec<Bytes> = (0..5)
+            .map(|_| {
+                let mut r = RedPart::default();
+                r.write(0, &vec![7; POOLED_MIN], POOLED_MIN, &pool);
+                r.take(POOLED_MIN as u64, &pool)
+            })
+            .collect();
+        drop(parts);
+        assert_eq!(pool.idle_bytes(), 3 * POOLED_MIN);
+        // A red part that outlives its engine's pool is simply freed.
+        let mut r = RedPart::default();
+        r.write(0, &vec![7; POOLED_MIN], POOLED_MIN, &pool);
+        let part = r.take(POOLED_MIN as u64, &pool);
+        drop(pool);
+        assert_eq!(part.len(), POOLED_MIN);
+        drop(part);
+    }
+
+    #[test]
+    fn a_gap_is_held_as_zeros_until_its_data_arrives() {
+        let b = block(10_000);
+        let pool = BufferPool::new(0);
+        let mut r = RedPart::default();
+        assert_eq!(r.growth(10_000), 10_000);
+        assert_eq!(r.write(8000, &b[8000..], 0, &pool), 10_000);
+        assert_eq!(r.growth(5000), 0);
+        assert_eq!(r.write(0, &b[..8000], 0, &pool), 0);
+        assert_eq!(&r.take(10_000, &pool)[..], &b[..]);
     }
 }

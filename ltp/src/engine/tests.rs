@@ -623,7 +623,7 @@ fn miscolored_green_below_red_cancels() {
 
 #[test]
 fn large_block_end_to_end() {
-    // 64 MiB with 1400-octet segments, no loss: O(log n) per segment (copied into pages).
+    // 64 MiB with 1400-octet segments, no loss: O(log n) per segment (copied into one buffer).
     let now = t0();
     let size = 64 << 20;
     let mut a = Engine::new(A, EngineConfig::default());

@@ -2,7 +2,9 @@
 //! suspended while the link to the peer is down, keeping their remaining time, and resumed when
 //! it comes up). O(log n) start/stop; suspension walks the timers once per link change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use super::Map;
 use std::time::{Duration, Instant};
 
 use crate::segment::{EngineId, SessionId};
@@ -43,7 +45,7 @@ struct Entry {
 pub(crate) struct Timers {
     next_id: TimerId,
     queue: BTreeSet<(Instant, TimerId)>,
-    entries: HashMap<TimerId, Entry>,
+    entries: Map<TimerId, Entry>,
 }
 
 impl Timers {
