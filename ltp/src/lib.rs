@@ -5,5 +5,5 @@ pub mod engine;
 pub mod sdnv;
 pub mod segment;
 
-pub use engine::{Engine, EngineConfig, EngineStats, Event, SendError, SpanConfig};
+pub use engine::{Engine, EngineConfig, EngineStats, Event, SendError, SpanConfig, Transmit};
 pub use segment::{CancelReason, EngineId, Segment, SessionId};

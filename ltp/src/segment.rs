@@ -509,17 +509,14 @@ impl Segment {
         encode_extensions(&self.header_extensions[..hc], out);
         match &self.body {
             SegmentBody::Data(d) => {
-                sdnv::encode_u64(d.client_service_id, out);
-                sdnv::encode_u64(d.offset, out);
-                sdnv::encode_u64(d.data.len() as u64, out);
-                if d.kind.is_checkpoint() {
-                    let cp = d.checkpoint.unwrap_or(CheckpointInfo {
-                        checkpoint_serial: 0,
-                        report_serial: 0,
-                    });
-                    sdnv::encode_u64(cp.checkpoint_serial, out);
-                    sdnv::encode_u64(cp.report_serial, out);
-                }
+                encode_data_fields(
+                    d.client_service_id,
+                    d.offset,
+                    d.data.len() as u64,
+                    d.kind,
+                    d.checkpoint,
+                    out,
+                );
                 out.put_slice(&d.data);
             }
             SegmentBody::Report(rs) => {
@@ -592,6 +589,56 @@ impl Segment {
         let mut b = BytesMut::with_capacity(self.encoded_len());
         self.encode(&mut b);
         b.freeze()
+    }
+}
+
+/// Appends the header of a data segment without extensions (§3.1 header, §3.2.1 data segment
+/// fields: everything up to the client data), for a sender that sends the data from the block
+/// itself (a datagram of header then data, gathered by the socket, with no copy of the data).
+/// `checkpoint` is written only for checkpoint kinds (zero serials if missing).
+pub fn encode_data_header(
+    session: SessionId,
+    kind: DataKind,
+    client_service_id: u64,
+    offset: u64,
+    data_len: u64,
+    checkpoint: Option<CheckpointInfo>,
+    out: &mut BytesMut,
+) {
+    out.reserve(data_segment_overhead(
+        session,
+        kind,
+        client_service_id,
+        offset,
+        data_len,
+        checkpoint,
+    ));
+    out.put_u8(kind.type_code());
+    sdnv::encode_u64(session.originator, out);
+    sdnv::encode_u64(session.number, out);
+    out.put_u8(0); // no header or trailer extensions
+    encode_data_fields(client_service_id, offset, data_len, kind, checkpoint, out);
+}
+
+/// The §3.2.1 fields of a data segment before the client data.
+fn encode_data_fields(
+    client_service_id: u64,
+    offset: u64,
+    data_len: u64,
+    kind: DataKind,
+    checkpoint: Option<CheckpointInfo>,
+    out: &mut BytesMut,
+) {
+    sdnv::encode_u64(client_service_id, out);
+    sdnv::encode_u64(offset, out);
+    sdnv::encode_u64(data_len, out);
+    if kind.is_checkpoint() {
+        let cp = checkpoint.unwrap_or(CheckpointInfo {
+            checkpoint_serial: 0,
+            report_serial: 0,
+        });
+        sdnv::encode_u64(cp.checkpoint_serial, out);
+        sdnv::encode_u64(cp.report_serial, out);
     }
 }
 

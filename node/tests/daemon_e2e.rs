@@ -16,6 +16,37 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Ends the whole test process, with a message naming the test, if the test is still running
+/// (or hangs after a panic, e.g. in the runtime's shutdown) after `limit`: a hang fails the
+/// suite at once instead of holding CI until its time limit. Disarmed when the test ends
+/// normally.
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let step = Duration::from_millis(100);
+        for _ in 0..limit.as_millis() / step.as_millis() {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(step);
+        }
+        eprintln!("{test} still running after {limit:?}: ending the test process");
+        std::process::exit(101);
+    });
+    Watchdog(done)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -97,15 +128,18 @@ async fn send(h: &NodeHandle, dest: &str, payload: Bytes) {
 
 async fn register(h: &NodeHandle, endpoint: &str) -> (u64, mpsc::Receiver<Delivery>) {
     let (tx, rx) = mpsc::channel(64);
-    let id = h
-        .request(|reply| AgentCommand::Register {
+    let id = timeout(
+        WAIT,
+        h.request(|reply| AgentCommand::Register {
             endpoint: endpoint.into(),
             deliveries: tx,
             reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        }),
+    )
+    .await
+    .expect("registration answered in time")
+    .unwrap()
+    .unwrap();
     (id, rx)
 }
 
@@ -166,6 +200,7 @@ fn mixed(n: usize) -> Vec<Bytes> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcpcl_line_of_three() {
+    let _watchdog = watchdog("tcpcl_line_of_three", Duration::from_secs(240));
     let c = Node::start(config(3)).await.unwrap();
     let mut bc = config(2);
     bc.neighbours
@@ -219,6 +254,7 @@ async fn udp_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ltp_line_of_three() {
+    let _watchdog = watchdog("ltp_line_of_three", Duration::from_secs(240));
     let (pa, pb, pc) = (free_udp(), free_udp(), free_udp());
     let ltp = |engine, listen| {
         Some(LtpSection {
@@ -252,15 +288,20 @@ async fn ltp_line_of_three() {
     }
     receive_all(&c.handle(), reg, &mut rx, &sent).await;
     // The relay reports its LTP engine.
-    let s = b
-        .handle()
-        .request(|reply| AgentCommand::Stats { reply })
-        .await
-        .unwrap();
+    let s = timeout(
+        WAIT,
+        b.handle().request(|reply| AgentCommand::Stats { reply }),
+    )
+    .await
+    .expect("stats answered in time")
+    .unwrap();
     assert!(s.total("dtn_ltp_sessions_open").is_some());
     assert!(s.total("dtn_ltp_retransmissions_total").is_some());
     for n in [a, b, c] {
-        n.shutdown().await.unwrap();
+        timeout(WAIT, n.shutdown())
+            .await
+            .expect("node stopped in time")
+            .unwrap();
     }
 }
 

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig};
+use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig, Transmit};
 use crate::segment::{CancelReason, EngineId, SessionId};
 use impairment::Delayed;
 pub use impairment::{Destination, Impairment, SimpleImpairment};
@@ -532,12 +532,12 @@ impl Task {
         loop {
             let mut engine_idle = false;
             while !self.io.batch_full() && budget > 0 {
-                let Some((peer, datagram)) = self.engine.poll_transmit(now) else {
+                let Some(segment) = self.engine.poll_transmit_parts(now) else {
                     engine_idle = true;
                     break;
                 };
                 budget -= 1;
-                self.enqueue(now, peer, datagram);
+                self.enqueue(now, segment);
             }
             if !self.io.flush() {
                 return Tx::Blocked;
@@ -551,15 +551,19 @@ impl Task {
         }
     }
 
-    /// Queues one datagram of the engine for its span's address, after the impairment.
-    fn enqueue(&mut self, now: Instant, peer: EngineId, datagram: Bytes) {
+    /// Queues one segment of the engine for its span's address, after the impairment. Without
+    /// one, a data segment's header and data are queued as they are (gathered by the socket);
+    /// an impairment sees, and may duplicate or hold, the whole datagram in one buffer.
+    fn enqueue(&mut self, now: Instant, segment: Transmit) {
+        let peer = segment.peer;
         let Some(addr) = self.route(peer) else {
             return;
         };
         let Some(imp) = self.impairment.as_mut() else {
-            self.io.push(addr, datagram);
+            self.io.push_parts(addr, segment.header, segment.payload);
             return;
         };
+        let datagram = segment.into_datagram();
         let dest = Destination { engine: peer, addr };
         let out = imp.on_send(now, dest, datagram);
         if out.is_empty() {

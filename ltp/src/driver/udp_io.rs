@@ -117,12 +117,27 @@ pub struct IoCounters {
     pub recv_dropped: u64,
 }
 
+/// A datagram waiting to be sent: `head` then `body` (a data segment's header and its data, a
+/// slice of the block, gathered by the socket without a copy; `body` is empty otherwise).
+#[derive(Debug)]
+struct Queued {
+    addr: SocketAddr,
+    head: Bytes,
+    body: Bytes,
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
 /// A UDP socket with a bounded send queue and a receive buffer pool.
 pub struct UdpIo {
     socket: UdpSocket,
     local_addr: SocketAddr,
     buffers: (usize, usize),
-    queue: VecDeque<(SocketAddr, Bytes)>,
+    queue: VecDeque<Queued>,
     send_queue: usize,
     /// Octets in `queue`.
     queued_bytes: usize,
@@ -248,8 +263,15 @@ impl UdpIo {
     /// Queues a datagram for `addr` (sent by [`flush`](Self::flush)). The caller keeps the bound
     /// by looking at [`room`](Self::room) first.
     pub fn push(&mut self, addr: SocketAddr, datagram: Bytes) {
-        self.queued_bytes += datagram.len();
-        self.queue.push_back((addr, datagram));
+        self.push_parts(addr, datagram, Bytes::new());
+    }
+
+    /// Queues a datagram made of `head` then `body`, sent without joining them (a gathered
+    /// send) on the batched path; see [`push`](Self::push).
+    pub fn push_parts(&mut self, addr: SocketAddr, head: Bytes, body: Bytes) {
+        let q = Queued { addr, head, body };
+        self.queued_bytes += q.len();
+        self.queue.push_back(q);
     }
 
     /// Sends queued datagrams without waiting; true when the queue is empty, false when the
@@ -259,7 +281,7 @@ impl UdpIo {
         self.queued_bytes = if empty {
             0
         } else {
-            self.queue.iter().map(|(_, d)| d.len()).sum()
+            self.queue.iter().map(Queued::len).sum()
         };
         empty
     }
@@ -284,7 +306,15 @@ impl UdpIo {
             });
             return r.is_ok();
         }
-        while let Some((addr, d)) = self.queue.front() {
+        while let Some(q) = self.queue.front() {
+            let joined;
+            let d: &[u8] = if q.body.is_empty() {
+                &q.head
+            } else {
+                joined = [&q.head[..], &q.body[..]].concat();
+                &joined
+            };
+            let addr = &q.addr;
             match self.socket.try_send_to(d, *addr) {
                 Ok(n) => {
                     self.counters.send_calls += 1;
@@ -425,7 +455,7 @@ mod linux {
     use bytes::{Bytes, BytesMut};
     use tracing::{debug, info};
 
-    use super::{IoCounters, Offload, MAX_DATAGRAM, RX_ARENA, ZERO_COPY_MIN};
+    use super::{IoCounters, Offload, Queued, MAX_DATAGRAM, RX_ARENA, ZERO_COPY_MIN};
 
     /// UDP_MAX_SEGMENTS of `include/linux/udp.h` (64 since GSO appeared in 4.18).
     pub(super) const GSO_MAX_SEGMENTS: usize = 64;
@@ -481,30 +511,22 @@ mod linux {
     }
 
     /// Groups the front of the queue into at most [`SEND_MSGS`] messages.
-    fn plan(
-        queue: &VecDeque<(SocketAddr, Bytes)>,
-        gso_segments: usize,
-        gso_max_size: usize,
-    ) -> Vec<Msg> {
+    fn plan(queue: &VecDeque<Queued>, gso_segments: usize, gso_max_size: usize) -> Vec<Msg> {
         let mut msgs = Vec::with_capacity(SEND_MSGS.min(queue.len()));
         let mut i = 0;
         while i < queue.len() && msgs.len() < SEND_MSGS {
-            let (addr, first) = &queue[i];
-            let size = first.len();
+            let addr = &queue[i].addr;
+            let size = queue[i].len();
             let (mut count, mut bytes) = (1, size);
             if gso_segments > 1 && size > 0 && size <= gso_max_size {
                 while count < gso_segments && i + count < queue.len() {
-                    let (a, d) = &queue[i + count];
-                    if a != addr
-                        || d.is_empty()
-                        || d.len() > size
-                        || bytes + d.len() > GSO_MAX_BYTES
-                    {
+                    let (a, len) = (&queue[i + count].addr, queue[i + count].len());
+                    if a != addr || len == 0 || len > size || bytes + len > GSO_MAX_BYTES {
                         break;
                     }
                     count += 1;
-                    bytes += d.len();
-                    if d.len() < size {
+                    bytes += len;
+                    if len < size {
                         break; // only the last datagram of a GSO message may be shorter
                     }
                 }
@@ -522,7 +544,7 @@ mod linux {
     /// Sends the queue with `sendmmsg`: Ok when empty, Err(WouldBlock) when the socket is full.
     pub(super) fn send_queued(
         fd: RawFd,
-        queue: &mut VecDeque<(SocketAddr, Bytes)>,
+        queue: &mut VecDeque<Queued>,
         offload: &mut Offload,
         gso_max_size: &mut usize,
         counters: &mut IoCounters,
@@ -530,30 +552,38 @@ mod linux {
         while !queue.is_empty() {
             let msgs = plan(queue, offload.gso_segments, *gso_max_size);
             let datagrams: usize = msgs.iter().map(|m| m.count).sum();
-            let mut iovs: Vec<libc::iovec> = queue
-                .iter()
-                .take(datagrams)
-                .map(|(_, d)| libc::iovec {
-                    iov_base: d.as_ptr() as *mut libc::c_void,
-                    iov_len: d.len(),
-                })
-                .collect();
+            // One iovec per part (a header and its data are gathered into one datagram, and
+            // a GSO message gathers all of its datagrams); `parts[k]`: message k's first iovec
+            // and count.
+            let iovec = |b: &Bytes| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            };
+            let mut iovs: Vec<libc::iovec> = Vec::with_capacity(2 * datagrams);
+            let mut parts: Vec<(usize, usize)> = Vec::with_capacity(msgs.len());
             let mut names: Vec<socket2::SockAddr> = Vec::with_capacity(msgs.len());
             let mut ctrls = vec![Ctrl([0; 64]); msgs.len()];
             let mut first = 0;
             for m in &msgs {
-                names.push(socket2::SockAddr::from(queue[first].0));
+                names.push(socket2::SockAddr::from(queue[first].addr));
+                let start = iovs.len();
+                for q in queue.range(first..first + m.count) {
+                    iovs.push(iovec(&q.head));
+                    if !q.body.is_empty() {
+                        iovs.push(iovec(&q.body));
+                    }
+                }
+                parts.push((start, iovs.len() - start));
                 first += m.count;
             }
             let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(msgs.len());
-            let mut first = 0;
             for (k, m) in msgs.iter().enumerate() {
                 // SAFETY: an all-zero mmsghdr is a valid empty message.
                 let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
                 h.msg_hdr.msg_name = names[k].as_ptr() as *mut libc::c_void;
                 h.msg_hdr.msg_namelen = names[k].len();
-                h.msg_hdr.msg_iov = iovs[first..].as_mut_ptr();
-                h.msg_hdr.msg_iovlen = m.count as _;
+                h.msg_hdr.msg_iov = iovs[parts[k].0..].as_mut_ptr();
+                h.msg_hdr.msg_iovlen = parts[k].1 as _;
                 if let Some(size) = m.gso {
                     // SAFETY: CMSG_SPACE(2) ≤ 64 octets of `ctrls[k]`, aligned for cmsghdr; the
                     // header and the u16 are written within that space.
@@ -568,7 +598,6 @@ mod linux {
                     }
                 }
                 hdrs.push(h);
-                first += m.count;
             }
             // SAFETY: `hdrs` points into `names`, `iovs` and `ctrls`, and the iovecs into the
             // queued `Bytes`; all of them outlive the call and are not moved during it.
@@ -600,7 +629,7 @@ mod linux {
                 }
                 _ => {
                     counters.send_errors += m.count as u64;
-                    debug!(error = %e, addr = %queue[0].0, datagrams = m.count, "UDP send error");
+                    debug!(error = %e, addr = %queue[0].addr, datagrams = m.count, "UDP send error");
                     queue.drain(..m.count);
                 }
             }
@@ -729,14 +758,13 @@ mod linux {
     mod tests {
         use super::*;
 
-        fn q(items: &[(u16, usize)]) -> VecDeque<(SocketAddr, Bytes)> {
+        fn q(items: &[(u16, usize)]) -> VecDeque<Queued> {
             items
                 .iter()
-                .map(|&(port, len)| {
-                    (
-                        SocketAddr::from(([127, 0, 0, 1], port)),
-                        Bytes::from(vec![0u8; len]),
-                    )
+                .map(|&(port, len)| Queued {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    head: Bytes::from(vec![0u8; len.min(20)]),
+                    body: Bytes::from(vec![0u8; len.saturating_sub(20)]),
                 })
                 .collect()
         }
@@ -794,7 +822,8 @@ mod tests {
         let mut a = UdpIo::bind(any, 1 << 20, 1 << 20, &config).unwrap();
         let mut b = UdpIo::bind(any, 1 << 20, 4 << 20, &config).unwrap();
         let to = b.local_addr();
-        // Mixed sizes, a run of equal ones (one GSO message), a large one and an empty one.
+        // Mixed sizes, a run of equal ones (one GSO message), a large one and an empty one; one
+        // or two parts each.
         let mut sent = Vec::new();
         for i in 0..300u32 {
             let len = match i % 100 {
@@ -809,7 +838,13 @@ mod tests {
                 .collect::<Vec<u8>>()
                 .into();
             sent.push(d.clone());
-            a.push(to, d);
+            // Every other datagram goes as two parts (a header and its data), split anywhere.
+            if i % 2 == 1 && len > 1 {
+                let cut = 1 + (i as usize * 7) % (len - 1);
+                a.push_parts(to, d.slice(..cut), d.slice(cut..));
+            } else {
+                a.push(to, d);
+            }
         }
         a.flush_all().await.unwrap();
         let mut got = Vec::new();

@@ -69,7 +69,7 @@ impl Engine {
         for c in &r.claims {
             let s = c.offset.min(limit);
             let e = c.offset.saturating_add(c.length).min(limit);
-            claimed.insert(s, e);
+            claimed.insert(s, e, |_, _| {});
         }
         if retracts_claims(&ex.acked, &claimed, lower, upper) {
             // A report lists everything received within its scope, and a live receiver
@@ -83,7 +83,7 @@ impl Engine {
             self.stats.claims_retracted += 1;
         }
         for (s, e) in claimed.iter() {
-            ex.acked.insert(s, e);
+            ex.acked.insert(s, e, |_, _| {});
         }
         if ex.red_done() {
             // All red data acknowledged: stop every checkpoint and pending retransmission.
@@ -274,7 +274,8 @@ impl Engine {
         mss: usize,
         every: u32,
         stats: &mut EngineStats,
-    ) -> Option<(Bytes, OnSent)> {
+        headers: &mut BytesMut,
+    ) -> Option<(Segmented, OnSent)> {
         if !matches!(ex.state, ExportState::Sending) {
             return None;
         }
@@ -286,6 +287,7 @@ impl Engine {
             };
             let seg = build_data(
                 ex,
+                headers,
                 cp.kind,
                 cp.offset,
                 cp.end,
@@ -331,9 +333,12 @@ impl Engine {
                     } else {
                         DataKind::RedCheckpoint
                     };
-                    new_checkpoint(ex, kind, s, e, report_serial)
+                    new_checkpoint(ex, headers, kind, s, e, report_serial)
                 }
-                None => (build_data(ex, DataKind::Red, s, e, None), OnSent::Nothing),
+                None => (
+                    build_data(ex, headers, DataKind::Red, s, e, None),
+                    OnSent::Nothing,
+                ),
             });
         }
         // First transmission: red part, then green part.
@@ -363,13 +368,23 @@ impl Engine {
                 } else {
                     DataKind::RedCheckpointEorp
                 };
-                return Some(new_checkpoint(ex, kind, s, e, 0));
+                return Some(new_checkpoint(ex, headers, kind, s, e, 0));
             }
             if every > 0 && ex.red_segments.is_multiple_of(u64::from(every)) {
                 // Discretionary checkpoint every `checkpoint_every` red segments.
-                return Some(new_checkpoint(ex, DataKind::RedCheckpoint, s, e, 0));
+                return Some(new_checkpoint(
+                    ex,
+                    headers,
+                    DataKind::RedCheckpoint,
+                    s,
+                    e,
+                    0,
+                ));
             }
-            return Some((build_data(ex, DataKind::Red, s, e, None), OnSent::Nothing));
+            return Some((
+                build_data(ex, headers, DataKind::Red, s, e, None),
+                OnSent::Nothing,
+            ));
         }
         let e = len.min(s + room);
         ex.cursor = e;
@@ -378,25 +393,37 @@ impl Engine {
         } else {
             DataKind::Green
         };
-        Some((build_data(ex, kind, s, e, None), OnSent::Nothing))
+        Some((build_data(ex, headers, kind, s, e, None), OnSent::Nothing))
     }
 }
 
-/// Encodes a data segment of `ex` covering `[s, e)` (a zero-copy slice of the block).
-fn build_data(ex: &Export, kind: DataKind, s: u64, e: u64, cp: Option<CheckpointInfo>) -> Bytes {
-    Segment {
-        session: ex.id,
-        header_extensions: Vec::new(),
-        trailer_extensions: Vec::new(),
-        body: SegmentBody::Data(DataSegment {
-            kind,
-            client_service_id: ex.client_service_id,
-            offset: s,
-            data: ex.block.slice(s as usize..e as usize),
-            checkpoint: cp,
-        }),
+/// A data segment as its encoded header and its data, a slice of the block (not copied).
+pub(super) type Segmented = (Bytes, Bytes);
+
+/// Room an encoded data segment header may need (§3.1, §3.2.1: a type octet, the extension
+/// counts and at most seven 10-octet SDNVs).
+const MAX_DATA_HEADER: usize = 72;
+/// Size of each buffer the data segment headers are encoded into, one after the other.
+const HEADER_ARENA: usize = 16 * 1024;
+
+/// Encodes the header of a data segment of `ex` covering `[s, e)` into `headers` (a shared
+/// arena: no allocation per segment), and slices its data from the block.
+fn build_data(
+    ex: &Export,
+    headers: &mut BytesMut,
+    kind: DataKind,
+    s: u64,
+    e: u64,
+    cp: Option<CheckpointInfo>,
+) -> Segmented {
+    if headers.capacity() - headers.len() < MAX_DATA_HEADER {
+        *headers = BytesMut::with_capacity(HEADER_ARENA);
     }
-    .to_bytes()
+    encode_data_header(ex.id, kind, ex.client_service_id, s, e - s, cp, headers);
+    (
+        headers.split().freeze(),
+        ex.block.slice(s as usize..e as usize),
+    )
 }
 
 /// Whether a report with claims `claimed` over the scope `[lower, upper)` leaves out any part of
@@ -411,11 +438,12 @@ fn retracts_claims(acked: &IntervalSet, claimed: &IntervalSet, lower: u64, upper
 /// Registers a new checkpoint (fresh serial) for `[s, e)` and encodes it.
 fn new_checkpoint(
     ex: &mut Export,
+    headers: &mut BytesMut,
     kind: DataKind,
     s: u64,
     e: u64,
     report_serial: u64,
-) -> (Bytes, OnSent) {
+) -> (Segmented, OnSent) {
     let serial = ex.next_cp_serial;
     ex.next_cp_serial += 1;
     ex.checkpoints.insert(
@@ -434,9 +462,9 @@ fn new_checkpoint(
         checkpoint_serial: serial,
         report_serial,
     };
-    let bytes = build_data(ex, kind, s, e, Some(cp));
+    let seg = build_data(ex, headers, kind, s, e, Some(cp));
     (
-        bytes,
+        seg,
         OnSent::Timer(TimerKind::Checkpoint {
             number: ex.id.number,
             serial,

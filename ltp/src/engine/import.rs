@@ -72,11 +72,13 @@ impl Engine {
                     self.cancel_import(sid, CancelReason::SystemCancelled, now);
                     return;
                 }
-                let new = imp.received.insert(d.offset, end);
-                for (a, b) in new {
+                let (red, hint, pool) = (&mut imp.red, self.red_size_hint, &self.buffers);
+                let mut grew = 0;
+                imp.received.insert(d.offset, end, |a, b| {
                     let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
-                    self.reassembly += imp.red.write(a, piece, self.red_size_hint, &self.buffers);
-                }
+                    grew += red.write(a, piece, hint, pool);
+                });
+                self.reassembly += grew;
             }
             if let Some(cp) = d.checkpoint {
                 let imp = self.imports.get_mut(&sid).expect("import exists");
@@ -188,13 +190,15 @@ impl Engine {
                 next_report_serial,
                 state: ImportState::Open,
                 inactivity: None,
+                active_since: now,
+                last_active: now,
             },
         );
         self.stats.import_sessions_opened += 1;
         true
     }
 
-    /// Restarts the inactivity timer of an import.
+    /// Notes a segment of an import: its inactivity timer runs on from the latest one.
     fn touch_import(&mut self, sid: SessionId, now: Instant) {
         let peer = sid.originator;
         let (dur, up) = match self.spans.get(&peer) {
@@ -204,10 +208,9 @@ impl Engine {
         let Some(imp) = self.imports.get_mut(&sid) else {
             return;
         };
-        if let Some(t) = imp.inactivity.take() {
-            self.timers.stop(t);
-        }
-        if matches!(imp.state, ImportState::Open) {
+        imp.last_active = now;
+        if imp.inactivity.is_none() && matches!(imp.state, ImportState::Open) {
+            imp.active_since = now;
             imp.inactivity =
                 Some(
                     self.timers

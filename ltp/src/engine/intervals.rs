@@ -3,6 +3,7 @@
 //! adjacent and overlapping intervals are merged, so memory is bounded by the number of gaps.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// A set of disjoint, non-adjacent half-open intervals `[start, end)`.
 #[derive(Clone, Debug, Default)]
@@ -12,12 +13,35 @@ pub(crate) struct IntervalSet {
 }
 
 impl IntervalSet {
-    /// Adds `[start, end)`; returns the sub-ranges that were not covered before.
-    pub(crate) fn insert(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+    /// Adds `[start, end)`; calls `new` with each sub-range that was not covered before, in
+    /// order. Data arriving in order (the range overlaps or touches only the interval at or
+    /// before `start`) extends that interval in place, without allocating.
+    pub(crate) fn insert(&mut self, start: u64, end: u64, mut new: impl FnMut(u64, u64)) {
         if start >= end {
-            return Vec::new();
+            return;
         }
-        let new = self.gaps(start, end);
+        let next_start = self
+            .map
+            .range((Bound::Excluded(start), Bound::Unbounded))
+            .next()
+            .map(|(&k, _)| k);
+        if next_start.is_none_or(|n| n > end) {
+            if let Some((_, pe)) = self.map.range_mut(..=start).next_back() {
+                if *pe >= start {
+                    if end > *pe {
+                        new(*pe, end);
+                        self.covered += end - *pe;
+                        *pe = end;
+                    }
+                    return;
+                }
+            }
+            self.map.insert(start, end);
+            self.covered += end - start;
+            new(start, end);
+            return;
+        }
+        let gaps = self.gaps(start, end);
         let (mut s, mut e) = (start, end);
         if let Some((&ps, &pe)) = self.map.range(..=s).next_back() {
             if pe >= s {
@@ -32,8 +56,10 @@ impl IntervalSet {
             }
         }
         self.map.insert(s, e);
-        self.covered += new.iter().map(|(a, b)| b - a).sum::<u64>();
-        new
+        for (a, b) in gaps {
+            self.covered += b - a;
+            new(a, b);
+        }
     }
 
     /// The parts of `[start, end)` not in the set, in order.
@@ -102,15 +128,21 @@ impl IntervalSet {
 mod tests {
     use super::*;
 
+    fn insert(s: &mut IntervalSet, a: u64, b: u64) -> Vec<(u64, u64)> {
+        let mut new = Vec::new();
+        s.insert(a, b, |x, y| new.push((x, y)));
+        new
+    }
+
     #[test]
     fn insert_merges_and_reports_new_parts() {
         let mut s = IntervalSet::default();
-        assert_eq!(s.insert(10, 20), vec![(10, 20)]);
-        assert_eq!(s.insert(30, 40), vec![(30, 40)]);
-        assert_eq!(s.insert(15, 35), vec![(20, 30)]);
+        assert_eq!(insert(&mut s, 10, 20), vec![(10, 20)]);
+        assert_eq!(insert(&mut s, 30, 40), vec![(30, 40)]);
+        assert_eq!(insert(&mut s, 15, 35), vec![(20, 30)]);
         assert_eq!(s.clipped(0, 100), vec![(10, 40)]);
-        assert_eq!(s.insert(10, 40), vec![]);
-        assert_eq!(s.insert(40, 50), vec![(40, 50)]);
+        assert_eq!(insert(&mut s, 10, 40), vec![]);
+        assert_eq!(insert(&mut s, 40, 50), vec![(40, 50)]);
         assert_eq!(s.clipped(0, 100), vec![(10, 50)]);
         assert_eq!(s.covered(), 40);
         assert!(s.covers(10, 50));
@@ -123,11 +155,48 @@ mod tests {
     fn gaps_with_many_intervals() {
         let mut s = IntervalSet::default();
         for i in (0..100).step_by(10) {
-            s.insert(i, i + 5);
+            insert(&mut s, i, i + 5);
         }
         let g = s.gaps(3, 27);
         assert_eq!(g, vec![(5, 10), (15, 20), (25, 27)]);
         assert_eq!(s.clipped(3, 27), vec![(3, 5), (10, 15), (20, 25)]);
         assert_eq!(s.covered(), 50);
+    }
+
+    #[test]
+    fn in_order_fast_path_agrees_with_the_general_path() {
+        let mut s = IntervalSet::default();
+        assert_eq!(insert(&mut s, 0, 10), vec![(0, 10)]);
+        assert_eq!(insert(&mut s, 10, 20), vec![(10, 20)]); // touching: extended
+        assert_eq!(insert(&mut s, 5, 25), vec![(20, 25)]); // overlapping the end
+        assert_eq!(insert(&mut s, 3, 7), vec![]); // inside
+        assert_eq!(insert(&mut s, 30, 40), vec![(30, 40)]); // beyond: a new interval
+        assert_eq!(insert(&mut s, 26, 29), vec![(26, 29)]); // between, touching neither
+        assert_eq!(insert(&mut s, 25, 30), vec![(25, 26), (29, 30)]); // bridging: general
+        assert_eq!(s.clipped(0, 100), vec![(0, 40)]);
+        assert_eq!(s.covered(), 40);
+        // Against a brute-force model over random inserts.
+        let mut model = [false; 200];
+        let mut s = IntervalSet::default();
+        let mut x: u64 = 12345;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let a = (x >> 33) % 190;
+            let b = a + 1 + (x >> 13) % 10;
+            let mut expect = Vec::new();
+            for i in a..b {
+                if !model[i as usize] {
+                    match expect.last_mut() {
+                        Some((_, e)) if *e == i => *e = i + 1,
+                        _ => expect.push((i, i + 1)),
+                    }
+                    model[i as usize] = true;
+                }
+            }
+            assert_eq!(insert(&mut s, a, b), expect, "insert {a}..{b}");
+        }
+        assert_eq!(s.covered(), model.iter().filter(|&&m| m).count() as u64);
     }
 }

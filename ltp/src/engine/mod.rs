@@ -44,15 +44,15 @@ mod timer;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 pub use config::{EngineConfig, SpanConfig};
 
 use crate::segment::{
-    data_segment_overhead, CancelReason, CheckpointInfo, Claim, DataKind, DataSegment, EngineId,
-    ReportSegment, Segment, SegmentBody, SessionId,
+    data_segment_overhead, encode_data_header, CancelReason, CheckpointInfo, Claim, DataKind,
+    DataSegment, EngineId, ReportSegment, Segment, SegmentBody, SessionId,
 };
 use intervals::IntervalSet;
 use red_part::{BufferPool, RedPart};
@@ -117,6 +117,44 @@ pub enum Event {
         /// True if the sender cancelled it.
         by_peer: bool,
     },
+}
+
+/// One segment to send, as one datagram: `header`, then `payload`.
+///
+/// A data segment comes out as its encoded header and its data, a slice of the block: the
+/// block's octets are not copied on their way to the socket, which gathers the two parts (see
+/// the driver). Every other segment is all header, with an empty payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The engine the segment is for.
+    pub peer: EngineId,
+    /// The segment up to its client data (the whole segment if it carries none).
+    pub header: Bytes,
+    /// The client data of a data segment (empty otherwise).
+    pub payload: Bytes,
+}
+
+impl Transmit {
+    /// Octets of the datagram.
+    pub fn len(&self) -> usize {
+        self.header.len() + self.payload.len()
+    }
+
+    /// True for an empty datagram (never produced by the engine).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The datagram in one buffer (copies a data segment's header and data together).
+    pub fn into_datagram(self) -> Bytes {
+        if self.payload.is_empty() {
+            return self.header;
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        out.put_slice(&self.header);
+        out.put_slice(&self.payload);
+        out.freeze()
+    }
 }
 
 /// Why `send_block` refused a block.
@@ -414,7 +452,12 @@ struct Import {
     first_report_serial: u64,
     next_report_serial: u64,
     state: ImportState,
+    /// The inactivity timer: it runs from `active_since`; segments arriving meanwhile only
+    /// move `last_active`, and when it fires it is started again for the time between the two
+    /// (no timer operations per segment).
     inactivity: Option<TimerId>,
+    active_since: Instant,
+    last_active: Instant,
 }
 
 impl Import {
@@ -476,6 +519,8 @@ pub struct Engine {
     buffers: BufferPool,
     /// Size of the red part delivered last: what a new import's buffer is sized for.
     red_size_hint: usize,
+    /// Where data segment headers are encoded (`export.rs`).
+    headers: BytesMut,
     stats: EngineStats,
     /// The latest `now` given to any method (for work done where no time is passed in).
     clock: Option<Instant>,
@@ -511,6 +556,7 @@ impl Engine {
             reassembly: 0,
             buffers: BufferPool::new(pool),
             red_size_hint: 0,
+            headers: BytesMut::new(),
             stats: EngineStats::default(),
             clock: None,
         }
@@ -860,13 +906,25 @@ impl Engine {
 
     // ---------------------------------------------------------------- output, timers, link state
 
-    /// Next datagram to send and the engine it is for (None: nothing may be sent now).
+    /// Next datagram to send and the engine it is for (None: nothing may be sent now), in one
+    /// buffer: [`Engine::poll_transmit_parts`] with the parts joined.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(EngineId, Bytes)> {
+        self.poll_transmit_parts(now)
+            .map(|t| (t.peer, t.into_datagram()))
+    }
+
+    /// Next segment to send (None: nothing may be sent now), as a header and the block data it
+    /// carries, for a sender that gathers the two into one datagram without copying the data.
+    pub fn poll_transmit_parts(&mut self, now: Instant) -> Option<Transmit> {
         self.clock = Some(now);
         if let Some((peer, b)) = self.orphans.pop_front() {
             self.stats.segments_sent += 1;
             self.stats.bytes_sent += b.len() as u64;
-            return Some((peer, b));
+            return Some(Transmit {
+                peer,
+                header: b,
+                payload: Bytes::new(),
+            });
         }
         // Round robin over the spans that may send now; no allocation per segment.
         for _ in 0..self.spans.len() {
@@ -877,7 +935,12 @@ impl Engine {
                 .find(|(_, s)| s.link_up && s.has_output() && s.pace_at.is_none_or(|t| t <= now))
                 .map(|(&k, _)| k)?;
             self.rr = peer.wrapping_add(1);
-            if let Some(out) = self.transmit_from(peer, now) {
+            if let Some((header, payload)) = self.transmit_from(peer, now) {
+                let out = Transmit {
+                    peer,
+                    header,
+                    payload,
+                };
                 let span = self.spans.get_mut(&peer).expect("span exists");
                 if let Some(rate) = span.cfg.rate_limit.filter(|&r| r > 0) {
                     let burst = Duration::from_secs_f64(span.cfg.rate_burst as f64 / rate as f64);
@@ -888,19 +951,19 @@ impl Engine {
                 }
                 self.stats.segments_sent += 1;
                 self.stats.bytes_sent += out.len() as u64;
-                return Some((peer, out));
+                return Some(out);
             }
         }
         None
     }
 
-    fn transmit_from(&mut self, peer: EngineId, now: Instant) -> Option<Bytes> {
+    fn transmit_from(&mut self, peer: EngineId, now: Instant) -> Option<export::Segmented> {
         let span = self.spans.get_mut(&peer)?;
         if let Some(o) = span.control.pop_front() {
             if let OnSent::Timer(kind) = o.on_sent {
                 self.on_sent(peer, kind, now);
             }
-            return Some(o.bytes);
+            return Some((o.bytes, Bytes::new()));
         }
         let (mss, every) = (span.cfg.max_segment_size, span.cfg.checkpoint_every);
         while let Some(number) = self.spans.get_mut(&peer)?.ready.pop_front() {
@@ -908,7 +971,8 @@ impl Engine {
                 continue;
             };
             ex.in_ready = false;
-            let Some((bytes, on_sent)) = Self::next_data_segment(ex, mss, every, &mut self.stats)
+            let Some((segment, on_sent)) =
+                Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
             else {
                 continue;
             };
@@ -918,7 +982,7 @@ impl Engine {
             }
             self.mark_ready(number);
             self.check_export_complete(number, now);
-            return Some(bytes);
+            return Some(segment);
         }
         None
     }
@@ -1132,6 +1196,14 @@ impl Engine {
                     return;
                 };
                 imp.inactivity = None;
+                let quiet_for = imp.last_active.saturating_duration_since(imp.active_since);
+                if matches!(imp.state, ImportState::Open) && !quiet_for.is_zero() {
+                    // Segments arrived since the timer started: it runs on for that long.
+                    imp.active_since = imp.last_active;
+                    let up = self.spans.get(&peer).is_some_and(|s| s.link_up);
+                    imp.inactivity = Some(self.timers.start(peer, kind, now, quiet_for, up));
+                    return;
+                }
                 if imp.red_part_taken() {
                     let red_len = imp.red_end.unwrap_or(0);
                     self.close_import(session, Outcome::ImportDelivered { red_len }, now);

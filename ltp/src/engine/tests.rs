@@ -168,7 +168,7 @@ fn report_with_out_of_order_overlapping_claims_retransmits_exactly_the_gaps() {
     let merged = {
         let mut set = IntervalSet::default();
         for &(s, e) in &covered {
-            set.insert(s, e);
+            set.insert(s, e, |_, _| {});
         }
         set.clipped(0, 4000)
     };
@@ -1502,4 +1502,38 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     );
     assert_eq!(a.stats().claims_retracted, 1);
     assert!(events(&mut a).contains(&Event::TransmissionCompleted { session: sid }));
+}
+
+#[test]
+fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down() {
+    // Segments that keep coming keep the import alive (the timer runs on from the latest one,
+    // without a timer operation per segment); the time the link is down does not count.
+    let now = t0();
+    let dur = span().inactivity_timeout;
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    b.handle_datagram(raw[1].clone(), now);
+    let later = now + dur * 3 / 5;
+    b.handle_datagram(raw[2].clone(), later);
+    // The timer started with the first segment fires, finds the later one and runs on.
+    assert_eq!(b.poll_timeout(), Some(now + dur));
+    b.handle_timeout(now + dur);
+    assert!(events(&mut b).is_empty(), "still active");
+    assert_eq!(b.open_sessions(), 1);
+    assert_eq!(b.poll_timeout(), Some(later + dur));
+    // A link outage of 10 s in between suspends it.
+    let down = now + dur + Duration::from_millis(10);
+    b.set_link(A, false, down);
+    b.set_link(A, true, down + Duration::from_secs(10));
+    let at = later + dur + Duration::from_secs(10);
+    assert_eq!(b.poll_timeout(), Some(at));
+    b.handle_timeout(at);
+    assert_eq!(
+        events(&mut b),
+        vec![Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
 }
