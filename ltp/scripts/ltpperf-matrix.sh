@@ -5,6 +5,7 @@
 #   env LTPPERF=path runs that binary instead of building one (e.g. an older build to compare);
 #   env IOFLAGS="--no-batch" (or --no-gso / --no-gro) is passed to both sides of every run, raw
 #   and LTP alike (ltpperf's raw mode uses the driver's socket I/O, so both take the same path);
+#   env SENDFLAGS (e.g. "--max-in-flight 4194304") goes to the LTP sender only;
 #   env RAW_MIB octets of each raw reference run (default: 4 x TOTAL_MIB, at least 256: a raw run
 #   at tens of Gbit/s is over in milliseconds otherwise).
 # Prints one markdown table row per run: block, segment, window, loss, LTP goodput, raw goodput,
@@ -26,6 +27,7 @@ SEGS="${SEGS:-1400 60000}"
 WINDOWS="${WINDOWS:-1 8 32}"
 LOSSES="${LOSSES:-0 0.01 0.05}"
 IOFLAGS="${IOFLAGS:-}"
+SENDFLAGS="${SENDFLAGS:-}"
 RAW_MIB="${RAW_MIB:-$(( TOTAL_MIB * 4 > 256 ? TOTAL_MIB * 4 : 256 ))}"
 PORT=$((20000 + RANDOM % 20000))
 
@@ -50,7 +52,7 @@ ltp() { # $1 block $2 blocks $3 segment $4 window $5 loss
   local out
   # shellcheck disable=SC2086
   out=$("$BIN" send --to 127.0.0.1:$PORT --blocks "$2" --block-size "$1" --segment-size "$3" \
-        --window "$4" --loss "$5" --red-fraction 1 --json --timeout 300 $IOFLAGS || true)
+        --window "$4" --loss "$5" --red-fraction 1 --json --timeout 300 $IOFLAGS $SENDFLAGS || true)
   wait $rp || true
   echo "$out" | tail -1
 }

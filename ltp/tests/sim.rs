@@ -524,6 +524,10 @@ fn two_engines_random_loss_reorder_duplication() {
             sp.rate_limit = Some(rng.gen_range(20_000..2_000_000));
             sp.rate_burst = rng.gen_range(0..8_000);
         }
+        if rng.gen_bool(0.3) {
+            // Flow control: new red data waits for reports (down to one octet in flight).
+            sp.max_bytes_in_flight = Some(rng.gen_range(1..8_000));
+        }
         sim.connect(
             1,
             2,

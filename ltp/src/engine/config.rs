@@ -114,6 +114,16 @@ pub struct SpanConfig {
     pub rate_limit: Option<u64>,
     /// Pacing burst allowance, in octets (how far sending may run ahead of the rate).
     pub rate_burst: u64,
+    /// Flow control: at most this many octets of red data sent for the first time and not yet
+    /// acknowledged by a report, over all export sessions to this peer (None: no limit, only
+    /// the session window). New red data waits while the limit is reached; retransmissions,
+    /// checkpoints and green data do not. A session whose data in flight has no checkpoint
+    /// outstanding sends one more segment, as a discretionary checkpoint (the peer reports
+    /// only on checkpoints), so the limit may be passed by a segment, plus one per session. A receiver that drains its socket more slowly than
+    /// we fill it (a small receive buffer, a fast link) then loses nothing to overrun; set it
+    /// to about half the peer's socket receive buffer, and no lower than the bandwidth-delay
+    /// product of the span, or the link idles.
+    pub max_bytes_in_flight: Option<u64>,
 }
 
 impl Default for SpanConfig {
@@ -135,6 +145,7 @@ impl Default for SpanConfig {
             inactivity_timeout: Duration::from_secs(60),
             rate_limit: None,
             rate_burst: 64 * 1024,
+            max_bytes_in_flight: None,
         }
     }
 }

@@ -85,6 +85,10 @@ impl Engine {
         for (s, e) in claimed.iter() {
             ex.acked.insert(s, e, |_, _| {});
         }
+        self.sync_in_flight(number);
+        let Some(ex) = self.exports.get_mut(&number) else {
+            return;
+        };
         if ex.red_done() {
             // All red data acknowledged: stop every checkpoint and pending retransmission.
             let stale: Vec<TimerId> = ex
@@ -141,6 +145,41 @@ impl Engine {
         self.mark_ready(number);
     }
 
+    /// Brings the span's count of red octets in flight up to date with export `number` (after
+    /// it sent new red data, or a report acknowledged some), and when the count drops below
+    /// the span's limit, lets the exports it held back send again.
+    pub(super) fn sync_in_flight(&mut self, number: u64) {
+        let Some(ex) = self.exports.get_mut(&number) else {
+            return;
+        };
+        let now_in_flight = ex.cursor.min(ex.red_len).saturating_sub(ex.acked.covered());
+        let Some(span) = self.spans.get_mut(&ex.peer) else {
+            return;
+        };
+        span.in_flight = (span.in_flight + now_in_flight).saturating_sub(ex.in_flight);
+        ex.in_flight = now_in_flight;
+        let peer = ex.peer;
+        self.release_blocked(peer);
+    }
+
+    /// Exports held back by the span's in-flight limit go back to the ready queue once the
+    /// span is below it.
+    pub(super) fn release_blocked(&mut self, peer: EngineId) {
+        let Some(span) = self.spans.get_mut(&peer) else {
+            return;
+        };
+        if span
+            .cfg
+            .max_bytes_in_flight
+            .is_some_and(|max| span.in_flight >= max)
+        {
+            return;
+        }
+        for number in std::mem::take(&mut span.blocked) {
+            self.mark_ready(number);
+        }
+    }
+
     pub(super) fn mark_ready(&mut self, number: u64) {
         let Some(ex) = self.exports.get_mut(&number) else {
             return;
@@ -182,7 +221,9 @@ impl Engine {
         let Some(span) = self.spans.get_mut(&ex.peer) else {
             return;
         };
+        span.in_flight = span.in_flight.saturating_sub(ex.in_flight);
         span.active_exports = span.active_exports.saturating_sub(1);
+        self.release_blocked(ex.peer);
         self.start_queued_exports(ex.peer);
     }
 
@@ -299,27 +340,33 @@ impl Engine {
             stats.checkpoints_retransmitted += 1;
             return Some((seg, OnSent::Timer(TimerKind::Checkpoint { number, serial })));
         }
-        let cp_guess = Some(CheckpointInfo {
-            checkpoint_serial: ex.next_cp_serial,
-            report_serial: u64::from(u32::MAX) << 31,
-        });
-        // §6.13: gap retransmission.
-        if let Some(r) = ex.retx.front_mut() {
-            let oh = data_segment_overhead(
-                ex.id,
-                DataKind::RedCheckpointEorpEob,
-                ex.client_service_id,
-                r.start,
-                r.end - r.start,
-                cp_guess,
-            );
-            let room = (mss.saturating_sub(oh)).max(1) as u64;
-            let (s, e) = (r.start, r.end.min(r.start + room));
-            r.start = e;
-            let last = r.start >= r.end;
-            let cp_for = if last { r.checkpoint_for } else { None };
+        // Plain red segments leave room for checkpoint serials, so that the data of any one of
+        // them can go again as a checkpoint in a single segment (§6.13), and are all of one
+        // size whatever their session and offset: equal datagrams go out in one UDP GSO
+        // message and come back in one GRO buffer, also when several sessions interleave.
+        let red_mss = mss.saturating_sub(CHECKPOINT_ROOM);
+        // §6.13: gap retransmission; the last segment of a gap may carry the new checkpoint.
+        if let Some(&RetxRange {
+            start: s,
+            end,
+            checkpoint_for,
+        }) = ex.retx.front()
+        {
+            let mut e = fit(ex, DataKind::Red, s, end, None, red_mss);
+            let mut last = e >= end;
+            if let (true, Some(report_serial)) = (last, checkpoint_for) {
+                let cp = Some(CheckpointInfo {
+                    checkpoint_serial: ex.next_cp_serial,
+                    report_serial,
+                });
+                e = fit(ex, DataKind::RedCheckpointEorp, s, end, cp, mss);
+                last = e >= end;
+            }
+            let cp_for = if last { checkpoint_for } else { None };
             if last {
                 ex.retx.pop_front();
+            } else if let Some(r) = ex.retx.front_mut() {
+                r.start = e;
             }
             stats.data_segments_retransmitted += 1;
             return Some(match cp_for {
@@ -347,54 +394,86 @@ impl Engine {
             return None;
         }
         let s = ex.cursor;
-        let oh = data_segment_overhead(
-            ex.id,
-            DataKind::RedCheckpointEorpEob,
-            ex.client_service_id,
-            s,
-            len - s,
-            cp_guess,
-        );
-        let room = (mss.saturating_sub(oh)).max(1) as u64;
         ex.sent_any = true;
         if s < ex.red_len {
-            let e = ex.red_len.min(s + room);
-            ex.cursor = e;
+            let plain = fit(ex, DataKind::Red, s, ex.red_len, None, red_mss);
             ex.red_segments += 1;
-            if e == ex.red_len {
-                // §6.2: the last red segment is the mandatory EORP checkpoint (EOB if no green).
-                let kind = if e == len {
-                    DataKind::RedCheckpointEorpEob
-                } else {
-                    DataKind::RedCheckpointEorp
-                };
-                return Some(new_checkpoint(ex, headers, kind, s, e, 0));
-            }
-            if every > 0 && ex.red_segments.is_multiple_of(u64::from(every)) {
-                // Discretionary checkpoint every `checkpoint_every` red segments.
-                return Some(new_checkpoint(
-                    ex,
-                    headers,
-                    DataKind::RedCheckpoint,
-                    s,
-                    e,
-                    0,
+            let discretionary = std::mem::take(&mut ex.checkpoint_next)
+                || (every > 0 && ex.red_segments.is_multiple_of(u64::from(every)));
+            if plain < ex.red_len && !discretionary {
+                ex.cursor = plain;
+                return Some((
+                    build_data(ex, headers, DataKind::Red, s, plain, None),
+                    OnSent::Nothing,
                 ));
             }
-            return Some((
-                build_data(ex, headers, DataKind::Red, s, e, None),
-                OnSent::Nothing,
-            ));
+            // A checkpoint: its serial numbers take the room left for them (a segment size
+            // too small for that may leave the end of the red part to the next segment).
+            let cp = Some(CheckpointInfo {
+                checkpoint_serial: ex.next_cp_serial,
+                report_serial: 0,
+            });
+            let e = fit(ex, DataKind::RedCheckpointEorp, s, plain, cp, mss);
+            ex.cursor = e;
+            let kind = if e < ex.red_len {
+                // Discretionary checkpoint every `checkpoint_every` red segments, or one that
+                // flow control asked for (`Engine::transmit_from`).
+                if !discretionary {
+                    return Some((
+                        build_data(ex, headers, DataKind::Red, s, e, None),
+                        OnSent::Nothing,
+                    ));
+                }
+                DataKind::RedCheckpoint
+            } else if e == len {
+                // §6.2: the last red segment is the mandatory EORP checkpoint (EOB if no green).
+                DataKind::RedCheckpointEorpEob
+            } else {
+                DataKind::RedCheckpointEorp
+            };
+            return Some(new_checkpoint(ex, headers, kind, s, e, 0));
         }
-        let e = len.min(s + room);
-        ex.cursor = e;
-        let kind = if e == len {
-            DataKind::GreenEob
-        } else {
-            DataKind::Green
+        let kind = |e| {
+            if e == len {
+                DataKind::GreenEob
+            } else {
+                DataKind::Green
+            }
         };
-        Some((build_data(ex, headers, kind, s, e, None), OnSent::Nothing))
+        let e = fit(ex, kind(len), s, len, None, mss);
+        ex.cursor = e;
+        Some((
+            build_data(ex, headers, kind(e), s, e, None),
+            OnSent::Nothing,
+        ))
     }
+}
+
+/// Octets a plain red segment leaves unused so that it could carry a checkpoint instead: the
+/// two serial-number SDNVs of §3.2.1 at their largest (10 octets each for 64-bit values).
+const CHECKPOINT_ROOM: usize = 20;
+
+/// The end of the longest data segment of `ex` of `kind` starting at `s` and ending at most at
+/// `limit` whose encoding (with checkpoint `cp`) takes at most `mss` octets; at least one octet
+/// of data, so that a segment size too small for any still makes progress.
+fn fit(
+    ex: &Export,
+    kind: DataKind,
+    s: u64,
+    limit: u64,
+    cp: Option<CheckpointInfo>,
+    mss: usize,
+) -> u64 {
+    let (avail, mss) = (limit - s, mss as u64);
+    let overhead = |n| data_segment_overhead(ex.id, kind, ex.client_service_id, s, n, cp) as u64;
+    // The length field's own size depends on the length: start from an upper bound, which
+    // fits, then take the room its shorter field leaves if that fits too.
+    let mut n = avail.min(mss.saturating_sub(overhead(avail.min(mss))));
+    let more = avail.min(mss.saturating_sub(overhead(n)));
+    if more > n && overhead(more) + more <= mss {
+        n = more;
+    }
+    s + n.max(1)
 }
 
 /// A data segment as its encoded header and its data, a slice of the block (not copied).

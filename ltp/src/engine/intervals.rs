@@ -118,7 +118,6 @@ impl IntervalSet {
     }
 
     /// Octets covered.
-    #[cfg(test)]
     pub(crate) fn covered(&self) -> u64 {
         self.covered
     }

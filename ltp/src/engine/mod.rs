@@ -284,6 +284,11 @@ struct Span {
     rtt: RttEstimator,
     /// Counts link-state changes: a round trip that spans one is not sampled.
     link_epoch: u64,
+    /// Red octets sent for the first time and not yet acknowledged, over the span's exports
+    /// (the sum of their `Export::in_flight`; `SpanConfig::max_bytes_in_flight`).
+    in_flight: u64,
+    /// Exports with new red data to send, waiting for `in_flight` to drop below the limit.
+    blocked: VecDeque<u64>,
 }
 
 impl Span {
@@ -299,6 +304,8 @@ impl Span {
             pace_at: None,
             rtt: RttEstimator::default(),
             link_epoch: 0,
+            in_flight: 0,
+            blocked: VecDeque::new(),
         }
     }
     fn has_output(&self) -> bool {
@@ -386,6 +393,10 @@ struct Export {
     cycles: u32,
     state: ExportState,
     in_ready: bool,
+    /// What this export counts in its span's `in_flight` (see `Engine::sync_in_flight`).
+    in_flight: u64,
+    /// Send the next new red segment as a discretionary checkpoint (flow control).
+    checkpoint_next: bool,
     sent_any: bool,
 }
 
@@ -606,6 +617,7 @@ impl Engine {
             };
         }
         self.start_queued_exports(peer);
+        self.release_blocked(peer); // the in-flight limit may have been raised or removed
     }
 
     /// Starts blocks queued for `peer` while its export window has room (after a session
@@ -808,6 +820,8 @@ impl Engine {
             cycles: 0,
             state: ExportState::Sending,
             in_ready: true,
+            in_flight: 0,
+            checkpoint_next: false,
             sent_any: false,
         };
         span.ready.push_back(pb.number);
@@ -971,6 +985,31 @@ impl Engine {
                 continue;
             };
             ex.in_ready = false;
+            if ex.cp_resend.is_empty()
+                && ex.retx.is_empty()
+                && ex.cursor < ex.red_len
+                && matches!(ex.state, ExportState::Sending)
+            {
+                let span = self.spans.get_mut(&peer)?;
+                if span
+                    .cfg
+                    .max_bytes_in_flight
+                    .is_some_and(|max| span.in_flight >= max)
+                {
+                    if ex.in_flight > 0 && ex.checkpoints.is_empty() {
+                        // Flow control waits for reports, and the peer reports only on a
+                        // checkpoint: this export's next segment is one (discretionary), so
+                        // that its data in flight gets acknowledged.
+                        ex.checkpoint_next = true;
+                    } else {
+                        // Flow control: new red data waits for reports to acknowledge some.
+                        if !span.blocked.contains(&number) {
+                            span.blocked.push_back(number);
+                        }
+                        continue;
+                    }
+                }
+            }
             let Some((segment, on_sent)) =
                 Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
             else {
@@ -980,6 +1019,7 @@ impl Engine {
             if let OnSent::Timer(kind) = on_sent {
                 self.on_sent(peer, kind, now);
             }
+            self.sync_in_flight(number);
             self.mark_ready(number);
             self.check_export_complete(number, now);
             return Some(segment);

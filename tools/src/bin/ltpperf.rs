@@ -153,6 +153,11 @@ enum Cmd {
         /// burst per millisecond).
         #[arg(long)]
         rate_burst: Option<u64>,
+        /// Flow control: at most this many octets of new red data unacknowledged (the span's
+        /// `max_bytes_in_flight`; default: no limit, only --window). About half the receiver's
+        /// socket receive buffer keeps a fast sender from overrunning a slower receiver.
+        #[arg(long)]
+        max_in_flight: Option<u64>,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -220,6 +225,7 @@ fn main() -> Result<()> {
             raw,
             rate,
             rate_burst,
+            max_in_flight,
             json,
             seed,
             timeout,
@@ -266,6 +272,7 @@ fn main() -> Result<()> {
                     rate_bytes: (rate * 1e6 / 8.0) as u64,
                     rate_burst: rate_burst
                         .unwrap_or_else(|| ((rate * 1e6 / 8.0 * 0.002) as u64).max(64 * 1024)),
+                    max_in_flight,
                     io,
                 };
                 runtime()?.block_on(send_ltp(p, json))
@@ -310,6 +317,8 @@ struct SendParams {
     rate_bytes: u64,
     /// Pacing burst, octets.
     rate_burst: u64,
+    /// Flow control limit, octets.
+    max_in_flight: Option<u64>,
     io: IoConfig,
 }
 
@@ -324,6 +333,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         adaptive_timers: p.adaptive_timers,
         rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
         rate_burst: p.rate_burst,
+        max_bytes_in_flight: p.max_in_flight,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -413,6 +423,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "io": io_json(&st),
                 "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
                 "rate_burst": p.rate_burst,
+                "max_in_flight": p.max_in_flight,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
                 "red_len": p.red_len,
