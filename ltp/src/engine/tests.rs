@@ -1619,7 +1619,7 @@ fn plain_red_segments_are_all_one_size_across_sessions_and_offsets() {
         assert!(d.len() <= 1400, "{} octets", d.len());
         let seg = Segment::decode(&d).unwrap();
         if let SegmentBody::Data(ds) = &seg.body {
-            let full = (ds.offset + ds.data.len() as u64) % 300_000 != 0;
+            let full = !(ds.offset + ds.data.len() as u64).is_multiple_of(300_000);
             if ds.kind == DataKind::Red && full {
                 plain.insert(d.len());
             }
