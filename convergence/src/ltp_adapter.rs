@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ltp::driver::{DriverConfig, DriverError, LtpDriver, LtpHandle};
+use ltp::driver::{DriverConfig, DriverError, EventReceiver, LtpDriver, LtpHandle};
 use ltp::{Engine, EngineId, Event, SessionId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -340,7 +340,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<Event>) {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Msg>, mut events: EventReceiver) {
         let mut events_open = true;
         loop {
             let next = self.open.values().map(|b| b.deadline).min();

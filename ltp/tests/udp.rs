@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ltp::driver::{Destination, DriverConfig, Impairment, LtpDriver, LtpHandle, SimpleImpairment};
+use ltp::driver::{
+    Destination, DriverConfig, EventReceiver, Impairment, LtpDriver, LtpHandle, SimpleImpairment,
+};
 use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
-use tokio::sync::mpsc;
 
 const A: u64 = 10;
 const B: u64 = 20;
@@ -45,12 +46,7 @@ fn block(len: usize, salt: u8) -> Bytes {
         .into()
 }
 
-async fn pair(
-    loss: f64,
-) -> (
-    (LtpHandle, mpsc::Receiver<Event>),
-    (LtpHandle, mpsc::Receiver<Event>),
-) {
+async fn pair(loss: f64) -> ((LtpHandle, EventReceiver), (LtpHandle, EventReceiver)) {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     // B first so A can be told its address; B learns A's address afterwards.
     let b = LtpDriver::spawn(DriverConfig::new(any), engine(B, A, 2)).unwrap();
@@ -253,4 +249,47 @@ async fn impairment_sees_destinations_and_spans_change_at_run_time() {
     for h in [ha, hb, hc] {
         h.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_queue_is_bounded_in_octets_of_block_data() {
+    // The receiving user takes its time: with room for 100 000 octets of block data, one
+    // 64 KiB red part at a time waits in the channel; the rest wait in the engine (and the
+    // sender's reports), and every block still arrives intact once the user reads.
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cb = DriverConfig::new(any);
+    cb.event_queue_bytes = 100_000;
+    let (hb, mut eb) = LtpDriver::spawn(cb, engine(B, A, 2)).unwrap();
+    let mut ca = DriverConfig::new(any);
+    ca.spans = vec![(B, hb.local_addr())];
+    let (ha, mut ea) = LtpDriver::spawn(ca, engine(A, B, 1)).unwrap();
+    hb.set_span_address(A, ha.local_addr()).await.unwrap();
+    let blocks: Vec<Bytes> = (0..6).map(|i| block(64 * 1024, i)).collect();
+    for b in &blocks {
+        ha.send_block(B, 1, b.clone(), b.len()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    match eb.try_recv() {
+        Ok(Event::BlockReceived { red, .. }) => got.push(red),
+        other => panic!("expected one red part, got {other:?}"),
+    }
+    assert!(
+        eb.try_recv().is_err(),
+        "only one 64 KiB red part fits in the channel"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < blocks.len() {
+        tokio::select! {
+            e = eb.recv() => if let Some(Event::BlockReceived { red, .. }) = e { got.push(red) },
+            _ = ea.recv() => {},
+            _ = tokio::time::sleep_until(deadline) => panic!("{} of {} blocks", got.len(), blocks.len()),
+        }
+    }
+    got.sort();
+    let mut want = blocks.clone();
+    want.sort();
+    assert!(got == want, "red parts differ");
+    ha.shutdown().await;
+    hb.shutdown().await;
 }

@@ -30,10 +30,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig, Transmit};
@@ -62,8 +64,12 @@ pub struct DriverConfig {
     /// Optional emulated loss/delay on sent datagrams (per destination if the impairment
     /// distinguishes them).
     pub impairment: Option<Box<dyn Impairment + Send>>,
-    /// Capacity of the event channel to the user.
+    /// Capacity of the event channel to the user, in events.
     pub event_queue: usize,
+    /// Capacity of the event channel in octets of block data (red parts and green segments):
+    /// events wait in the engine, and the socket is not read, while the user has this much
+    /// unreceived (a single larger event still goes when the channel is empty).
+    pub event_queue_bytes: usize,
     /// Capacity of the command channel from handles.
     pub command_queue: usize,
     /// Most datagrams held back by the impairment's delay; more are dropped and counted.
@@ -80,7 +86,8 @@ pub struct DriverConfig {
 }
 
 impl DriverConfig {
-    /// Defaults: 8 MiB socket buffers, no spans, no impairment, queues of 1024, batched I/O
+    /// Defaults: 8 MiB socket buffers, no spans, no impairment, queues of 1024 (and events of
+    /// at most 64 MiB of block data), batched I/O
     /// with GSO/GRO where the kernel has them ([`IoConfig::default`]).
     pub fn new(bind: SocketAddr) -> DriverConfig {
         DriverConfig {
@@ -90,6 +97,7 @@ impl DriverConfig {
             recv_buffer: 8 * 1024 * 1024,
             impairment: None,
             event_queue: 1024,
+            event_queue_bytes: 64 * 1024 * 1024,
             command_queue: 1024,
             max_delayed: 1 << 20,
             learn_peer_addresses: false,
@@ -286,15 +294,63 @@ impl LtpHandle {
     }
 }
 
+/// Octets of block data in events sent to the user and not yet received (shared by the
+/// driver task and the [`EventReceiver`]).
+#[derive(Debug, Default)]
+struct QueuedBytes {
+    bytes: AtomicUsize,
+    /// Wakes the driver when the user receives an event.
+    received: Notify,
+}
+
+/// Octets of block data an event carries (what the event channel's byte bound counts).
+fn event_bytes(e: &Event) -> usize {
+    match e {
+        Event::BlockReceived { red, .. } => red.len(),
+        Event::GreenSegment { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+/// The driver's events, for the user: bounded in count ([`DriverConfig::event_queue`]) and in
+/// octets of block data ([`DriverConfig::event_queue_bytes`]); while either is reached the
+/// driver holds events back and stops reading its socket (LTP recovers what the kernel drops).
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<Event>,
+    queued: Arc<QueuedBytes>,
+}
+
+impl EventReceiver {
+    /// The next event; None once the driver has stopped and every event was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let e = self.rx.recv().await?;
+        self.received(&e);
+        Some(e)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Event, mpsc::error::TryRecvError> {
+        let e = self.rx.try_recv()?;
+        self.received(&e);
+        Ok(e)
+    }
+
+    fn received(&self, e: &Event) {
+        let n = event_bytes(e);
+        if n > 0 {
+            self.queued.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.queued.received.notify_one();
+        }
+    }
+}
+
 /// The driver: spawns the task that runs an engine on a UDP socket.
 pub struct LtpDriver;
 
 impl LtpDriver {
     /// Binds the socket and spawns the driver task on the current tokio runtime.
-    pub fn spawn(
-        config: DriverConfig,
-        engine: Engine,
-    ) -> io::Result<(LtpHandle, mpsc::Receiver<Event>)> {
+    pub fn spawn(config: DriverConfig, engine: Engine) -> io::Result<(LtpHandle, EventReceiver)> {
         let io = UdpIo::bind(
             config.bind,
             config.send_buffer,
@@ -304,6 +360,7 @@ impl LtpDriver {
         let local_addr = io.local_addr();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_queue.max(1));
+        let queued = Arc::new(QueuedBytes::default());
         let task = Task {
             engine,
             io,
@@ -314,6 +371,8 @@ impl LtpDriver {
             max_delayed: config.max_delayed,
             stats: DriverStats::default(),
             event_tx,
+            queued: queued.clone(),
+            max_event_bytes: config.event_queue_bytes,
             pending_event: None,
             rx_out: Vec::new(),
             learn: config.learn_peer_addresses,
@@ -326,7 +385,10 @@ impl LtpDriver {
                 tx: cmd_tx,
                 local_addr,
             },
-            event_rx,
+            EventReceiver {
+                rx: event_rx,
+                queued,
+            },
         ))
     }
 }
@@ -352,6 +414,10 @@ struct Task {
     max_delayed: usize,
     stats: DriverStats,
     event_tx: mpsc::Sender<Event>,
+    /// Block data in events the user has not received yet, and its bound.
+    queued: Arc<QueuedBytes>,
+    max_event_bytes: usize,
+    /// An event held back because the channel is full (in events or in octets).
     pending_event: Option<Event>,
     /// Datagrams of one receive batch (reused).
     rx_out: Vec<(Bytes, SocketAddr)>,
@@ -379,8 +445,10 @@ impl Task {
                 }
             };
             let reading = self.pending_event.is_none();
-            // A clone, so that the permit borrows this local rather than `self`.
+            let byte_room = self.pending_event.as_ref().is_none_or(|e| self.room_for(e));
+            // Clones, so that the permit and the wait borrow these locals rather than `self`.
             let event_tx = self.event_tx.clone();
+            let queued = self.queued.clone();
             tokio::select! {
                 biased;
                 cmd = cmd_rx.recv() => match cmd {
@@ -391,9 +459,10 @@ impl Task {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                permit = event_tx.reserve(), if !reading => match permit {
+                permit = event_tx.reserve(), if !reading && byte_room => match permit {
                     Ok(p) => {
                         if let Some(e) = self.pending_event.take() {
+                            self.queued.bytes.fetch_add(event_bytes(&e), Ordering::AcqRel);
                             p.send(e);
                         }
                     }
@@ -402,6 +471,7 @@ impl Task {
                         self.pending_event = None;
                     }
                 },
+                _ = queued.received.notified(), if !reading && !byte_room => {},
                 r = self.io.readable(), if reading => match r {
                     Ok(()) => self.receive(),
                     Err(e) => debug!(error = %e, "UDP receive error"),
@@ -615,15 +685,36 @@ impl Task {
             return;
         }
         while let Some(e) = self.engine.poll_event() {
+            if !self.room_for(&e) {
+                self.pending_event = Some(e);
+                return;
+            }
+            // Counted before it is sent: the user may receive it (and uncount it) at once.
+            let n = event_bytes(&e);
+            self.queued.bytes.fetch_add(n, Ordering::AcqRel);
             match self.event_tx.try_send(e) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(e)) => {
+                    self.queued.bytes.fetch_sub(n, Ordering::AcqRel);
                     self.pending_event = Some(e);
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.queued.bytes.fetch_sub(n, Ordering::AcqRel);
+                }
             }
         }
+    }
+
+    /// Whether event `e` may go to the user now as far as the byte bound goes: it carries no
+    /// block data, or the channel holds none, or it fits under the bound (or nobody listens).
+    fn room_for(&self, e: &Event) -> bool {
+        let n = event_bytes(e);
+        let queued = self.queued.bytes.load(Ordering::Acquire);
+        n == 0
+            || queued == 0
+            || queued.saturating_add(n) <= self.max_event_bytes
+            || self.event_tx.is_closed()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
