@@ -336,6 +336,16 @@ impl EventReceiver {
         Ok(e)
     }
 
+    /// Events waiting in the channel (received from the engine, not yet taken by the user).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event is waiting in the channel.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     fn received(&self, e: &Event) {
         let n = event_bytes(e);
         if n > 0 {
