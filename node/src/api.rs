@@ -251,12 +251,16 @@ pub enum AgentCommand {
         /// The accepted bundle's identity, or why it was refused.
         reply: oneshot::Sender<Result<SendAccepted, AgentError>>,
     },
-    /// The application has safely kept a delivery: the bundle leaves the store.
+    /// The application has safely kept a delivery: the bundle leaves the store. Answered once
+    /// the delivered-id record is persisted (from then on the bundle is never delivered again,
+    /// also after a crash); an unknown token is answered at once.
     Ack {
         /// The registration the delivery was pushed to.
         registration: RegistrationId,
         /// The delivery's token.
         token: DeliveryToken,
+        /// Done, or why the record could not be written.
+        reply: oneshot::Sender<Result<(), AgentError>>,
     },
     /// Node information.
     Info {

@@ -494,7 +494,9 @@ impl Node {
             .map_or(ContactEndPolicy::Suspend, |p| p.on_contact_end);
         let link_task = crate::links::spawn(link_targets, adapters.ltp.clone(), policy, links_rx);
         servers.push(link_task);
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let core = Core {
+            durable: durable_tx,
             links: links_tx,
             plan: plan_state,
             engine,
@@ -512,8 +514,14 @@ impl Node {
                 registrations: Vec::new(),
             },
         };
-        let core =
-            tokio::spawn(core.run(cmd_rx, control_rx, received_rx, outcomes_rx, shutdown_rx));
+        let core = tokio::spawn(core.run(
+            cmd_rx,
+            control_rx,
+            received_rx,
+            outcomes_rx,
+            durable_rx,
+            shutdown_rx,
+        ));
         info!(node_id = %config.node_id, addresses = %addresses.to_json(), "node started");
         Ok(Node {
             addresses,
@@ -694,6 +702,9 @@ impl Drop for Node {
 
 /// The core task: owns the engine (see the module docs).
 struct Core {
+    /// Where store callbacks hand back the tokens of [`Action::AwaitDurable`] (unbounded:
+    /// one token per deferred piece of work, each owned by a stored bundle).
+    durable: mpsc::UnboundedSender<(u64, bool)>,
     /// Plan-driven link states, published to the link control task.
     links: watch::Sender<LinkStates>,
     /// The contact plan, if configured (for reloads).
@@ -719,6 +730,7 @@ impl Core {
         mut control: mpsc::Receiver<Control>,
         mut received: mpsc::Receiver<Received>,
         mut outcomes: mpsc::Receiver<OutcomeReport>,
+        mut durable: mpsc::UnboundedReceiver<(u64, bool)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let check_every = self
@@ -738,6 +750,9 @@ impl Core {
             while let Ok(o) = outcomes.try_recv() {
                 self.outcome(o);
             }
+            while let Ok((token, ok)) = durable.try_recv() {
+                self.engine.durable(token, ok, dtn_now());
+            }
             self.drain_actions();
             let deadline = self.engine.poll_timeout().map(|t| {
                 let now = dtn_now();
@@ -751,6 +766,9 @@ impl Core {
                         let Ok(o) = outcomes.try_recv() else { break };
                         self.outcome(o);
                     }
+                }
+                Some((token, ok)) = durable.recv() => {
+                    self.engine.durable(token, ok, dtn_now());
                 }
                 Some(cmd) = commands.recv() => {
                     self.command(cmd);
@@ -947,10 +965,17 @@ impl Core {
             AgentCommand::Ack {
                 registration,
                 token,
-            } => {
-                // The delivered-id record is written with group commit; nothing waits on it.
-                let _ = self.engine.ack_delivery(registration, token, now);
-            }
+                reply,
+            } => match self.engine.ack_delivery(registration, token, now) {
+                // Answered once the delivered-id record is on disk: an application that got
+                // the answer is never handed the bundle again, even after a crash.
+                Some(ticket) => self.store.on_persisted(ticket, move |r| {
+                    let _ = reply.send(r.map_err(|e| AgentError::Storage(e.to_string())));
+                }),
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            },
             AgentCommand::Info { reply } => {
                 let mut info = self.info.clone();
                 let mut regs: Vec<String> = self
@@ -1022,6 +1047,15 @@ impl Core {
                         if let Some(s) = states.get_mut(neighbour.0) {
                             *s = link;
                         }
+                    });
+                }
+                Action::AwaitDurable { ticket, token } => {
+                    let tx = self.durable.clone();
+                    self.store.on_persisted(ticket, move |r| {
+                        if let Err(e) = &r {
+                            warn!("store did not persist a bundle: {e}");
+                        }
+                        let _ = tx.send((token, r.is_ok()));
                     });
                 }
             }

@@ -330,8 +330,10 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> anyhow::Re
                     report.duplicates += 1;
                 }
                 let token = d.token;
+                // Not awaited: the answer only says the delivered-id record is on disk.
+                let (reply, _answer) = tokio::sync::oneshot::channel();
                 surface
-                    .command(AgentCommand::Ack { registration, token })
+                    .command(AgentCommand::Ack { registration, token, reply })
                     .await?;
             }
             _ = tokio::time::sleep_until(wake.into()) => {}

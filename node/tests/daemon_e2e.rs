@@ -172,11 +172,13 @@ async fn receive_all(
             .await
             .unwrap_or_else(|_| panic!("only {} of {} bundles arrived", got.len(), expected.len()))
             .expect("registration open");
-        h.command(AgentCommand::Ack {
+        h.request(|reply| AgentCommand::Ack {
             registration: reg,
             token: d.token,
+            reply,
         })
         .await
+        .unwrap()
         .unwrap();
         got.push(d.payload);
     }

@@ -98,9 +98,13 @@ async fn relay_run(durability: DurabilityMode, dir: &std::path::Path) -> f64 {
             .await
             .unwrap_or_else(|_| panic!("stalled after {i} bundles"))
             .unwrap();
+        // The answer (the delivered-id record is on disk) is not awaited: the acks of a
+        // fast application overlap.
+        let (reply, _answer) = tokio::sync::oneshot::channel();
         ch.command(AgentCommand::Ack {
             registration: reg,
             token: d.token,
+            reply,
         })
         .await
         .unwrap();

@@ -222,6 +222,8 @@ pub struct NodeConfig {
     pub ltp_options: BTreeMap<String, String>,
     /// `[limits] max_in_flight` (`None`: default).
     pub max_in_flight: Option<usize>,
+    /// `[store] quota_bundles` (`None`: default).
+    pub quota_bundles: Option<u64>,
 }
 
 /// A `[contact_plan]` section that reads its plan from a file.
@@ -276,6 +278,7 @@ impl NodeConfig {
             emulation: BTreeMap::new(),
             ltp_options: BTreeMap::new(),
             max_in_flight: None,
+            quota_bundles: None,
         }
     }
 
@@ -305,10 +308,14 @@ impl NodeConfig {
         let mut t = String::new();
         t += &format!("node_id = {}\nlog = {}\n\n", q(&self.node_id), q(&self.log));
         t += &format!(
-            "[store]\npath = {}\ndurability = {}\n\n",
+            "[store]\npath = {}\ndurability = {}\n",
             q(&self.store.to_string_lossy()),
             q(&self.durability)
         );
+        if let Some(n) = self.quota_bundles {
+            t += &format!("quota_bundles = {n}\n");
+        }
+        t += "\n";
         t += &format!("[agent]\ntcp = \"127.0.0.1:{}\"\n\n", self.agent_port);
         t += &format!("[metrics]\nhttp = \"127.0.0.1:{}\"\n\n", self.metrics_port);
         match self.tcpcl_port {

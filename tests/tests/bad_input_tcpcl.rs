@@ -38,9 +38,15 @@ struct Scene {
 
 impl Scene {
     fn start(test: &str, max_bundle_size: Option<u64>) -> Scene {
+        Scene::start_with(test, max_bundle_size, None)
+    }
+
+    /// [`Scene::start`] with a store quota of `quota_bundles` bundles.
+    fn start_with(test: &str, max_bundle_size: Option<u64>, quota_bundles: Option<u64>) -> Scene {
         let dir = TempDir::new(test);
         let mut cfg = NodeConfig::new("ipn:10.0", dir.path());
         cfg.max_bundle_size = max_bundle_size;
+        cfg.quota_bundles = quota_bundles;
         cfg.neighbours.push(Neighbour {
             name: "fake".into(),
             node: "ipn:66.0".into(),
@@ -311,6 +317,44 @@ fn tcpcl_corrupt_bundle_is_refused_counted_and_nothing_else_is_touched() {
         |m| matches!(m, Message::XferAck(a) if a.transfer_id == 8 && a.flags & END != 0),
     );
     scene.assert_still_serving();
+}
+
+#[test]
+fn tcpcl_transfer_to_a_full_store_is_refused_with_no_resources_until_there_is_room() {
+    // Issue 5: the store quota gives back-pressure; RFC 9174 §5.2.4: XFER_REFUSE reason
+    // "No Resources" (the sender may try again later), never an ack for a bundle not stored.
+    let scene = Scene::start_with("full-store", None, Some(1));
+    let mut fake = Fake::connect(scene.node.tcpcl(), "ipn:66.0");
+    let bundle = valid_bundle(66, 5, 1, b"no room for me yet".to_vec());
+    fake.send_raw(&segment(START | END, 9, Some(bundle.len() as u64), &bundle));
+    match fake.expect("an answer to transfer 9", |m| {
+        matches!(m, Message::XferRefuse(_))
+            || matches!(m, Message::XferAck(a) if a.flags & END != 0)
+    }) {
+        Message::XferRefuse(r) => {
+            assert_eq!(r.transfer_id, 9);
+            assert_eq!(r.reason, RefuseReason::NoResources);
+        }
+        m => panic!("a bundle beyond the quota was acknowledged: {m:?}"),
+    }
+    scene.assert_counted("the refused transfer");
+    // The stored bundle is untouched; once it is delivered there is room, and the same
+    // bundle sent again is taken.
+    let out = bprecv_json(&scene.node.agent(), "ipn:10.9", 1, Duration::from_secs(30))
+        .wait(Duration::from_secs(40));
+    let got = parse_bprecv_json(&out.stdout).unwrap();
+    assert!(out.success() && got.len() == 1, "{}", out.stderr);
+    assert_eq!(check_payload(&got[0].payload), Ok(STORED_IDX));
+    fake.send_raw(&segment(
+        START | END,
+        10,
+        Some(bundle.len() as u64),
+        &bundle,
+    ));
+    fake.expect(
+        "XFER_ACK of transfer 10",
+        |m| matches!(m, Message::XferAck(a) if a.transfer_id == 10 && a.flags & END != 0),
+    );
 }
 
 #[test]

@@ -428,17 +428,29 @@ impl Connection {
                 if !self.registrations.contains_key(&registration) {
                     return refused(AgentError::UnknownRegistration(registration));
                 }
-                match self
+                let (reply, rx) = oneshot::channel();
+                if let Err(e) = self
                     .node
                     .command(AgentCommand::Ack {
                         registration,
                         token,
+                        reply,
                     })
                     .await
                 {
-                    Ok(()) => Some(Response::Ok),
-                    Err(e) => refused(e),
+                    return refused(e);
                 }
+                self.inflight.spawn(async move {
+                    Some(Completion::Respond(
+                        id,
+                        match rx.await {
+                            Ok(Ok(())) => Response::Ok,
+                            Ok(Err(e)) => error_response(e),
+                            Err(_) => error_response(AgentError::ShuttingDown),
+                        },
+                    ))
+                });
+                None
             }
             Request::Info => {
                 let (reply, rx) = oneshot::channel();

@@ -148,7 +148,11 @@ impl FakeNode {
             AgentCommand::Ack {
                 registration,
                 token,
-            } => st.acks.push((registration, token)),
+                reply,
+            } => {
+                st.acks.push((registration, token));
+                let _ = reply.send(Ok(()));
+            }
             AgentCommand::Info { reply } => {
                 let mut registrations: Vec<String> =
                     st.registrations.values().map(|(e, _)| e.clone()).collect();

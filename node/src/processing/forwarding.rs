@@ -459,7 +459,7 @@ impl BundleEngine {
                         too_large,
                     };
                 } else if !failed {
-                    self.forwarded(id, now);
+                    self.forwarded(id, neighbour, now);
                 } else {
                     e.state = State::New;
                     if let Some(b) = self.bookings.remove(&id) {
@@ -477,15 +477,46 @@ impl BundleEngine {
         self.pump(n, now);
     }
 
-    /// §5.4 step 5: every transfer confirmed: "forwarded" report, custody released.
-    fn forwarded(&mut self, id: Id, now: DtnMillis) {
+    /// §5.4 step 5: every transfer confirmed: "forwarded" report, custody released. A bundle
+    /// sent over a layer that confirms nothing (UDP, LTP green) is made durable here first and
+    /// released once it is: a bundle in transit may be acknowledged upstream when it left the
+    /// store before it was written (`Store::insert_held`), which is right only when the next
+    /// hop confirmed it.
+    fn forwarded(&mut self, id: Id, via: NeighbourId, now: DtnMillis) {
         let meta = self.meta_if(id, BundleFlags::REPORT_FORWARDING);
         // The booked volume is consumed: forget the booking without releasing it.
         self.bookings.remove(&id);
-        self.release(id);
+        if self.neighbours[via.0].cfg.reliable {
+            self.release(id);
+        } else {
+            self.release_when_durable(id);
+        }
         self.counters.forwarded += 1;
         if let Some(m) = meta {
             self.report(&m, Report::Forwarded, ReasonCode::NoInformation, now);
+        }
+    }
+}
+
+impl BundleEngine {
+    /// Releases `id` once the store has it on disk ([`super::Deferred::Release`]); at once
+    /// where the store has nothing to write (memory, sync) or cannot write.
+    fn release_when_durable(&mut self, id: Id) {
+        let Some(key) = self.entries.get(&id).map(|e| e.key.clone()) else {
+            return;
+        };
+        match self.store.persist(&key) {
+            Ok(ticket) if ticket != crate::store::Ticket::NONE => {
+                self.set_state(id, State::Unconfirmed);
+                self.defer(ticket, super::Deferred::Release(id));
+            }
+            Ok(_) => {
+                self.release(id);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "store could not persist a bundle before its release");
+                self.release(id);
+            }
         }
     }
 }

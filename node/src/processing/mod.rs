@@ -17,9 +17,13 @@
 //!
 //! - Custody: a bundle is in the store before `receive`/`send` return its ticket; it leaves
 //!   when every transfer of it (one, or one per fragment) is reported `Transferred` (also for
-//!   unreliable layers such as UDP: best effort, see [`Neighbour::reliable`]), when the
-//!   application acknowledges its delivery (after the delivered-id record is written), or when
-//!   it expires or is deleted.
+//!   unreliable layers such as UDP: best effort, after it is on disk here, see
+//!   [`Neighbour::reliable`]), when the application acknowledges its delivery (after the
+//!   delivered-id record is written), or when it expires or is deleted.
+//! - Acknowledgements wait for the disk: the ticket `receive`/`send` return, and every
+//!   "received" status report of a stored bundle, which the engine generates only once the
+//!   bundle is durable ([`Action::AwaitDurable`]). Reports of bundles deleted on reception
+//!   (nothing stored) go at once.
 //! - Memory: per stored bundle the engine keeps its key, destination, size, expiry, receive
 //!   time, previous hop, flags, priority and state (about 330 bytes resident with the indexes,
 //!   measured by `benches/restart.rs`); bytes are read from the store at transmit or delivery
@@ -64,8 +68,10 @@ pub struct Neighbour {
     /// unless they must not be fragmented.
     pub max_bundle_size: Option<u64>,
     /// Whether a `Transferred` outcome confirms delivery to the neighbour (TCPCL, LTP red), so
-    /// custody may be released. For unreliable layers (UDP) the bundle is released on
-    /// `Transferred` too, as best effort (documented decision).
+    /// custody may be released at once. Over an unreliable layer (UDP, LTP green) the bundle
+    /// is released on `Transferred` too (best effort: nothing would ever confirm it), but only
+    /// once it is on disk here, so that an acknowledgement already given for it upstream
+    /// stays true.
     pub reliable: bool,
     /// Most transfers handed to the adapter and not yet reported, per neighbour.
     pub max_in_flight: usize,
@@ -167,6 +173,32 @@ pub enum Action {
         /// The plan's view now; `None`: the plan no longer names it (always up again).
         link: Option<PlannedLink>,
     },
+    /// Work that waits for a store write: once [`Store::persisted`] of `ticket` resolves, call
+    /// [`BundleEngine::durable`] with `token` and whether it succeeded. Used where something
+    /// leaving the node says that a bundle is held here: a "received" status report of a
+    /// bundle in custody (RFC 9171 §5.6 step 2), and the release of a bundle forwarded over
+    /// a layer that confirms nothing (UDP, LTP green), which is first made durable here.
+    AwaitDurable {
+        /// The write to wait for.
+        ticket: Ticket,
+        /// What to hand back to [`BundleEngine::durable`].
+        token: u64,
+    },
+}
+
+/// What the engine does once a store write is durable (see [`Action::AwaitDurable`]).
+#[derive(Debug)]
+enum Deferred {
+    /// The "received" status report of a bundle now on disk (`unprocessable`: the report a
+    /// block's "report if unprocessable" flag asks for, RFC 9171 §5.6 step 4).
+    ReceivedReport {
+        /// The bundle's metadata (boxed: most deferred work is a release).
+        meta: Box<meta::Meta>,
+        /// Reason code "block unsupported" rather than "no information".
+        unprocessable: bool,
+    },
+    /// Release a bundle forwarded over an unreliable layer, now on disk here.
+    Release(Id),
 }
 
 /// The answer to a bundle received from a neighbour.
@@ -245,6 +277,9 @@ enum State {
     },
     /// A fragment held for reassembly.
     Fragment,
+    /// Forwarded over a layer that confirms nothing: leaves the store once it is on disk
+    /// ([`Deferred::Release`]).
+    Unconfirmed,
 }
 
 /// What the engine keeps in memory per stored bundle (small: the rest is in the metadata
@@ -416,6 +451,9 @@ pub struct BundleEngine {
     planned: Vec<Option<PlannedLink>>,
     next_prune: DtnMillis,
     actions: VecDeque<Action>,
+    /// Work waiting for store writes, by [`Action::AwaitDurable`] token.
+    deferred: HashMap<u64, Deferred>,
+    next_deferred: u64,
     counters: Counters,
 }
 
@@ -501,6 +539,8 @@ impl BundleEngine {
             planned: vec![None; neighbour_count],
             next_prune: now.saturating_add(PRUNE_INTERVAL_MS),
             actions: VecDeque::new(),
+            deferred: HashMap::new(),
+            next_deferred: 0,
             counters: Counters::default(),
         };
         engine.recover(now)?;
@@ -591,6 +631,36 @@ impl BundleEngine {
     /// The next action, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The write an [`Action::AwaitDurable`] waited for is durable (`ok`), or failed.
+    pub fn durable(&mut self, token: u64, ok: bool, now: DtnMillis) {
+        match self.deferred.remove(&token) {
+            Some(Deferred::ReceivedReport {
+                meta,
+                unprocessable,
+            }) => {
+                // A bundle the store failed to keep is not reported as received.
+                if ok {
+                    self.received_report(&meta, unprocessable, now);
+                }
+            }
+            Some(Deferred::Release(id)) => {
+                if let Some(State::Unconfirmed) = self.entries.get(&id).map(|e| &e.state) {
+                    self.release(id);
+                }
+            }
+            None => tracing::debug!(token, "durable: unknown token"),
+        }
+    }
+
+    /// Runs `work` once `ticket` is durable (through the daemon: [`Action::AwaitDurable`]).
+    fn defer(&mut self, ticket: Ticket, work: Deferred) {
+        let token = self.next_deferred;
+        self.next_deferred += 1;
+        self.deferred.insert(token, work);
+        self.actions
+            .push_back(Action::AwaitDurable { ticket, token });
     }
 
     /// When [`BundleEngine::handle_timeout`] should next be called.
@@ -783,7 +853,7 @@ impl BundleEngine {
                 }
             }
             State::Fragment => e.state = State::Fragment,
-            State::New | State::InFlight { .. } => {}
+            State::New | State::InFlight { .. } | State::Unconfirmed => {}
         }
     }
 

@@ -143,32 +143,30 @@ impl BundleEngine {
         }
         // §5.6 step 4 / §4.2.4: blocks this node cannot process.
         let blocks = bundle.unprocessable_blocks(supported_block);
-        if blocks.report {
-            self.report_unrequested(&meta, Report::Received, ReasonCode::BlockUnsupported, now);
-        }
         if let Some(reason) = blocks.delete_bundle {
-            if !blocks.report {
-                self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
-            }
+            self.received_report(&meta, blocks.report, now);
             self.delete_unstored(&meta, reason, now);
             return Reception::Consumed;
         }
         let expiry = expiry_of(bundle, now);
         match self.accept(bundle, parsed.raw(), meta.clone(), expiry, true, now) {
             Ok(Accepted::Stored(ticket)) => {
-                if !blocks.report {
-                    // §5.6 step 2, once in custody.
-                    self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
-                }
+                // §5.6 step 2, once in custody: the report says the node holds the bundle,
+                // so it leaves once the bundle is on disk, like the transfer's own
+                // acknowledgement.
+                self.received_report_when_durable(meta, blocks.report, &ticket);
                 Reception::Accepted(ticket)
             }
-            Ok(Accepted::Consumed(t)) => {
-                self.report(&meta, Report::Received, ReasonCode::NoInformation, now);
-                match t {
-                    Some(t) => Reception::Accepted(t),
-                    None => Reception::Consumed,
+            Ok(Accepted::Consumed(t)) => match t {
+                Some(t) => {
+                    self.received_report_when_durable(meta, blocks.report, &t);
+                    Reception::Accepted(t)
                 }
-            }
+                None => {
+                    self.received_report(&meta, blocks.report, now);
+                    Reception::Consumed
+                }
+            },
             Ok(Accepted::Duplicate) => {
                 self.counters.received -= 1;
                 self.counters.duplicate += 1;

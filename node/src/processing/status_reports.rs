@@ -93,6 +93,48 @@ pub(super) fn reason_label(r: ReasonCode) -> &'static str {
 }
 
 impl BundleEngine {
+    /// The "received" report of a bundle (§5.6 step 2), or with `unprocessable` the one a
+    /// block's "report if unprocessable" flag asks for (step 4, reason "block unsupported",
+    /// whether or not the bundle requests reception reports).
+    pub(super) fn received_report(&mut self, meta: &Meta, unprocessable: bool, now: DtnMillis) {
+        if unprocessable {
+            self.report_unrequested(meta, Report::Received, ReasonCode::BlockUnsupported, now);
+        } else {
+            self.report(meta, Report::Received, ReasonCode::NoInformation, now);
+        }
+    }
+
+    /// [`Self::received_report`] once the write of `ticket` (the bundle's own) is durable:
+    /// nothing is deferred for a bundle that gets no report.
+    pub(super) fn received_report_when_durable(
+        &mut self,
+        meta: Meta,
+        unprocessable: bool,
+        ticket: &crate::store::Ticket,
+    ) {
+        let flags = BundleFlags(meta.flags);
+        let wanted = unprocessable || flags.contains(Report::Received.flag());
+        if !wanted || !self.may_report(&meta) {
+            return;
+        }
+        self.defer(
+            ticket.clone(),
+            super::Deferred::ReceivedReport {
+                meta: Box::new(meta),
+                unprocessable,
+            },
+        );
+    }
+
+    /// §5.1: no report about an administrative record, none to `dtn:none`, none when the
+    /// policy disables reports.
+    fn may_report(&self, meta: &Meta) -> bool {
+        let flags = BundleFlags(meta.flags);
+        !flags.contains(BundleFlags::ADMIN_RECORD)
+            && !meta.report_to.is_null()
+            && self.policy.enabled
+    }
+
     /// RFC 9171 §5.1/§6.1: generate a `what` report about the bundle described by `meta`
     /// with `reason`, if the bundle requests it and the policy allows it.
     pub(super) fn report(&mut self, meta: &Meta, what: Report, reason: ReasonCode, now: DtnMillis) {
@@ -113,11 +155,7 @@ impl BundleEngine {
         now: DtnMillis,
     ) {
         let flags = BundleFlags(meta.flags);
-        // §5.1: no status report about an administrative record; none to dtn:none.
-        if flags.contains(BundleFlags::ADMIN_RECORD) || meta.report_to.is_null() {
-            return;
-        }
-        if !self.policy.enabled {
+        if !self.may_report(meta) {
             return;
         }
         if !self.bucket.take(now) {

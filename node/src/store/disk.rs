@@ -619,6 +619,16 @@ impl DiskBackend {
         self.commit(st, ch)
     }
 
+    /// Ends the hold of `key` if it is held: its entries go to the next flush, which covers
+    /// its cell (see [`super::Store::persist`]).
+    pub(super) fn persist(&self, key: &BundleKey) -> Result<(), StoreError> {
+        let over = {
+            let mut st = self.lock();
+            self.unhold(&mut st, key)?
+        };
+        self.relieve(over)
+    }
+
     pub(super) fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<(), StoreError> {
         let over = {
             let mut st = self.lock();

@@ -411,6 +411,24 @@ impl Store {
         }
     }
 
+    /// Make a stored bundle durable before it leaves the store unconfirmed (forwarded over a
+    /// convergence layer that confirms nothing, such as UDP): a held insert's hold ends at
+    /// once, and the returned ticket resolves when everything written so far, this bundle
+    /// included, is on disk. Removing the bundle after that ticket resolved is a plain removal,
+    /// so the acknowledgement its own ticket stands for (upstream custody, DESIGN principle 4)
+    /// still means "on disk here"; removing it before would settle that ticket with the bundle
+    /// durable nowhere.
+    pub fn persist(&self, key: &BundleKey) -> Result<Ticket, StoreError> {
+        match (&self.inner.backend, &self.inner.group) {
+            (Backend::Disk(d), Some(_)) => {
+                d.persist(key)?;
+                self.wrote()
+            }
+            // `Sync`: every write was on disk before it returned; `Memory`: nothing ever is.
+            _ => Ok(Ticket::NONE),
+        }
+    }
+
     /// Replace a stored bundle's metadata blob ([`StoreError::NotFound`] if not stored).
     pub fn update_meta(&self, key: &BundleKey, meta: &[u8]) -> Result<Ticket, StoreError> {
         match &self.inner.backend {
@@ -1048,6 +1066,41 @@ pub(crate) mod tests {
         drop(s);
         let s = Store::open(&config(&d, Durability::Sync)).unwrap();
         assert!(!s.contains(&key(1)).unwrap() && s.contains(&key(2)).unwrap());
+    }
+
+    #[test]
+    fn a_held_insert_persisted_before_its_removal_is_written() {
+        // Forwarded over a layer that confirms nothing: the bundle must be on disk here before
+        // the acknowledgement its ticket stands for leaves, and removing it afterwards must
+        // not take that back.
+        let d = TempDir::new("held-persist");
+        let s = Store::open(&config(&d, BUFFERED)).unwrap();
+        let base = disk(&s).sled_len();
+        let held = stored(
+            s.insert_held(&key(1), 9, b"m", &Bytes::from_static(b"over udp"))
+                .unwrap(),
+        );
+        let started = std::time::Instant::now();
+        let t = s.persist(&key(1)).unwrap();
+        block_on(s.persisted(t)).unwrap();
+        // Well before the 300 ms hold would have ended on its own.
+        assert!(started.elapsed() < Duration::from_millis(250));
+        assert!(
+            !pending_after(s.persisted(held.clone())),
+            "the held ticket is not settled by the flush that wrote the bundle"
+        );
+        assert_eq!(s.counters().held_flushed, 1);
+        // Killed now, the bundle is on disk: its three entries are in sled.
+        assert_eq!(disk(&s).sled_len(), base + 3);
+        assert!(s.remove(&key(1)).unwrap());
+        s.flush().unwrap();
+        drop(s);
+        let s = Store::open(&config(&d, Durability::Sync)).unwrap();
+        assert!(!s.contains(&key(1)).unwrap());
+        // Memory and Sync stores have nothing to do.
+        let m = Store::open(&config(&d, Durability::Memory)).unwrap();
+        assert_eq!(m.persist(&key(1)).unwrap(), Ticket::NONE);
+        assert_eq!(s.persist(&key(1)).unwrap(), Ticket::NONE);
     }
 
     #[test]

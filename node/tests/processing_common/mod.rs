@@ -221,6 +221,10 @@ impl Net {
             Action::Link { neighbour, link } => {
                 self.link_changes.push((i, neighbour.0, link, self.now));
             }
+            Action::AwaitDurable { ticket, token } => {
+                let ok = block_on(self.stores[i].persisted(ticket)).is_ok();
+                self.engines[i].durable(token, ok, self.now);
+            }
         }
     }
 
@@ -292,4 +296,13 @@ impl Net {
             .map(|m| m.value)
             .sum()
     }
+}
+
+/// Runs a future to completion on a small runtime of its own (store tickets).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
