@@ -92,6 +92,8 @@ pub struct AgentClient {
     writer: BufWriter<BoxWrite>,
     next_id: RequestId,
     pushes: VecDeque<(RegistrationId, Delivery)>,
+    /// Request ids of acks sent with [`AgentClient::send_ack`] whose answer has not arrived.
+    unanswered_acks: std::collections::HashSet<RequestId>,
     max_frame: usize,
 }
 
@@ -150,6 +152,7 @@ impl AgentClient {
             writer: BufWriter::with_capacity(64 * 1024, w),
             next_id: 1,
             pushes: VecDeque::new(),
+            unanswered_acks: std::collections::HashSet::new(),
             max_frame,
         })
     }
@@ -214,19 +217,76 @@ impl AgentClient {
         if let Some(p) = self.pushes.pop_front() {
             return Ok(p);
         }
-        match self.read_message().await? {
-            Message::Delivery {
-                registration,
-                delivery,
-            } => Ok((registration, delivery)),
-            Message::Response {
-                id: 0,
-                response: Response::Error(e),
-            } => Err(ClientError::from_wire(e)),
-            other => Err(ClientError::Protocol(ProtoError::Unexpected(format!(
-                "{other:?}"
-            )))),
+        loop {
+            match self.read_message().await? {
+                Message::Delivery {
+                    registration,
+                    delivery,
+                } => return Ok((registration, delivery)),
+                Message::Response { id, response } if self.unanswered_acks.remove(&id) => {
+                    ack_answer(response)?
+                }
+                Message::Response {
+                    id: 0,
+                    response: Response::Error(e),
+                } => return Err(ClientError::from_wire(e)),
+                other => {
+                    return Err(ClientError::Protocol(ProtoError::Unexpected(format!(
+                        "{other:?}"
+                    ))))
+                }
+            }
         }
+    }
+
+    /// Acknowledge a delivery like [`AgentClient::ack`] without waiting for the answer, so
+    /// that an application taking many deliveries does not wait for the node's disk once per
+    /// bundle. The answers are read with later calls; [`AgentClient::settle_acks`] waits for
+    /// those still outstanding (an error answer is returned by the call that reads it).
+    pub async fn send_ack(
+        &mut self,
+        reg: RegistrationId,
+        token: DeliveryToken,
+    ) -> Result<(), ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Message::Request {
+            id,
+            request: Request::Ack {
+                registration: reg,
+                token,
+            },
+        }
+        .encode()?;
+        self.write_frame(&frame, &mut |_, _| {}).await?;
+        self.unanswered_acks.insert(id);
+        Ok(())
+    }
+
+    /// Waits until every ack sent with [`AgentClient::send_ack`] is answered: from then on the
+    /// node never delivers those bundles again (its delivered-id records are on disk).
+    pub async fn settle_acks(&mut self) -> Result<(), ClientError> {
+        while !self.unanswered_acks.is_empty() {
+            match self.read_message().await? {
+                Message::Delivery {
+                    registration,
+                    delivery,
+                } => self.pushes.push_back((registration, delivery)),
+                Message::Response { id, response } if self.unanswered_acks.remove(&id) => {
+                    ack_answer(response)?
+                }
+                Message::Response {
+                    id: 0,
+                    response: Response::Error(e),
+                } => return Err(ClientError::from_wire(e)),
+                other => {
+                    return Err(ClientError::Protocol(ProtoError::Unexpected(format!(
+                        "{other:?}"
+                    ))))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Acknowledge a delivery: the node may now remove the bundle from its store.
@@ -309,6 +369,9 @@ impl AgentClient {
                     registration,
                     delivery,
                 } => self.pushes.push_back((registration, delivery)),
+                Message::Response { id: rid, response } if self.unanswered_acks.remove(&rid) => {
+                    ack_answer(response)?
+                }
                 Message::Response { id: rid, response } if rid == id || rid == 0 => {
                     return match response {
                         Response::Error(e) => Err(ClientError::from_wire(e)),
@@ -347,4 +410,13 @@ fn unexpected(r: &Response) -> ClientError {
     ClientError::Protocol(ProtoError::Unexpected(format!(
         "response does not match the request: {r:?}"
     )))
+}
+
+/// The answer to an ack sent with [`AgentClient::send_ack`].
+fn ack_answer(response: Response) -> Result<(), ClientError> {
+    match response {
+        Response::Ok => Ok(()),
+        Response::Error(e) => Err(ClientError::from_wire(e)),
+        other => Err(unexpected(&other)),
+    }
 }

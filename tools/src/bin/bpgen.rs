@@ -170,8 +170,13 @@ async fn receive(
             r.foreign += 1;
         }
         r.last = Some(Instant::now());
-        client.ack(reg, d.token).await.context("acknowledging")?;
+        // Not awaited one by one: each answer waits for the node's disk.
+        client
+            .send_ack(reg, d.token)
+            .await
+            .context("acknowledging")?;
     }
+    client.settle_acks().await.context("acknowledging")?;
     Ok(r)
 }
 

@@ -120,7 +120,10 @@ async fn run(cli: Cli) -> Result<Outcome> {
         let next = match deadline {
             Some(dl) => match tokio::time::timeout_at(dl, client.next_push()).await {
                 Ok(r) => r,
-                Err(_) => return Ok(Outcome::TimedOut(received)),
+                Err(_) => {
+                    client.settle_acks().await?;
+                    return Ok(Outcome::TimedOut(received));
+                }
             },
             None => client.next_push().await,
         };
@@ -140,10 +143,12 @@ async fn run(cli: Cli) -> Result<Outcome> {
         }
         out.flush().context("cannot write standard output")?;
         drop(out);
-        // Acknowledge only now that the payload is safely written.
-        client.ack(r, d.token).await?;
+        // Acknowledge only now that the payload is safely written; the node's answers are
+        // read meanwhile and awaited before exit (then nothing acknowledged comes again).
+        client.send_ack(r, d.token).await?;
         received += 1;
     }
+    client.settle_acks().await?;
     let _ = client.unregister(reg).await;
     Ok(Outcome::Done)
 }
