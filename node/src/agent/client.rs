@@ -218,23 +218,8 @@ impl AgentClient {
             return Ok(p);
         }
         loop {
-            match self.read_message().await? {
-                Message::Delivery {
-                    registration,
-                    delivery,
-                } => return Ok((registration, delivery)),
-                Message::Response { id, response } if self.unanswered_acks.remove(&id) => {
-                    ack_answer(response)?
-                }
-                Message::Response {
-                    id: 0,
-                    response: Response::Error(e),
-                } => return Err(ClientError::from_wire(e)),
-                other => {
-                    return Err(ClientError::Protocol(ProtoError::Unexpected(format!(
-                        "{other:?}"
-                    ))))
-                }
+            if let Some(p) = self.read_unsolicited().await? {
+                return Ok(p);
             }
         }
     }
@@ -267,23 +252,8 @@ impl AgentClient {
     /// node never delivers those bundles again (its delivered-id records are on disk).
     pub async fn settle_acks(&mut self) -> Result<(), ClientError> {
         while !self.unanswered_acks.is_empty() {
-            match self.read_message().await? {
-                Message::Delivery {
-                    registration,
-                    delivery,
-                } => self.pushes.push_back((registration, delivery)),
-                Message::Response { id, response } if self.unanswered_acks.remove(&id) => {
-                    ack_answer(response)?
-                }
-                Message::Response {
-                    id: 0,
-                    response: Response::Error(e),
-                } => return Err(ClientError::from_wire(e)),
-                other => {
-                    return Err(ClientError::Protocol(ProtoError::Unexpected(format!(
-                        "{other:?}"
-                    ))))
-                }
+            if let Some(p) = self.read_unsolicited().await? {
+                self.pushes.push_back(p);
             }
         }
         Ok(())
@@ -325,6 +295,30 @@ impl AgentClient {
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.writer.shutdown().await?;
         Ok(())
+    }
+
+    /// Reads one message that answers no request being waited for: a delivery (returned), the
+    /// answer to an ack sent with [`AgentClient::send_ack`] (checked), or an error.
+    /// Cancel-safe like [`Self::read_message`].
+    async fn read_unsolicited(
+        &mut self,
+    ) -> Result<Option<(RegistrationId, Delivery)>, ClientError> {
+        match self.read_message().await? {
+            Message::Delivery {
+                registration,
+                delivery,
+            } => Ok(Some((registration, delivery))),
+            Message::Response { id, response } if self.unanswered_acks.remove(&id) => {
+                ack_answer(response).map(|()| None)
+            }
+            Message::Response {
+                id: 0,
+                response: Response::Error(e),
+            } => Err(ClientError::from_wire(e)),
+            other => Err(ClientError::Protocol(ProtoError::Unexpected(format!(
+                "{other:?}"
+            )))),
+        }
     }
 
     async fn read_message(&mut self) -> Result<Message, ClientError> {
