@@ -969,11 +969,16 @@ impl Core {
             } => match self.engine.ack_delivery(registration, token, now) {
                 // Answered once the delivered-id record is on disk: an application that got
                 // the answer is never handed the bundle again, even after a crash.
-                Some(ticket) => self.store.on_persisted(ticket, move |r| {
+                Ok(Some(ticket)) => self.store.on_persisted(ticket, move |r| {
                     let _ = reply.send(r.map_err(|e| AgentError::Storage(e.to_string())));
                 }),
-                None => {
+                Ok(None) => {
                     let _ = reply.send(Ok(()));
+                }
+                // The bundle stays and is delivered again: not an answer the application may
+                // take as final.
+                Err(e) => {
+                    let _ = reply.send(Err(AgentError::Storage(e.to_string())));
                 }
             },
             AgentCommand::Info { reply } => {

@@ -53,7 +53,7 @@ fn delivery_only_once_across_restart() {
     let d = deliveries(&drain(&mut e));
     assert_eq!(d.len(), 3);
     // The first is acknowledged, the others not; then the node restarts.
-    e.ack_delivery(7, d[0].1, T0).unwrap();
+    e.ack_delivery(7, d[0].1, T0).unwrap().unwrap();
     drop(e);
     let mut e = BundleEngine::new(config(3, &[("b", 2)]), store.clone(), T0 + 10).unwrap();
     assert_eq!(e.bundle_count(), 2);
@@ -84,7 +84,7 @@ fn delivery_only_once_across_restart() {
         node::processing::Reception::Consumed
     );
     for (r, t, _) in d2 {
-        e.ack_delivery(r, t, T0 + 30).unwrap();
+        e.ack_delivery(r, t, T0 + 30).unwrap().unwrap();
     }
     assert_eq!(store.usage().bundles, 0);
 }

@@ -14,7 +14,7 @@ use bpv7::{BundleFlags, ReasonCode};
 use super::status_reports::Report;
 use super::{Action, BundleEngine, Id, Registration, State};
 use crate::api::{AgentError, BundleIdent, Delivery, DtnMillis, Priority, RegistrationId};
-use crate::store::Ticket;
+use crate::store::{StoreError, Ticket};
 
 impl BundleEngine {
     /// Register `endpoint` (an endpoint of this node) for `registration`.
@@ -152,21 +152,25 @@ impl BundleEngine {
         registration: RegistrationId,
         token: u64,
         now: DtnMillis,
-    ) -> Option<Ticket> {
-        let id = *self
+    ) -> Result<Option<Ticket>, StoreError> {
+        let Some(&id) = self
             .registrations
-            .get(&registration)?
-            .outstanding
-            .get(&token)?;
+            .get(&registration)
+            .and_then(|r| r.outstanding.get(&token))
+        else {
+            return Ok(None);
+        };
         let meta = self.meta_if(id, BundleFlags::REPORT_DELIVERY);
-        let e = self.entries.get(&id)?;
+        let Some(e) = self.entries.get(&id) else {
+            return Ok(None);
+        };
         let ticket = match self.store.record_delivered(&e.key, e.expiry) {
             Ok(t) => t,
             Err(err) => {
                 // Without the record a restart could deliver it again: keep the bundle (it is
-                // delivered again on the next registration) rather than release it.
+                // delivered again on the next registration) rather than release it, and say so.
                 tracing::warn!(%err, "delivered-id record failed");
-                return None;
+                return Err(err);
             }
         };
         self.release(id);
@@ -175,7 +179,7 @@ impl BundleEngine {
             self.report(&m, Report::Delivered, ReasonCode::NoInformation, now);
         }
         self.pump_registration(registration, now);
-        Some(ticket)
+        Ok(Some(ticket))
     }
 
     /// The echo service: answer with the same payload to the source, from the echo endpoint.

@@ -585,13 +585,15 @@ impl BundleEngine {
     }
 
     /// The application acknowledged a delivery: record the identity as delivered and release
-    /// the bundle. Returns the ticket of the delivered-id record.
+    /// the bundle. Returns the ticket of the delivered-id record (`None`: no such delivery
+    /// outstanding), or the store's error, in which case the bundle stays and is delivered
+    /// again.
     pub fn ack_delivery(
         &mut self,
         registration: RegistrationId,
         token: u64,
         now: DtnMillis,
-    ) -> Option<Ticket> {
+    ) -> Result<Option<Ticket>, crate::store::StoreError> {
         self.ack(registration, token, now)
     }
 
@@ -646,7 +648,11 @@ impl BundleEngine {
                 }
             }
             Some(Deferred::Release(id)) => {
-                if let Some(State::Unconfirmed) = self.entries.get(&id).map(|e| &e.state) {
+                if self
+                    .entries
+                    .get(&id)
+                    .is_some_and(|e| matches!(e.state, State::Unconfirmed))
+                {
                     self.release(id);
                 }
             }

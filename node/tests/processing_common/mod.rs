@@ -274,7 +274,7 @@ impl Net {
             .map(|(e, r, d)| (*e, *r, d.token))
             .collect();
         for (e, r, t) in ds {
-            self.engines[e].ack_delivery(r, t, self.now);
+            self.engines[e].ack_delivery(r, t, self.now).expect("ack");
         }
         self.run();
     }
