@@ -7,7 +7,10 @@
 #   and LTP alike (ltpperf's raw mode uses the driver's socket I/O, so both take the same path);
 #   env SENDFLAGS (e.g. "--max-in-flight 4194304") goes to the LTP sender only;
 #   env RAW_MIB octets of each raw reference run (default: 4 x TOTAL_MIB, at least 256: a raw run
-#   at tens of Gbit/s is over in milliseconds otherwise).
+#   at tens of Gbit/s is over in milliseconds otherwise);
+#   env RECV_CPU/SEND_CPU pin the receiver and the sender of every run, raw and LTP alike, to
+#   those CPUs (default 1 and 0 on a machine with two or more; PIN=0 leaves them unpinned: the
+#   scheduler then often runs both on one CPU, since each wakes the other, and idles the rest).
 # Prints one markdown table row per run: block, segment, window, loss, LTP goodput, raw goodput,
 # ratio, retransmitted segments, blocks completed/cancelled, and the UDP receive-buffer drops
 # the kernel counted during the LTP run (RcvbufErrors of /proc/net/snmp: system-wide, so other
@@ -30,6 +33,10 @@ IOFLAGS="${IOFLAGS:-}"
 SENDFLAGS="${SENDFLAGS:-}"
 RAW_MIB="${RAW_MIB:-$(( TOTAL_MIB * 4 > 256 ? TOTAL_MIB * 4 : 256 ))}"
 PORT=$((20000 + RANDOM % 20000))
+RECV_PIN=""; SEND_PIN=""
+if [ "${PIN:-1}" != 0 ] && [ "$(nproc)" -ge 2 ]; then
+  RECV_PIN="--cpu ${RECV_CPU:-1}"; SEND_PIN="--cpu ${SEND_CPU:-0}"
+fi
 
 jfield() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp 2>/dev/null || echo 0; }
@@ -37,22 +44,22 @@ rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "
 raw() { # $1 segment
   local n=$(( RAW_MIB ))
   # shellcheck disable=SC2086
-  "$BIN" recv --bind 127.0.0.1:$PORT --raw --json --idle-exit 1 $IOFLAGS > /tmp/ltpperf-raw.$$ & local rp=$!
+  "$BIN" recv --bind 127.0.0.1:$PORT --raw --json --idle-exit 1 $IOFLAGS $RECV_PIN > /tmp/ltpperf-raw.$$ & local rp=$!
   sleep 0.3
   # shellcheck disable=SC2086
-  "$BIN" send --to 127.0.0.1:$PORT --raw --blocks "$n" --block-size 1048576 --segment-size "$1" --json $IOFLAGS > /dev/null
+  "$BIN" send --to 127.0.0.1:$PORT --raw --blocks "$n" --block-size 1048576 --segment-size "$1" --json $IOFLAGS $SEND_PIN > /dev/null
   wait $rp
   jfield goodput_bps < /tmp/ltpperf-raw.$$
 }
 
 ltp() { # $1 block $2 blocks $3 segment $4 window $5 loss
   # shellcheck disable=SC2086
-  "$BIN" recv --bind 127.0.0.1:$PORT --json --idle-exit 2 $IOFLAGS > /dev/null & local rp=$!
+  "$BIN" recv --bind 127.0.0.1:$PORT --json --idle-exit 2 $IOFLAGS $RECV_PIN > /dev/null & local rp=$!
   sleep 0.3
   local out
   # shellcheck disable=SC2086
   out=$("$BIN" send --to 127.0.0.1:$PORT --blocks "$2" --block-size "$1" --segment-size "$3" \
-        --window "$4" --loss "$5" --red-fraction 1 --json --timeout 300 $IOFLAGS $SENDFLAGS || true)
+        --window "$4" --loss "$5" --red-fraction 1 --json --timeout 300 $IOFLAGS $SEND_PIN $SENDFLAGS || true)
   wait $rp || true
   echo "$out" | tail -1
 }

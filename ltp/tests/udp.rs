@@ -47,10 +47,21 @@ fn block(len: usize, salt: u8) -> Bytes {
 }
 
 async fn pair(loss: f64) -> ((LtpHandle, EventReceiver), (LtpHandle, EventReceiver)) {
+    pair_polling(loss, Duration::ZERO).await
+}
+
+/// Two drivers on loopback, both busy-polling for `busy_poll` ([`DriverConfig::busy_poll`]).
+async fn pair_polling(
+    loss: f64,
+    busy_poll: Duration,
+) -> ((LtpHandle, EventReceiver), (LtpHandle, EventReceiver)) {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     // B first so A can be told its address; B learns A's address afterwards.
-    let b = LtpDriver::spawn(DriverConfig::new(any), engine(B, A, 2)).unwrap();
+    let mut cb = DriverConfig::new(any);
+    cb.busy_poll = busy_poll;
+    let b = LtpDriver::spawn(cb, engine(B, A, 2)).unwrap();
     let mut ca = DriverConfig::new(any);
+    ca.busy_poll = busy_poll;
     ca.spans = vec![(B, b.0.local_addr())];
     if loss > 0.0 {
         ca.impairment = Some(Box::new(SimpleImpairment::new(loss, Duration::ZERO, 7)));
@@ -128,7 +139,19 @@ async fn mixed_red_green_blocks_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn red_blocks_survive_5_percent_loss() {
-    let ((ha, mut ea), (hb, mut eb)) = pair(0.05).await;
+    red_blocks_survive_loss(pair(0.05).await).await;
+}
+
+/// Busy polling yields between its tries: both drivers, and the test itself, share one
+/// thread here, and a driver that kept the thread while polling would starve the other.
+#[tokio::test(flavor = "current_thread")]
+async fn busy_polling_drivers_share_one_thread() {
+    red_blocks_survive_loss(pair_polling(0.05, Duration::from_millis(5)).await).await;
+}
+
+async fn red_blocks_survive_loss(
+    ((ha, mut ea), (hb, mut eb)): ((LtpHandle, EventReceiver), (LtpHandle, EventReceiver)),
+) {
     let n = 8;
     let mut sent = Vec::new();
     for i in 0..n {

@@ -150,3 +150,23 @@ fn ltp_mode_paces_with_rate() {
     assert!(s["elapsed_s"].as_f64().unwrap() >= 0.12, "{s}");
     assert_eq!(r["blocks_received"], 4, "{r}");
 }
+
+#[test]
+fn ltp_mode_flow_control_and_pinning() {
+    // The default flow control (4 MiB in flight) and one without it; the sender pinned to a
+    // CPU on Linux (--cpu). Both report what they ran with.
+    let pin: &[&str] = if cfg!(target_os = "linux") {
+        &["--cpu", "0"]
+    } else {
+        &[]
+    };
+    let (s, r) = run(false, pin);
+    assert_eq!(s["blocks_completed"], 4, "{s}");
+    assert_eq!(s["max_in_flight"], 4 * 1024 * 1024, "{s}");
+    assert_eq!(s["busy_poll_us"], 200, "{s}");
+    assert_eq!(r["blocks_received"], 4, "{r}");
+    let (s, _) = run(false, &["--max-in-flight", "0", "--busy-poll-us", "0"]);
+    assert_eq!(s["blocks_completed"], 4, "{s}");
+    assert!(s["max_in_flight"].is_null(), "{s}");
+    assert_eq!(s["busy_poll_us"], 0, "{s}");
+}

@@ -119,7 +119,11 @@ pub struct SpanConfig {
     /// the session window). New red data waits while the limit is reached; retransmissions,
     /// checkpoints and green data do not. A session whose data in flight has no checkpoint
     /// outstanding sends one more segment, as a discretionary checkpoint (the peer reports
-    /// only on checkpoints), so the limit may be passed by a segment, plus one per session. A receiver that drains its socket more slowly than
+    /// only on checkpoints), so the limit may be passed by a segment, plus one per session.
+    /// Unless `checkpoint_every` is set, the span also makes a new red segment a discretionary
+    /// checkpoint whenever a quarter of the limit went out unchecked (any session's), so that
+    /// reports keep sliding the window instead of the span stopping at the limit to wait a
+    /// round trip. A receiver that drains its socket more slowly than
     /// we fill it (a small receive buffer, a fast link) then loses nothing to overrun; set it
     /// to about half the peer's socket receive buffer, and no lower than the bandwidth-delay
     /// product of the span, or the link idles.

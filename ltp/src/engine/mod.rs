@@ -289,6 +289,9 @@ struct Span {
     in_flight: u64,
     /// Exports with new red data to send, waiting for `in_flight` to drop below the limit.
     blocked: VecDeque<u64>,
+    /// New red octets sent since the span's last checkpoint (flow control's own spacing of
+    /// discretionary checkpoints, see `transmit_from`).
+    unchecked: u64,
 }
 
 impl Span {
@@ -306,6 +309,7 @@ impl Span {
             link_epoch: 0,
             in_flight: 0,
             blocked: VecDeque::new(),
+            unchecked: 0,
         }
     }
     fn has_output(&self) -> bool {
@@ -980,6 +984,13 @@ impl Engine {
             return Some((o.bytes, Bytes::new()));
         }
         let (mss, every) = (span.cfg.max_segment_size, span.cfg.checkpoint_every);
+        // Flow control slides only as reports come, and the peer reports only on checkpoints:
+        // with no spacing of its own, the span checkpoints once per quarter of its limit of new
+        // data, whichever export sends it.
+        let spacing = match (every, span.cfg.max_bytes_in_flight) {
+            (0, Some(max)) => Some((max / 4).max(1)),
+            _ => None,
+        };
         while let Some(number) = self.spans.get_mut(&peer)?.ready.pop_front() {
             let Some(ex) = self.exports.get_mut(&number) else {
                 continue;
@@ -1010,11 +1021,25 @@ impl Engine {
                     }
                 }
             }
+            let unchecked = self.spans.get(&peer).map_or(0, |s| s.unchecked);
+            if spacing.is_some_and(|sp| unchecked >= sp) {
+                ex.checkpoint_next = true;
+            }
+            let red_before = ex.cursor.min(ex.red_len);
             let Some((segment, on_sent)) =
                 Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
             else {
                 continue;
             };
+            let new_red = ex.cursor.min(ex.red_len) - red_before;
+            if new_red > 0 {
+                // A checkpoint ends the octets sent unchecked (the flag is not kept for an
+                // export that had no new red data to carry it).
+                let checked = !ex.checkpoint_next
+                    && matches!(on_sent, OnSent::Timer(TimerKind::Checkpoint { .. }));
+                let span = self.spans.get_mut(&peer)?;
+                span.unchecked = if checked { 0 } else { span.unchecked + new_red };
+            }
             self.stats.data_segments_sent += 1;
             if let OnSent::Timer(kind) = on_sent {
                 self.on_sent(peer, kind, now);

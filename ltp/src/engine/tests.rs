@@ -1539,6 +1539,48 @@ fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down()
 }
 
 #[test]
+fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
+    // Two 8000-octet blocks interleaved at window 2, 4000 octets in flight at most and no
+    // spacing of the span's own: a checkpoint goes out whenever 1000 new red octets went out
+    // unchecked, whichever session sent them, so the receiver reports (and the window slides)
+    // long before the limit is reached, not only once a session ends its red part.
+    let now = t0();
+    let mut sp = span();
+    sp.max_export_sessions = 2;
+    sp.max_bytes_in_flight = Some(4000);
+    let mut a = engine(A, B);
+    a.add_span(B, sp);
+    for _ in 0..2 {
+        a.send_block(B, 1, block(8000), 8000, now).unwrap();
+    }
+    let (mut unchecked, mut checkpoints, mut red) = (0u64, 0, 0u64);
+    for seg in drain(&mut a, now) {
+        let SegmentBody::Data(d) = seg.body else {
+            continue;
+        };
+        red += d.data.len() as u64;
+        unchecked += d.data.len() as u64;
+        // The quarter, the segment that reached it, and the checkpoint that follows.
+        assert!(
+            unchecked < 1000 + 2 * 256,
+            "{unchecked} octets up to a checkpoint"
+        );
+        if d.checkpoint.is_some() {
+            checkpoints += 1;
+            unchecked = 0;
+        }
+    }
+    assert!(
+        (4000..4000 + 3 * 256).contains(&red),
+        "{red} red octets in flight"
+    );
+    assert!(
+        checkpoints >= 4,
+        "{checkpoints} checkpoints for {red} octets"
+    );
+}
+
+#[test]
 fn flow_control_holds_new_red_data_until_reports_acknowledge_it() {
     // Two 4000-octet blocks, window 2, at most 1000 octets in flight: each round sends about
     // that much (one segment more per export, as a checkpoint, when its data in flight has

@@ -55,9 +55,46 @@ struct IoFlags {
     /// SO_SNDBUFFORCE; needs CAP_NET_ADMIN, else the kernel's cap applies).
     #[arg(long)]
     force_socket_buffer: bool,
+    /// Pin the process to this CPU (like iperf3 -A): on a small machine, run the sender and
+    /// the receiver on different CPUs, or the scheduler may wake both on one CPU and leave the
+    /// other idle (Linux only).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// LTP mode: the driver busy-polls its socket for this many microseconds after each
+    /// datagram it reads or sends before it sleeps (`DriverConfig::busy_poll`; 0: off). Saves
+    /// a wake-up per burst on both sides; costs at most that much CPU per burst.
+    #[arg(long, default_value_t = 200)]
+    busy_poll_us: u64,
 }
 
 impl IoFlags {
+    /// Pins the process to `--cpu` (before the runtime starts: its thread inherits it).
+    fn pin(self) -> Result<()> {
+        let Some(cpu) = self.cpu else {
+            return Ok(());
+        };
+        #[cfg(target_os = "linux")]
+        {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                bail!("--cpu {cpu} is beyond the CPU set size");
+            }
+            // SAFETY: a zeroed cpu_set_t is a valid empty set, CPU_SET writes within it (the
+            // index is checked above), and sched_setaffinity reads it for the calling thread.
+            let r = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("pinning to CPU {cpu}"));
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        bail!("--cpu is supported on Linux only (CPU {cpu})")
+    }
+
     fn config(self) -> IoConfig {
         IoConfig {
             batch: !self.no_batch,
@@ -154,10 +191,17 @@ enum Cmd {
         #[arg(long)]
         rate_burst: Option<u64>,
         /// Flow control: at most this many octets of new red data unacknowledged (the span's
-        /// `max_bytes_in_flight`; default: no limit, only --window). About half the receiver's
-        /// socket receive buffer keeps a fast sender from overrunning a slower receiver.
-        #[arg(long)]
-        max_in_flight: Option<u64>,
+        /// `max_bytes_in_flight`, with a discretionary checkpoint per quarter of it unless
+        /// --checkpoint-every says otherwise; 0: no limit, only --window). The default, half
+        /// of the receiver's default 8 MiB socket buffer, keeps a sender that is faster than
+        /// its receiver from overrunning it.
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_in_flight: u64,
+        /// A discretionary checkpoint every this many red segments of a session (the span's
+        /// `checkpoint_every`; 0: only the checkpoint ending the red part, plus flow control's
+        /// own, one per quarter of --max-in-flight).
+        #[arg(long, default_value_t = 0)]
+        checkpoint_every: u32,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -190,12 +234,13 @@ fn main() -> Result<()> {
             idle_exit,
             max_time,
             socket_buffer,
-            io,
+            io: flags,
         } => {
+            flags.pin()?;
             let idle = Duration::from_secs_f64(idle_exit.max(0.01));
             let max = Duration::from_secs_f64(max_time.max(0.01));
-            let io = io.config();
             if raw {
+                let io = flags.config();
                 runtime()?.block_on(recv_raw(bind, json, idle, max, socket_buffer, io))
             } else {
                 runtime()?.block_on(recv_ltp(
@@ -205,7 +250,7 @@ fn main() -> Result<()> {
                     idle,
                     max,
                     socket_buffer,
-                    io,
+                    flags,
                 ))
             }
         }
@@ -226,12 +271,14 @@ fn main() -> Result<()> {
             rate,
             rate_burst,
             max_in_flight,
+            checkpoint_every,
             json,
             seed,
             timeout,
             socket_buffer,
-            io,
+            io: flags,
         } => {
+            flags.pin()?;
             if !(0.0..=1.0).contains(&red_fraction) || !(0.0..=1.0).contains(&loss) {
                 bail!("--red-fraction and --loss must be within 0..=1");
             }
@@ -241,7 +288,7 @@ fn main() -> Result<()> {
             if !(rate >= 0.0 && rate.is_finite()) {
                 bail!("--rate must be a non-negative number of Mbit/s");
             }
-            let io = io.config();
+            let io = flags.config();
             if raw {
                 runtime()?.block_on(send_raw(
                     to,
@@ -272,8 +319,10 @@ fn main() -> Result<()> {
                     rate_bytes: (rate * 1e6 / 8.0) as u64,
                     rate_burst: rate_burst
                         .unwrap_or_else(|| ((rate * 1e6 / 8.0 * 0.002) as u64).max(64 * 1024)),
-                    max_in_flight,
+                    max_in_flight: (max_in_flight > 0).then_some(max_in_flight),
+                    checkpoint_every,
                     io,
+                    busy_poll: Duration::from_micros(flags.busy_poll_us),
                 };
                 runtime()?.block_on(send_ltp(p, json))
             }
@@ -282,8 +331,9 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the driver and the tool's own task take turns on it (and on the CPU given
+    // with --cpu), as each end of the benchmark has one CPU to itself.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")
@@ -319,7 +369,11 @@ struct SendParams {
     rate_burst: u64,
     /// Flow control limit, octets.
     max_in_flight: Option<u64>,
+    /// Discretionary checkpoint spacing, red segments.
+    checkpoint_every: u32,
     io: IoConfig,
+    /// The driver's busy polling.
+    busy_poll: Duration,
 }
 
 async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
@@ -334,6 +388,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
         rate_burst: p.rate_burst,
         max_bytes_in_flight: p.max_in_flight,
+        checkpoint_every: p.checkpoint_every,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -355,6 +410,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
     cfg.send_buffer = p.socket_buffer;
     cfg.recv_buffer = p.socket_buffer;
     cfg.io = p.io;
+    cfg.busy_poll = p.busy_poll;
     if p.loss > 0.0 || !p.delay.is_zero() {
         cfg.impairment = Some(Box::new(SimpleImpairment::new(p.loss, p.delay, p.seed)));
     }
@@ -424,6 +480,8 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
                 "rate_burst": p.rate_burst,
                 "max_in_flight": p.max_in_flight,
+                "checkpoint_every": p.checkpoint_every,
+                "busy_poll_us": p.busy_poll.as_micros() as u64,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
                 "red_len": p.red_len,
@@ -459,7 +517,7 @@ async fn recv_ltp(
     idle: Duration,
     max: Duration,
     socket_buffer: usize,
-    io: IoConfig,
+    flags: IoFlags,
 ) -> Result<()> {
     let engine = Engine::new(
         engine_id,
@@ -472,7 +530,8 @@ async fn recv_ltp(
     cfg.learn_peer_addresses = true;
     cfg.send_buffer = socket_buffer;
     cfg.recv_buffer = socket_buffer;
-    cfg.io = io;
+    cfg.io = flags.config();
+    cfg.busy_poll = Duration::from_micros(flags.busy_poll_us);
     let (handle, mut events) = LtpDriver::spawn(cfg, engine).context("binding UDP socket")?;
     if !json_out {
         println!("listening on {}", handle.local_addr());
