@@ -89,7 +89,9 @@ pub struct SpanConfig {
     pub max_report_retransmissions: u32,
     /// Retransmissions of a cancel segment before the session is closed anyway (§6.15/§6.17).
     pub max_cancel_retransmissions: u32,
-    /// Reports answered with retransmissions before the export is cancelled (RXMTCYCEXC).
+    /// Reports in a row answered with retransmissions while acknowledging no new data, before
+    /// the export is cancelled (RXMTCYCEXC). A report that acknowledges new data starts the
+    /// count again, so a block that progresses is never cancelled for its size.
     pub max_retransmission_cycles: u32,
     /// One-way light time from us to the peer.
     pub owlt_outbound: Duration,

@@ -394,6 +394,7 @@ struct Export {
     retx: VecDeque<RetxRange>,
     next_cp_serial: u64,
     seen_reports: Set<u64>,
+    /// Retransmission cycles in a row without new data acknowledged (RXMTCYCEXC).
     cycles: u32,
     state: ExportState,
     in_ready: bool,

@@ -126,6 +126,60 @@ fn sender_splits_into_sized_segments_with_checkpoints() {
     assert_eq!(off, 4000);
 }
 
+/// Export of a 4000-octet red block from `a` (3 retransmission cycles allowed), answered by
+/// reports that claim `[0, claimed[i])` each in turn; returns the events of `a`.
+fn cycles_with_claims(claimed: &[u64]) -> Vec<Event> {
+    let now = t0();
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.max_retransmission_cycles = 3;
+    a.add_span(B, sp);
+    let sid = a.send_block(B, 1, block(4000), 4000, now).unwrap();
+    let mut cp = data(drain(&mut a, now).last().unwrap()).checkpoint.unwrap();
+    for (i, &upto) in claimed.iter().enumerate() {
+        let serial = 100 + i as u64;
+        a.handle_datagram(
+            report(sid, serial, cp.checkpoint_serial, 0, 4000, &[(0, upto)]),
+            now,
+        );
+        let Some(last) = drain(&mut a, now)
+            .into_iter()
+            .rev()
+            .find(|s| matches!(&s.body, SegmentBody::Data(d) if d.checkpoint.is_some()))
+        else {
+            break;
+        };
+        cp = data(&last).checkpoint.unwrap();
+        assert_eq!(cp.report_serial, serial);
+    }
+    events(&mut a)
+}
+
+#[test]
+fn retransmission_cycles_count_only_cycles_without_progress() {
+    // Six cycles, each acknowledging more: more than the limit of 3, but the block progresses,
+    // so the session goes on (a full report then completes it).
+    let ev = cycles_with_claims(&[500, 1000, 1500, 2000, 2500, 3000, 4000]);
+    assert!(
+        matches!(ev[..], [Event::TransmissionCompleted { .. }]),
+        "{ev:?}"
+    );
+    // Progress, then four reports in a row that gain nothing: cancelled (RXMTCYCEXC) at the
+    // fourth.
+    let ev = cycles_with_claims(&[1000, 2000, 2000, 2000, 2000, 2000]);
+    assert!(
+        matches!(
+            ev[..],
+            [Event::ExportCancelled {
+                reason: CancelReason::RetransmissionCyclesExceeded,
+                by_peer: false,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+}
+
 #[test]
 fn green_only_block_completes_when_sent() {
     let now = t0();
