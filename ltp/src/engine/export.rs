@@ -191,6 +191,21 @@ impl Engine {
         }
     }
 
+    /// Puts export `number` at the head of its span's ready queue (its turn goes on), if it
+    /// has output and is not queued already.
+    pub(super) fn mark_ready_first(&mut self, number: u64) {
+        let Some(ex) = self.exports.get_mut(&number) else {
+            return;
+        };
+        if ex.in_ready || !ex.has_output() {
+            return;
+        }
+        if let Some(span) = self.spans.get_mut(&ex.peer) {
+            ex.in_ready = true;
+            span.ready.push_front(number);
+        }
+    }
+
     pub(super) fn mark_ready(&mut self, number: u64) {
         let Some(ex) = self.exports.get_mut(&number) else {
             return;

@@ -59,6 +59,10 @@ use red_part::{BufferPool, RedPart};
 use rtt::RttEstimator;
 use timer::{TimerId, TimerKind, Timers};
 
+/// Octets an export sends in a row before the next export of its span takes a turn (one UDP
+/// GSO message of equal segments).
+const SESSION_BURST: u64 = 64 * 1024;
+
 /// The engine's hash maps. Their keys are session numbers and serial numbers, many of them
 /// chosen by peers, so the hasher is seeded at random (foldhash: a fast keyed hash; std's
 /// SipHash took about a seventh of the engine's time per segment).
@@ -292,6 +296,8 @@ struct Span {
     /// New red octets sent since the span's last checkpoint (flow control's own spacing of
     /// discretionary checkpoints, see `transmit_from`).
     unchecked: u64,
+    /// The export whose turn it is and the octets it sent in that turn (see `SESSION_BURST`).
+    burst: (u64, u64),
 }
 
 impl Span {
@@ -310,6 +316,7 @@ impl Span {
             in_flight: 0,
             blocked: VecDeque::new(),
             unchecked: 0,
+            burst: (0, 0),
         }
     }
     fn has_output(&self) -> bool {
@@ -1046,6 +1053,20 @@ impl Engine {
                 self.on_sent(peer, kind, now);
             }
             self.sync_in_flight(number);
+            // Sessions take turns in bursts of `SESSION_BURST` octets, not segment by segment:
+            // the receiver then writes runs of consecutive data into one reassembly buffer at
+            // a time instead of scattering every segment to another of the window's buffers.
+            let span = self.spans.get_mut(&peer)?;
+            let sent = (segment.0.len() + segment.1.len()) as u64;
+            span.burst = match span.burst {
+                (turn, octets) if turn == number => (number, octets + sent),
+                _ => (number, sent),
+            };
+            if span.burst.1 < SESSION_BURST {
+                self.mark_ready_first(number);
+            } else {
+                span.burst = (0, 0);
+            }
             self.mark_ready(number);
             self.check_export_complete(number, now);
             return Some(segment);

@@ -1594,29 +1594,31 @@ fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down()
 
 #[test]
 fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
-    // Two 8000-octet blocks interleaved at window 2, 4000 octets in flight at most and no
-    // spacing of the span's own: a checkpoint goes out whenever 1000 new red octets went out
-    // unchecked, whichever session sent them, so the receiver reports (and the window slides)
-    // long before the limit is reached, not only once a session ends its red part.
+    // Two 150 000-octet blocks at window 2, 200 000 octets in flight at most and no spacing of
+    // the span's own: a checkpoint goes out whenever 50 000 new red octets went out unchecked,
+    // whichever session sent them, so the receiver reports (and the window slides) long before
+    // the limit is reached, not only once a session ends its red part.
     let now = t0();
     let mut sp = span();
     sp.max_export_sessions = 2;
-    sp.max_bytes_in_flight = Some(4000);
+    sp.max_bytes_in_flight = Some(200_000);
     let mut a = engine(A, B);
     a.add_span(B, sp);
     for _ in 0..2 {
-        a.send_block(B, 1, block(8000), 8000, now).unwrap();
+        a.send_block(B, 1, block(150_000), 150_000, now).unwrap();
     }
     let (mut unchecked, mut checkpoints, mut red) = (0u64, 0, 0u64);
+    let mut sessions = HashSet::new();
     for seg in drain(&mut a, now) {
         let SegmentBody::Data(d) = seg.body else {
             continue;
         };
+        sessions.insert(seg.session);
         red += d.data.len() as u64;
         unchecked += d.data.len() as u64;
         // The quarter, the segment that reached it, and the checkpoint that follows.
         assert!(
-            unchecked < 1000 + 2 * 256,
+            unchecked < 50_000 + 2 * 256,
             "{unchecked} octets up to a checkpoint"
         );
         if d.checkpoint.is_some() {
@@ -1624,14 +1626,52 @@ fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
             unchecked = 0;
         }
     }
+    assert_eq!(sessions.len(), 2, "both sessions sent before the limit");
     assert!(
-        (4000..4000 + 3 * 256).contains(&red),
+        (200_000..200_000 + 3 * 256).contains(&red),
         "{red} red octets in flight"
     );
+    // One per quarter before the limit stops new data.
     assert!(
-        checkpoints >= 4,
+        checkpoints >= 3,
         "{checkpoints} checkpoints for {red} octets"
     );
+}
+
+#[test]
+fn sessions_take_turns_in_bursts_of_64_kib() {
+    // Three 200 000-octet blocks at window 3: each session sends 64 KiB of consecutive
+    // segments before the next takes its turn (not one segment each in rotation).
+    let now = t0();
+    let mut sp = span();
+    sp.max_export_sessions = 3;
+    let mut a = engine(A, B);
+    a.add_span(B, sp);
+    for _ in 0..3 {
+        a.send_block(B, 1, block(200_000), 200_000, now).unwrap();
+    }
+    let mut runs: Vec<(SessionId, u64)> = Vec::new();
+    for seg in drain(&mut a, now) {
+        let len = seg.to_bytes().len() as u64;
+        match runs.last_mut() {
+            Some((s, n)) if *s == seg.session => *n += len,
+            _ => runs.push((seg.session, len)),
+        }
+    }
+    let sessions: HashSet<SessionId> = runs.iter().map(|r| r.0).collect();
+    assert_eq!(sessions.len(), 3);
+    // Every turn but each session's last is a whole burst (the last segment may cross it).
+    let turns = runs.len();
+    for (i, (s, n)) in runs.iter().enumerate() {
+        let last_of_session = runs[i + 1..].iter().all(|r| r.0 != *s);
+        if !last_of_session {
+            assert!(
+                (65_536..65_536 + 256).contains(n),
+                "turn {i}/{turns}: {n} octets"
+            );
+        }
+    }
+    assert!(turns >= 3 * 3, "{turns} turns");
 }
 
 #[test]
