@@ -191,22 +191,19 @@ impl Engine {
         }
     }
 
-    /// Puts export `number` at the head of its span's ready queue (its turn goes on), if it
-    /// has output and is not queued already.
-    pub(super) fn mark_ready_first(&mut self, number: u64) {
-        let Some(ex) = self.exports.get_mut(&number) else {
-            return;
-        };
-        if ex.in_ready || !ex.has_output() {
-            return;
-        }
-        if let Some(span) = self.spans.get_mut(&ex.peer) {
-            ex.in_ready = true;
-            span.ready.push_front(number);
-        }
+    /// Queues export `number` at the end of its span's ready queue, if it has output and is
+    /// not queued already.
+    pub(super) fn mark_ready(&mut self, number: u64) {
+        self.queue_ready(number, false);
     }
 
-    pub(super) fn mark_ready(&mut self, number: u64) {
+    /// Queues export `number` at the head of its span's ready queue (its turn goes on), if it
+    /// has output and is not queued already.
+    pub(super) fn mark_ready_first(&mut self, number: u64) {
+        self.queue_ready(number, true);
+    }
+
+    fn queue_ready(&mut self, number: u64, first: bool) {
         let Some(ex) = self.exports.get_mut(&number) else {
             return;
         };
@@ -215,7 +212,11 @@ impl Engine {
         }
         if let Some(span) = self.spans.get_mut(&ex.peer) {
             ex.in_ready = true;
-            span.ready.push_back(number);
+            if first {
+                span.ready.push_front(number);
+            } else {
+                span.ready.push_back(number);
+            }
         }
     }
 
