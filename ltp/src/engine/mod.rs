@@ -1029,8 +1029,7 @@ impl Engine {
                     }
                 }
             }
-            let unchecked = self.spans.get(&peer).map_or(0, |s| s.unchecked);
-            if spacing.is_some_and(|sp| unchecked >= sp) {
+            if spacing.is_some_and(|sp| self.spans.get(&peer).is_some_and(|s| s.unchecked >= sp)) {
                 ex.checkpoint_next = true;
             }
             let red_before = ex.cursor.min(ex.red_len);
@@ -1040,32 +1039,31 @@ impl Engine {
                 continue;
             };
             let new_red = ex.cursor.min(ex.red_len) - red_before;
+            let span = self.spans.get_mut(&peer)?;
             if new_red > 0 {
-                // A checkpoint ends the octets sent unchecked (the flag is not kept for an
-                // export that had no new red data to carry it).
-                let checked = !ex.checkpoint_next
-                    && matches!(on_sent, OnSent::Timer(TimerKind::Checkpoint { .. }));
-                let span = self.spans.get_mut(&peer)?;
+                // A checkpoint ends the octets sent unchecked.
+                let checked = matches!(on_sent, OnSent::Timer(TimerKind::Checkpoint { .. }));
                 span.unchecked = if checked { 0 } else { span.unchecked + new_red };
+            }
+            // Sessions take turns in bursts of `SESSION_BURST` octets, not segment by segment:
+            // the receiver then writes runs of consecutive data into one reassembly buffer at
+            // a time instead of scattering every segment to another of the window's buffers.
+            let sent = (segment.0.len() + segment.1.len()) as u64;
+            span.burst = match span.burst {
+                (turn, octets) if turn == number => (number, octets + sent),
+                _ => (number, sent),
+            };
+            let turn_goes_on = span.burst.1 < SESSION_BURST;
+            if !turn_goes_on {
+                span.burst = (0, 0);
             }
             self.stats.data_segments_sent += 1;
             if let OnSent::Timer(kind) = on_sent {
                 self.on_sent(peer, kind, now);
             }
             self.sync_in_flight(number);
-            // Sessions take turns in bursts of `SESSION_BURST` octets, not segment by segment:
-            // the receiver then writes runs of consecutive data into one reassembly buffer at
-            // a time instead of scattering every segment to another of the window's buffers.
-            let span = self.spans.get_mut(&peer)?;
-            let sent = (segment.0.len() + segment.1.len()) as u64;
-            span.burst = match span.burst {
-                (turn, octets) if turn == number => (number, octets + sent),
-                _ => (number, sent),
-            };
-            if span.burst.1 < SESSION_BURST {
+            if turn_goes_on {
                 self.mark_ready_first(number);
-            } else {
-                span.burst = (0, 0);
             }
             self.mark_ready(number);
             self.check_export_complete(number, now);

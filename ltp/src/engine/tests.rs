@@ -1592,6 +1592,20 @@ fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down()
     );
 }
 
+/// An engine `A` sending `n` red blocks of `len` octets to `B` at window `n`, with the span's
+/// flow-control limit `max_in_flight`.
+fn sending_red_blocks(n: usize, len: usize, max_in_flight: Option<u64>, now: Instant) -> Engine {
+    let mut sp = span();
+    sp.max_export_sessions = n;
+    sp.max_bytes_in_flight = max_in_flight;
+    let mut a = engine(A, B);
+    a.add_span(B, sp);
+    for _ in 0..n {
+        a.send_block(B, 1, block(len), len, now).unwrap();
+    }
+    a
+}
+
 #[test]
 fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
     // Two 150 000-octet blocks at window 2, 200 000 octets in flight at most and no spacing of
@@ -1599,14 +1613,7 @@ fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
     // whichever session sent them, so the receiver reports (and the window slides) long before
     // the limit is reached, not only once a session ends its red part.
     let now = t0();
-    let mut sp = span();
-    sp.max_export_sessions = 2;
-    sp.max_bytes_in_flight = Some(200_000);
-    let mut a = engine(A, B);
-    a.add_span(B, sp);
-    for _ in 0..2 {
-        a.send_block(B, 1, block(150_000), 150_000, now).unwrap();
-    }
+    let mut a = sending_red_blocks(2, 150_000, Some(200_000), now);
     let (mut unchecked, mut checkpoints, mut red) = (0u64, 0, 0u64);
     let mut sessions = HashSet::new();
     for seg in drain(&mut a, now) {
@@ -1643,13 +1650,7 @@ fn sessions_take_turns_in_bursts_of_64_kib() {
     // Three 200 000-octet blocks at window 3: each session sends 64 KiB of consecutive
     // segments before the next takes its turn (not one segment each in rotation).
     let now = t0();
-    let mut sp = span();
-    sp.max_export_sessions = 3;
-    let mut a = engine(A, B);
-    a.add_span(B, sp);
-    for _ in 0..3 {
-        a.send_block(B, 1, block(200_000), 200_000, now).unwrap();
-    }
+    let mut a = sending_red_blocks(3, 200_000, None, now);
     let mut runs: Vec<(SessionId, u64)> = Vec::new();
     for seg in drain(&mut a, now) {
         let len = seg.to_bytes().len() as u64;

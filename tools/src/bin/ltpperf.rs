@@ -95,6 +95,11 @@ impl IoFlags {
         bail!("--cpu is supported on Linux only (CPU {cpu})")
     }
 
+    /// The driver's busy polling (`--busy-poll-us`).
+    fn busy_poll(self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
+    }
+
     fn config(self) -> IoConfig {
         IoConfig {
             batch: !self.no_batch,
@@ -337,7 +342,7 @@ fn main() -> Result<()> {
                     max_in_flight: (max_in_flight > 0).then_some(max_in_flight),
                     checkpoint_every,
                     io,
-                    busy_poll: Duration::from_micros(flags.busy_poll_us),
+                    busy_poll: flags.busy_poll(),
                 };
                 runtime()?.block_on(send_ltp(p, json))
             }
@@ -544,7 +549,7 @@ async fn recv_ltp(
     cfg.send_buffer = socket_buffer;
     cfg.recv_buffer = socket_buffer;
     cfg.io = flags.config();
-    cfg.busy_poll = Duration::from_micros(flags.busy_poll_us);
+    cfg.busy_poll = flags.busy_poll();
     let (handle, mut events) = LtpDriver::spawn(cfg, engine).context("binding UDP socket")?;
     if !json_out {
         println!("listening on {}", handle.local_addr());
