@@ -191,19 +191,9 @@ impl Engine {
         }
     }
 
-    /// Queues export `number` at the end of its span's ready queue, if it has output and is
-    /// not queued already.
+    /// Queues export `number` in its span's ready set (in its place by age, see
+    /// `Engine::transmit_from`), if it has output and is not queued already.
     pub(super) fn mark_ready(&mut self, number: u64) {
-        self.queue_ready(number, false);
-    }
-
-    /// Queues export `number` at the head of its span's ready queue (its turn goes on), if it
-    /// has output and is not queued already.
-    pub(super) fn mark_ready_first(&mut self, number: u64) {
-        self.queue_ready(number, true);
-    }
-
-    fn queue_ready(&mut self, number: u64, first: bool) {
         let Some(ex) = self.exports.get_mut(&number) else {
             return;
         };
@@ -212,11 +202,7 @@ impl Engine {
         }
         if let Some(span) = self.spans.get_mut(&ex.peer) {
             ex.in_ready = true;
-            if first {
-                span.ready.push_front(number);
-            } else {
-                span.ready.push_back(number);
-            }
+            span.ready.insert((ex.opened, number));
         }
     }
 

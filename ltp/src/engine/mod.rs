@@ -41,7 +41,7 @@ mod red_part;
 mod rtt;
 mod timer;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -58,10 +58,6 @@ use intervals::IntervalSet;
 use red_part::{BufferPool, RedPart};
 use rtt::RttEstimator;
 use timer::{TimerId, TimerKind, Timers};
-
-/// Octets an export sends in a row before the next export of its span takes a turn (one UDP
-/// GSO message of equal segments).
-const SESSION_BURST: u64 = 64 * 1024;
 
 /// The engine's hash maps. Their keys are session numbers and serial numbers, many of them
 /// chosen by peers, so the hasher is seeded at random (foldhash: a fast keyed hash; std's
@@ -279,7 +275,11 @@ struct Span {
     cfg: SpanConfig,
     link_up: bool,
     control: VecDeque<Outgoing>,
-    ready: VecDeque<u64>,
+    /// Exports with segments to send, as `(Export::opened, number)`: the oldest sends first
+    /// (see `transmit_from`).
+    ready: BTreeSet<(u64, u64)>,
+    /// Exports opened on this span so far (the next one's `Export::opened`).
+    opened: u64,
     active_exports: usize,
     pending: VecDeque<PendingBlock>,
     imports: usize,
@@ -296,8 +296,6 @@ struct Span {
     /// New red octets sent since the span's last checkpoint (flow control's own spacing of
     /// discretionary checkpoints, see `transmit_from`).
     unchecked: u64,
-    /// The export whose turn it is and the octets it sent in that turn (see `SESSION_BURST`).
-    burst: (u64, u64),
 }
 
 impl Span {
@@ -306,7 +304,8 @@ impl Span {
             cfg,
             link_up: true,
             control: VecDeque::new(),
-            ready: VecDeque::new(),
+            ready: BTreeSet::new(),
+            opened: 0,
             active_exports: 0,
             pending: VecDeque::new(),
             imports: 0,
@@ -316,7 +315,6 @@ impl Span {
             in_flight: 0,
             blocked: VecDeque::new(),
             unchecked: 0,
-            burst: (0, 0),
         }
     }
     fn has_output(&self) -> bool {
@@ -404,6 +402,8 @@ struct Export {
     /// Retransmission cycles in a row without new data acknowledged (RXMTCYCEXC).
     cycles: u32,
     state: ExportState,
+    /// Its place among its span's exports, in the order they were opened.
+    opened: u64,
     in_ready: bool,
     /// What this export counts in its span's `in_flight` (see `Engine::sync_in_flight`).
     in_flight: u64,
@@ -831,12 +831,14 @@ impl Engine {
             seen_reports: Set::default(),
             cycles: 0,
             state: ExportState::Sending,
+            opened: span.opened,
             in_ready: true,
             in_flight: 0,
             checkpoint_next: false,
             sent_any: false,
         };
-        span.ready.push_back(pb.number);
+        span.ready.insert((span.opened, pb.number));
+        span.opened += 1;
         self.exports.insert(pb.number, ex);
         self.stats.export_sessions_opened += 1;
     }
@@ -999,7 +1001,12 @@ impl Engine {
             (0, Some(max)) => Some((max / 4).max(1)),
             _ => None,
         };
-        while let Some(number) = self.spans.get_mut(&peer)?.ready.pop_front() {
+        // The oldest export with something to send goes first, and keeps the link for as long
+        // as it has: blocks complete in the order they were sent, the receiver fills one
+        // reassembly buffer after another in order (not the window's buffers all at once,
+        // which also holds them all in memory), and a newer export gets the link while older
+        // ones wait for reports, which is what the window of sessions is for.
+        while let Some((_, number)) = self.spans.get_mut(&peer)?.ready.pop_first() {
             let Some(ex) = self.exports.get_mut(&number) else {
                 continue;
             };
@@ -1045,26 +1052,11 @@ impl Engine {
                 let checked = matches!(on_sent, OnSent::Timer(TimerKind::Checkpoint { .. }));
                 span.unchecked = if checked { 0 } else { span.unchecked + new_red };
             }
-            // Sessions take turns in bursts of `SESSION_BURST` octets, not segment by segment:
-            // the receiver then writes runs of consecutive data into one reassembly buffer at
-            // a time instead of scattering every segment to another of the window's buffers.
-            let sent = (segment.0.len() + segment.1.len()) as u64;
-            span.burst = match span.burst {
-                (turn, octets) if turn == number => (number, octets + sent),
-                _ => (number, sent),
-            };
-            let turn_goes_on = span.burst.1 < SESSION_BURST;
-            if !turn_goes_on {
-                span.burst = (0, 0);
-            }
             self.stats.data_segments_sent += 1;
             if let OnSent::Timer(kind) = on_sent {
                 self.on_sent(peer, kind, now);
             }
             self.sync_in_flight(number);
-            if turn_goes_on {
-                self.mark_ready_first(number);
-            }
             self.mark_ready(number);
             self.check_export_complete(number, now);
             return Some(segment);

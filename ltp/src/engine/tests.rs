@@ -1646,33 +1646,56 @@ fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
 }
 
 #[test]
-fn sessions_take_turns_in_bursts_of_64_kib() {
-    // Three 200 000-octet blocks at window 3: each session sends 64 KiB of consecutive
-    // segments before the next takes its turn (not one segment each in rotation).
+fn oldest_export_with_something_to_send_goes_first() {
+    // Three 100 000-octet blocks at window 3: each session sends its whole red part before
+    // the next one starts (not segment by segment in rotation), in the order of the blocks.
     let now = t0();
-    let mut a = sending_red_blocks(3, 200_000, None, now);
-    let mut runs: Vec<(SessionId, u64)> = Vec::new();
-    for seg in drain(&mut a, now) {
-        let len = seg.to_bytes().len() as u64;
-        match runs.last_mut() {
-            Some((s, n)) if *s == seg.session => *n += len,
-            _ => runs.push((seg.session, len)),
-        }
-    }
-    let sessions: HashSet<SessionId> = runs.iter().map(|r| r.0).collect();
-    assert_eq!(sessions.len(), 3);
-    // Every turn but each session's last is a whole burst (the last segment may cross it).
-    let turns = runs.len();
-    for (i, (s, n)) in runs.iter().enumerate() {
-        let last_of_session = runs[i + 1..].iter().all(|r| r.0 != *s);
-        if !last_of_session {
-            assert!(
-                (65_536..65_536 + 256).contains(n),
-                "turn {i}/{turns}: {n} octets"
-            );
-        }
-    }
-    assert!(turns >= 3 * 3, "{turns} turns");
+    let mut a = engine(A, B);
+    let mut sp = span();
+    sp.max_export_sessions = 3;
+    a.add_span(B, sp);
+    let sids: Vec<SessionId> = (0..3)
+        .map(|_| a.send_block(B, 1, block(100_000), 100_000, now).unwrap())
+        .collect();
+    // The first block and part of the second.
+    let first: Vec<Segment> = std::iter::from_fn(|| a.poll_transmit(now))
+        .take(500)
+        .map(|(_, b)| Segment::decode(&b).unwrap())
+        .collect();
+    let order: Vec<SessionId> = first.iter().map(|s| s.session).collect();
+    let boundary = order.iter().position(|s| *s != sids[0]).unwrap();
+    assert!(order[boundary..].iter().all(|s| *s == sids[1]), "{order:?}");
+    let cp = data(&first[boundary - 1]).checkpoint.unwrap();
+    assert_eq!(
+        data(&first[boundary - 1]).kind,
+        DataKind::RedCheckpointEorpEob
+    );
+    // The first session's report claims a gap: its retransmission goes out before the
+    // second session's remaining new data, and the third session waits for both.
+    a.handle_datagram(
+        report(
+            sids[0],
+            5,
+            cp.checkpoint_serial,
+            0,
+            100_000,
+            &[(0, 50_000), (52_000, 48_000)],
+        ),
+        now,
+    );
+    let rest = drain(&mut a, now);
+    assert_eq!(rest[0].body, SegmentBody::ReportAck { report_serial: 5 });
+    let retx_end = rest[1..].iter().position(|s| s.session != sids[0]).unwrap() + 1;
+    let retx: Vec<(u64, usize)> = rest[1..retx_end]
+        .iter()
+        .map(|s| (data(s).offset, data(s).data.len()))
+        .collect();
+    assert_eq!(retx.first().unwrap().0, 50_000);
+    assert_eq!(retx.iter().map(|r| r.1).sum::<usize>(), 2_000);
+    let sessions: Vec<SessionId> = rest[retx_end..].iter().map(|s| s.session).collect();
+    let third = sessions.iter().position(|s| *s == sids[2]).unwrap();
+    assert!(sessions[..third].iter().all(|s| *s == sids[1]));
+    assert!(sessions[third..].iter().all(|s| *s == sids[2]));
 }
 
 #[test]
