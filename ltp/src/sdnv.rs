@@ -66,6 +66,19 @@ pub fn encoded_len(v: u64) -> usize {
     }
 }
 
+/// Writes the canonical SDNV encoding of `v` at the start of `out` and returns its length
+/// ([`encoded_len`]); for encoders that gather a header in a stack buffer and append it at
+/// once. Panics if `out` is shorter than that.
+pub fn write_u64(v: u64, out: &mut [u8]) -> usize {
+    let n = encoded_len(v);
+    for (i, b) in out[..n].iter_mut().enumerate() {
+        let shift = 7 * (n - 1 - i);
+        let more = if i + 1 < n { 0x80 } else { 0 };
+        *b = ((v >> shift) & 0x7f) as u8 | more;
+    }
+    n
+}
+
 /// Appends the canonical (shortest) SDNV encoding of `v` to `out` (RFC 6256 §2.1).
 pub fn encode_u64(v: u64, out: &mut BytesMut) {
     let mut tmp = [0u8; MAX_U64_LEN];
@@ -143,6 +156,9 @@ mod tests {
         fn round_trip(v in any::<u64>()) {
             let e = enc(v);
             prop_assert_eq!(e.len(), encoded_len(v));
+            let mut w = [0u8; MAX_U64_LEN];
+            let n = write_u64(v, &mut w);
+            prop_assert_eq!(&w[..n], &e[..]);
             prop_assert_eq!(decode_u64(&e), Ok((v, e.len())));
         }
 

@@ -509,14 +509,16 @@ impl Segment {
         encode_extensions(&self.header_extensions[..hc], out);
         match &self.body {
             SegmentBody::Data(d) => {
-                encode_data_fields(
+                let mut f = [0u8; 5 * sdnv::MAX_U64_LEN];
+                let n = write_data_fields(
                     d.client_service_id,
                     d.offset,
                     d.data.len() as u64,
                     d.kind,
                     d.checkpoint,
-                    out,
+                    &mut f,
                 );
+                out.put_slice(&f[..n]);
                 out.put_slice(&d.data);
             }
             SegmentBody::Report(rs) => {
@@ -605,41 +607,52 @@ pub fn encode_data_header(
     checkpoint: Option<CheckpointInfo>,
     out: &mut BytesMut,
 ) {
-    out.reserve(data_segment_overhead(
-        session,
-        kind,
+    // Gathered on the stack and appended at once (a sender encodes one per segment).
+    let mut h = [0u8; MAX_DATA_HEADER];
+    h[0] = kind.type_code();
+    let mut n = 1;
+    n += sdnv::write_u64(session.originator, &mut h[n..]);
+    n += sdnv::write_u64(session.number, &mut h[n..]);
+    h[n] = 0; // no header or trailer extensions
+    n += 1;
+    n += write_data_fields(
         client_service_id,
         offset,
         data_len,
+        kind,
         checkpoint,
-    ));
-    out.put_u8(kind.type_code());
-    sdnv::encode_u64(session.originator, out);
-    sdnv::encode_u64(session.number, out);
-    out.put_u8(0); // no header or trailer extensions
-    encode_data_fields(client_service_id, offset, data_len, kind, checkpoint, out);
+        &mut h[n..],
+    );
+    out.extend_from_slice(&h[..n]);
 }
 
-/// The §3.2.1 fields of a data segment before the client data.
-fn encode_data_fields(
+/// Most octets a data segment header without extensions takes (§3.1, §3.2.1: the type octet,
+/// the extension counts, and at most seven SDNVs of 64-bit values, 10 octets each).
+pub const MAX_DATA_HEADER: usize = 2 + 7 * sdnv::MAX_U64_LEN;
+
+/// The §3.2.1 fields of a data segment before the client data, written at the start of `out`
+/// (at least five, or seven for a checkpoint, times [`sdnv::MAX_U64_LEN`] octets); returns
+/// their length.
+fn write_data_fields(
     client_service_id: u64,
     offset: u64,
     data_len: u64,
     kind: DataKind,
     checkpoint: Option<CheckpointInfo>,
-    out: &mut BytesMut,
-) {
-    sdnv::encode_u64(client_service_id, out);
-    sdnv::encode_u64(offset, out);
-    sdnv::encode_u64(data_len, out);
+    out: &mut [u8],
+) -> usize {
+    let mut n = sdnv::write_u64(client_service_id, out);
+    n += sdnv::write_u64(offset, &mut out[n..]);
+    n += sdnv::write_u64(data_len, &mut out[n..]);
     if kind.is_checkpoint() {
         let cp = checkpoint.unwrap_or(CheckpointInfo {
             checkpoint_serial: 0,
             report_serial: 0,
         });
-        sdnv::encode_u64(cp.checkpoint_serial, out);
-        sdnv::encode_u64(cp.report_serial, out);
+        n += sdnv::write_u64(cp.checkpoint_serial, &mut out[n..]);
+        n += sdnv::write_u64(cp.report_serial, &mut out[n..]);
     }
+    n
 }
 
 /// Length of the encoded header of a data segment carrying `data_len` octets (everything except

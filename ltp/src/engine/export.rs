@@ -3,6 +3,7 @@
 //! its export sessions.
 
 use super::*;
+use crate::sdnv;
 
 /// Most received report serials remembered per export (to ignore retransmitted reports).
 const MAX_SEEN_REPORTS: usize = 4096;
@@ -477,24 +478,26 @@ fn fit(
     cp: Option<CheckpointInfo>,
     mss: usize,
 ) -> u64 {
-    let (avail, mss) = (limit - s, mss as u64);
-    let overhead = |n| data_segment_overhead(ex.id, kind, ex.client_service_id, s, n, cp) as u64;
-    // The length field's own size depends on the length: start from an upper bound, which
-    // fits, then take the room its shorter field leaves if that fits too.
-    let mut n = avail.min(mss.saturating_sub(overhead(avail.min(mss))));
-    let more = avail.min(mss.saturating_sub(overhead(n)));
-    if more > n && overhead(more) + more <= mss {
-        n = more;
-    }
-    s + n.max(1)
+    let header = data_segment_overhead(ex.id, kind, ex.client_service_id, s, 0, cp);
+    s + longest_data(header, limit - s, mss)
+}
+
+/// The most data octets, at most `avail` and at least one, that a data segment whose header
+/// takes `header` octets with a length field of 0 carries within `mss` octets. The length
+/// field's own size depends on the length: one try per size of that field, shortest (so most
+/// room for data) first.
+pub(super) fn longest_data(header: usize, avail: u64, mss: usize) -> u64 {
+    let room = (mss as u64).saturating_sub(header as u64 - 1);
+    (1..=sdnv::MAX_U64_LEN as u64)
+        .map(|field| avail.min(room.saturating_sub(field)))
+        .find(|&n| sdnv::encoded_len(n) as u64 <= room - n)
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// A data segment as its encoded header and its data, a slice of the block (not copied).
 pub(super) type Segmented = (Bytes, Bytes);
 
-/// Room an encoded data segment header may need (§3.1, §3.2.1: a type octet, the extension
-/// counts and at most seven 10-octet SDNVs).
-const MAX_DATA_HEADER: usize = 72;
 /// Size of each buffer the data segment headers are encoded into, one after the other.
 const HEADER_ARENA: usize = 16 * 1024;
 

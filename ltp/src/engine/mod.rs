@@ -52,7 +52,7 @@ pub use config::{EngineConfig, SpanConfig};
 
 use crate::segment::{
     data_segment_overhead, encode_data_header, CancelReason, CheckpointInfo, Claim, DataKind,
-    DataSegment, EngineId, ReportSegment, Segment, SegmentBody, SessionId,
+    DataSegment, EngineId, ReportSegment, Segment, SegmentBody, SessionId, MAX_DATA_HEADER,
 };
 use intervals::IntervalSet;
 use red_part::{BufferPool, RedPart};
@@ -1006,11 +1006,19 @@ impl Engine {
         // reassembly buffer after another in order (not the window's buffers all at once,
         // which also holds them all in memory), and a newer export gets the link while older
         // ones wait for reports, which is what the window of sessions is for.
-        while let Some((_, number)) = self.spans.get_mut(&peer)?.ready.pop_first() {
+        // (It stays in the ready set while it sends, rather than leave and come back per
+        // segment.)
+        while let Some(&(opened, number)) = self.spans.get(&peer)?.ready.first() {
+            let leave = |span: &mut Span, ex: Option<&mut Export>| {
+                span.ready.remove(&(opened, number));
+                if let Some(ex) = ex {
+                    ex.in_ready = false;
+                }
+            };
             let Some(ex) = self.exports.get_mut(&number) else {
+                leave(self.spans.get_mut(&peer)?, None);
                 continue;
             };
-            ex.in_ready = false;
             if ex.cp_resend.is_empty()
                 && ex.retx.is_empty()
                 && ex.cursor < ex.red_len
@@ -1032,6 +1040,7 @@ impl Engine {
                         if !span.blocked.contains(&number) {
                             span.blocked.push_back(number);
                         }
+                        leave(span, Some(ex));
                         continue;
                     }
                 }
@@ -1043,8 +1052,12 @@ impl Engine {
             let Some((segment, on_sent)) =
                 Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
             else {
+                leave(self.spans.get_mut(&peer)?, Some(ex));
                 continue;
             };
+            if !ex.has_output() {
+                leave(self.spans.get_mut(&peer)?, Some(ex));
+            }
             let new_red = ex.cursor.min(ex.red_len) - red_before;
             let span = self.spans.get_mut(&peer)?;
             if new_red > 0 {
@@ -1057,7 +1070,6 @@ impl Engine {
                 self.on_sent(peer, kind, now);
             }
             self.sync_in_flight(number);
-            self.mark_ready(number);
             self.check_export_complete(number, now);
             return Some(segment);
         }

@@ -2,6 +2,7 @@
 //! engine's answers decoded and checked.
 
 use super::*;
+use crate::sdnv;
 
 const A: EngineId = 1;
 const B: EngineId = 2;
@@ -1789,4 +1790,19 @@ fn plain_red_segments_are_all_one_size_across_sessions_and_offsets() {
     assert!(n > 600);
     assert_eq!(plain.len(), 1, "plain red segment sizes {plain:?}");
     assert!(*plain.first().unwrap() >= 1400 - 20);
+}
+
+proptest::proptest! {
+    #[test]
+    fn data_segments_fill_the_segment_size_exactly(
+        header in 3usize..80,
+        avail in 1u64..100_000,
+        mss in 0usize..70_000,
+    ) {
+        // The longest data that fits, by brute force from the top: the header's length field
+        // grows with the data (SDNV).
+        let fits = |n: u64| (header - 1 + sdnv::encoded_len(n)) as u64 + n <= mss as u64;
+        let best = (1..=avail.min(mss as u64)).rev().find(|&n| fits(n)).unwrap_or(1);
+        proptest::prop_assert_eq!(export::longest_data(header, avail, mss), best);
+    }
 }
