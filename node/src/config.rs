@@ -56,7 +56,9 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 # ltp = { engine = 2, addr = "127.0.0.1:1114", green = false, segment_size = 1400, window = 8, aggregation_size = 65536, aggregation_time = "50ms" }
 #                                  # owlt = "1s", rate = 125000 override the contact plan's
 #                                  # light time and contact rate (default: from the plan; 0 / no
-#                                  # pacing without one)
+#                                  # pacing without one); max_bytes_in_flight = 4194304
+#                                  # caps red data unacknowledged (flow control, for fast links
+#                                  # without a rate: ~half the peer's 8 MiB receive buffer)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
@@ -213,6 +215,12 @@ pub struct LtpLink {
     pub aggregation_size: usize,
     /// Block aggregation time.
     pub aggregation_time: Duration,
+    /// Flow control (`ltp::SpanConfig::max_bytes_in_flight`): at most this many red octets
+    /// sent and not yet acknowledged, over the span's sessions; `None`: only the window
+    /// limits them. For a fast link without a rate (a LAN, loopback), where a large bundle
+    /// would otherwise overrun the peer's UDP receive buffer: about half of that buffer, and
+    /// no less than the span's bandwidth-delay product.
+    pub max_bytes_in_flight: Option<u64>,
 }
 
 /// How a neighbour is reached (exactly one per neighbour).
@@ -449,6 +457,7 @@ struct RawLtpLink {
     window: Option<usize>,
     aggregation_size: Option<usize>,
     aggregation_time: Option<S<RawDuration>>,
+    max_bytes_in_flight: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -757,6 +766,7 @@ impl RawConfig {
                     window: r.window.unwrap_or(8),
                     aggregation_size: r.aggregation_size.unwrap_or(65536),
                     aggregation_time: agg.unwrap_or(Duration::from_millis(50)),
+                    max_bytes_in_flight: r.max_bytes_in_flight.filter(|&m| m > 0),
                 };
                 if link.segment_size < 64 || link.window == 0 {
                     return err(
@@ -1056,7 +1066,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20 }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536 }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1099,6 +1109,7 @@ echo = 0
                     (3, Some(Duration::from_secs(1)), true)
                 );
                 assert_eq!(l.aggregation_time, Duration::from_millis(20));
+                assert_eq!(l.max_bytes_in_flight, Some(65536));
             }
             other => panic!("{other:?}"),
         }

@@ -1109,6 +1109,7 @@ fn span_config(l: &LtpLink) -> ltp::SpanConfig {
         owlt_outbound: l.owlt.unwrap_or(base.owlt_outbound),
         owlt_inbound: l.owlt.unwrap_or(base.owlt_inbound),
         rate_limit: l.rate.filter(|&r| r > 0),
+        max_bytes_in_flight: l.max_bytes_in_flight,
         ..base
     }
 }

@@ -170,6 +170,7 @@ fn node_config(
                 window: 16,
                 aggregation_size: 16 * 1024,
                 aggregation_time: Duration::from_millis(20),
+                max_bytes_in_flight: None,
             }),
             max_bundle_size: 0,
             accept_primary_without_crc: false,

@@ -96,6 +96,7 @@ fn ltp_link(engine: u64, addr: SocketAddr) -> Link {
         window: 8,
         aggregation_size: 65536,
         aggregation_time: Duration::from_millis(5),
+        max_bytes_in_flight: None,
     })
 }
 
