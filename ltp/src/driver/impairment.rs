@@ -34,6 +34,33 @@ pub trait Impairment {
         dest: Destination,
         datagram: Bytes,
     ) -> Vec<(Instant, Bytes)>;
+
+    /// The same decision for a datagram made of `header` then `payload`, which the driver
+    /// sends without joining them (a data segment's header and the slice of the block it
+    /// carries); the datagrams returned are such pairs too. The default joins the two (a copy
+    /// of the segment) and asks [`on_send`](Self::on_send). An impairment that never looks
+    /// into a datagram's octets overrides it to spare that copy, as [`SimpleImpairment`] does:
+    /// emulated loss then costs the sender what real loss would, not a copy of every segment.
+    fn on_send_parts(
+        &mut self,
+        now: Instant,
+        dest: Destination,
+        header: Bytes,
+        payload: Bytes,
+    ) -> Vec<(Instant, Bytes, Bytes)> {
+        let datagram = if payload.is_empty() {
+            header
+        } else {
+            let mut joined = Vec::with_capacity(header.len() + payload.len());
+            joined.extend_from_slice(&header);
+            joined.extend_from_slice(&payload);
+            Bytes::from(joined)
+        };
+        self.on_send(now, dest, datagram)
+            .into_iter()
+            .map(|(at, d)| (at, d, Bytes::new()))
+            .collect()
+    }
 }
 
 /// Seeded random loss with a fixed one-way delay, the same for every destination.
@@ -57,6 +84,13 @@ impl SimpleImpairment {
     }
 }
 
+impl SimpleImpairment {
+    /// Whether the next datagram is lost.
+    fn lost(&mut self) -> bool {
+        self.loss > 0.0 && self.rng.gen_bool(self.loss)
+    }
+}
+
 impl Impairment for SimpleImpairment {
     fn on_send(
         &mut self,
@@ -64,20 +98,36 @@ impl Impairment for SimpleImpairment {
         _dest: Destination,
         datagram: Bytes,
     ) -> Vec<(Instant, Bytes)> {
-        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+        if self.lost() {
             Vec::new()
         } else {
             vec![(now + self.delay, datagram)]
         }
     }
+
+    fn on_send_parts(
+        &mut self,
+        now: Instant,
+        _dest: Destination,
+        header: Bytes,
+        payload: Bytes,
+    ) -> Vec<(Instant, Bytes, Bytes)> {
+        if self.lost() {
+            Vec::new()
+        } else {
+            vec![(now + self.delay, header, payload)]
+        }
+    }
 }
 
-/// A datagram held back by the impairment until `at`, for the address it was impaired for.
+/// A datagram held back by the impairment until `at`, for the address it was impaired for:
+/// `header` then `payload` (empty for a datagram in one buffer).
 pub(super) struct Delayed {
     pub(super) at: Instant,
     pub(super) seq: u64,
     pub(super) addr: SocketAddr,
-    pub(super) datagram: Bytes,
+    pub(super) header: Bytes,
+    pub(super) payload: Bytes,
 }
 
 impl PartialEq for Delayed {
@@ -125,6 +175,18 @@ mod tests {
             .iter()
             .flatten()
             .all(|(at, _)| *at == now + Duration::from_millis(10)));
+        // The gathered form makes the same decisions, and hands the parts back as they are.
+        let mut imp = SimpleImpairment::new(0.05, Duration::from_millis(10), 3);
+        let (head, body) = (Bytes::from_static(b"head"), Bytes::from(vec![7u8; 100]));
+        for (i, joined) in a.iter().enumerate() {
+            let parts =
+                imp.on_send_parts(now, dest(i as u64 % 3, 1113), head.clone(), body.clone());
+            assert_eq!(parts.len(), joined.len());
+            for (at, h, p) in parts {
+                assert_eq!(at, now + Duration::from_millis(10));
+                assert_eq!((h.as_ptr(), p.as_ptr()), (head.as_ptr(), body.as_ptr()));
+            }
+        }
         let mut none = SimpleImpairment::new(0.0, Duration::ZERO, 1);
         assert_eq!(
             none.on_send(now, dest(7, 4556), Bytes::from_static(b"y"))

@@ -657,9 +657,9 @@ impl Task {
         }
     }
 
-    /// Queues one segment of the engine for its span's address, after the impairment. Without
-    /// one, a data segment's header and data are queued as they are (gathered by the socket);
-    /// an impairment sees, and may duplicate or hold, the whole datagram in one buffer.
+    /// Queues one segment of the engine for its span's address, after the impairment. A data
+    /// segment's header and data are queued as they are (gathered by the socket); an
+    /// impairment may drop, duplicate or hold the pair (`Impairment::on_send_parts`).
     fn enqueue(&mut self, now: Instant, segment: Transmit) {
         let peer = segment.peer;
         let Some(addr) = self.route(peer) else {
@@ -669,15 +669,14 @@ impl Task {
             self.io.push_parts(addr, segment.header, segment.payload);
             return;
         };
-        let datagram = segment.into_datagram();
         let dest = Destination { engine: peer, addr };
-        let out = imp.on_send(now, dest, datagram);
+        let out = imp.on_send_parts(now, dest, segment.header, segment.payload);
         if out.is_empty() {
             self.stats.impaired_drops += 1;
         }
-        for (at, d) in out {
+        for (at, header, payload) in out {
             if at <= now {
-                self.io.push(addr, d);
+                self.io.push_parts(addr, header, payload);
             } else if self.delayed.len() >= self.max_delayed {
                 self.stats.impaired_drops += 1;
             } else {
@@ -686,7 +685,8 @@ impl Task {
                     at,
                     seq: self.delayed_seq,
                     addr,
-                    datagram: d,
+                    header,
+                    payload,
                 }));
             }
         }
@@ -696,7 +696,7 @@ impl Task {
     fn release_delayed(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
-                self.io.push(d.addr, d.datagram);
+                self.io.push_parts(d.addr, d.header, d.payload);
             }
         }
     }
