@@ -626,6 +626,84 @@ pub fn encode_data_header(
     out.extend_from_slice(&h[..n]);
 }
 
+/// The octets of a data segment header that stay the same for all of a session's segments
+/// (§3.1.2 session ID, §3.1.4 extension counts of zero, §3.2.1 client service ID), encoded
+/// once: a sender then writes per segment only the type octet and the offset, length and
+/// checkpoint fields. [`DataHeaderPrefix::encode`] writes what [`encode_data_header`] does.
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeaderPrefix {
+    bytes: [u8; 3 * sdnv::MAX_U64_LEN + 1],
+    len: u8,
+}
+
+impl DataHeaderPrefix {
+    /// The prefix of `session`'s data segments for client service `client_service_id`.
+    pub fn new(session: SessionId, client_service_id: u64) -> DataHeaderPrefix {
+        let mut bytes = [0u8; 3 * sdnv::MAX_U64_LEN + 1];
+        let mut n = sdnv::write_u64(session.originator, &mut bytes);
+        n += sdnv::write_u64(session.number, &mut bytes[n..]);
+        bytes[n] = 0; // no header or trailer extensions
+        n += 1;
+        n += sdnv::write_u64(client_service_id, &mut bytes[n..]);
+        DataHeaderPrefix {
+            bytes,
+            len: n as u8,
+        }
+    }
+
+    /// [`data_segment_overhead`] of a segment of this session.
+    pub fn overhead(
+        &self,
+        kind: DataKind,
+        offset: u64,
+        data_len: u64,
+        checkpoint: Option<CheckpointInfo>,
+    ) -> usize {
+        1 + usize::from(self.len)
+            + sdnv::encoded_len(offset)
+            + sdnv::encoded_len(data_len)
+            + checkpoint_fields_len(kind, checkpoint)
+    }
+
+    /// Appends the header of a data segment of this session ([`encode_data_header`]).
+    pub fn encode(
+        &self,
+        kind: DataKind,
+        offset: u64,
+        data_len: u64,
+        checkpoint: Option<CheckpointInfo>,
+        out: &mut BytesMut,
+    ) {
+        let mut h = [0u8; MAX_DATA_HEADER];
+        h[0] = kind.type_code();
+        let p = usize::from(self.len);
+        h[1..1 + p].copy_from_slice(&self.bytes[..p]);
+        let mut n = 1 + p;
+        n += sdnv::write_u64(offset, &mut h[n..]);
+        n += sdnv::write_u64(data_len, &mut h[n..]);
+        if kind.is_checkpoint() {
+            let cp = checkpoint.unwrap_or(CheckpointInfo {
+                checkpoint_serial: 0,
+                report_serial: 0,
+            });
+            n += sdnv::write_u64(cp.checkpoint_serial, &mut h[n..]);
+            n += sdnv::write_u64(cp.report_serial, &mut h[n..]);
+        }
+        out.extend_from_slice(&h[..n]);
+    }
+}
+
+/// Octets of a data segment's checkpoint fields (§3.2.1: present in checkpoints only).
+fn checkpoint_fields_len(kind: DataKind, checkpoint: Option<CheckpointInfo>) -> usize {
+    match (kind.is_checkpoint(), checkpoint) {
+        (true, Some(c)) => {
+            sdnv::encoded_len(c.checkpoint_serial) + sdnv::encoded_len(c.report_serial)
+        }
+        (true, None) => 2,
+        (false, _) => 0,
+    }
+}
+
 /// Most octets a data segment header without extensions takes (§3.1, §3.2.1: the type octet,
 /// the extension counts, and at most seven SDNVs of 64-bit values, 10 octets each).
 pub const MAX_DATA_HEADER: usize = 2 + 7 * sdnv::MAX_U64_LEN;
@@ -665,13 +743,7 @@ pub fn data_segment_overhead(
     data_len: u64,
     checkpoint: Option<CheckpointInfo>,
 ) -> usize {
-    let cp = match (kind.is_checkpoint(), checkpoint) {
-        (true, Some(c)) => {
-            sdnv::encoded_len(c.checkpoint_serial) + sdnv::encoded_len(c.report_serial)
-        }
-        (true, None) => 2,
-        (false, _) => 0,
-    };
+    let cp = checkpoint_fields_len(kind, checkpoint);
     2 + sdnv::encoded_len(session.originator)
         + sdnv::encoded_len(session.number)
         + sdnv::encoded_len(client_service_id)
@@ -872,6 +944,31 @@ mod tests {
             prop_assert_eq!(b.len(), seg.encoded_len());
             let back = Segment::decode(&b).unwrap();
             prop_assert_eq!(back, seg);
+        }
+
+        #[test]
+        fn data_header_prefix_encodes_what_encode_data_header_does(
+            session in session(),
+            body in body(),
+        ) {
+            let SegmentBody::Data(d) = body else {
+                return Ok(());
+            };
+            let seg = Segment {
+                session,
+                header_extensions: vec![],
+                trailer_extensions: vec![],
+                body: SegmentBody::Data(d.clone()),
+            };
+            let len = d.data.len() as u64;
+            let mut whole = BytesMut::new();
+            encode_data_header(session, d.kind, d.client_service_id, d.offset, len, d.checkpoint, &mut whole);
+            let prefix = DataHeaderPrefix::new(session, d.client_service_id);
+            let mut fast = BytesMut::new();
+            prefix.encode(d.kind, d.offset, len, d.checkpoint, &mut fast);
+            prop_assert_eq!(&fast, &whole);
+            prop_assert_eq!(prefix.overhead(d.kind, d.offset, len, d.checkpoint), whole.len());
+            prop_assert_eq!(&seg.to_bytes()[..whole.len()], &whole[..]);
         }
 
         #[test]

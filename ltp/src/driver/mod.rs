@@ -27,7 +27,7 @@ mod impairment;
 pub mod udp_io;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -427,7 +427,8 @@ enum Tx {
 struct Task {
     engine: Engine,
     io: UdpIo,
-    spans: HashMap<EngineId, SocketAddr>,
+    /// Peer engine → UDP address, looked up for every segment sent (a seeded fast hash).
+    spans: crate::engine::Map<EngineId, SocketAddr>,
     impairment: Option<Box<dyn Impairment + Send>>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     delayed_seq: u64,

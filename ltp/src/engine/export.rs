@@ -478,7 +478,7 @@ fn fit(
     cp: Option<CheckpointInfo>,
     mss: usize,
 ) -> u64 {
-    let header = data_segment_overhead(ex.id, kind, ex.client_service_id, s, 0, cp);
+    let header = ex.header.overhead(kind, s, 0, cp);
     s + longest_data(header, limit - s, mss)
 }
 
@@ -514,7 +514,7 @@ fn build_data(
     if headers.capacity() - headers.len() < MAX_DATA_HEADER {
         *headers = BytesMut::with_capacity(HEADER_ARENA);
     }
-    encode_data_header(ex.id, kind, ex.client_service_id, s, e - s, cp, headers);
+    ex.header.encode(kind, s, e - s, cp, headers);
     (
         headers.split().freeze(),
         ex.block.slice(s as usize..e as usize),

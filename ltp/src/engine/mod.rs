@@ -51,7 +51,7 @@ use rand::{Rng, SeedableRng};
 pub use config::{EngineConfig, SpanConfig};
 
 use crate::segment::{
-    data_segment_overhead, encode_data_header, CancelReason, CheckpointInfo, Claim, DataKind,
+    data_segment_overhead, CancelReason, CheckpointInfo, Claim, DataHeaderPrefix, DataKind,
     DataSegment, EngineId, ReportSegment, Segment, SegmentBody, SessionId, MAX_DATA_HEADER,
 };
 use intervals::IntervalSet;
@@ -388,7 +388,6 @@ enum ExportState {
 struct Export {
     id: SessionId,
     peer: EngineId,
-    client_service_id: u64,
     block: Bytes,
     red_len: u64,
     cursor: u64,
@@ -404,6 +403,8 @@ struct Export {
     state: ExportState,
     /// Its place among its span's exports, in the order they were opened.
     opened: u64,
+    /// The header octets all its data segments share, encoded once.
+    header: DataHeaderPrefix,
     in_ready: bool,
     /// What this export counts in its span's `in_flight` (see `Engine::sync_in_flight`).
     in_flight: u64,
@@ -818,7 +819,6 @@ impl Engine {
                 number: pb.number,
             },
             peer: dest,
-            client_service_id: pb.client_service_id,
             block: pb.block,
             red_len: pb.red_len,
             cursor: 0,
@@ -832,6 +832,13 @@ impl Engine {
             cycles: 0,
             state: ExportState::Sending,
             opened: span.opened,
+            header: DataHeaderPrefix::new(
+                SessionId {
+                    originator: self.local,
+                    number: pb.number,
+                },
+                pb.client_service_id,
+            ),
             in_ready: true,
             in_flight: 0,
             checkpoint_next: false,
@@ -954,14 +961,18 @@ impl Engine {
                 payload: Bytes::new(),
             });
         }
-        // Round robin over the spans that may send now; no allocation per segment.
+        // Round robin over the spans that may send now; no allocation per segment (and with
+        // one span, no search).
+        let may_send = |s: &Span| s.link_up && s.has_output() && s.pace_at.is_none_or(|t| t <= now);
         for _ in 0..self.spans.len() {
-            let peer = self
-                .spans
-                .range(self.rr..)
-                .chain(self.spans.range(..self.rr))
-                .find(|(_, s)| s.link_up && s.has_output() && s.pace_at.is_none_or(|t| t <= now))
-                .map(|(&k, _)| k)?;
+            let peer = if self.spans.len() == 1 {
+                self.spans.first_key_value().filter(|(_, s)| may_send(s))
+            } else {
+                (self.spans.range(self.rr..))
+                    .chain(self.spans.range(..self.rr))
+                    .find(|(_, s)| may_send(s))
+            }
+            .map(|(&k, _)| k)?;
             self.rr = peer.wrapping_add(1);
             if let Some((header, payload)) = self.transmit_from(peer, now) {
                 let out = Transmit {
