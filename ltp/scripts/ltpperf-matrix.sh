@@ -46,13 +46,14 @@ fi
 jfield() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp 2>/dev/null || echo 0; }
 
-raw() { # $1 segment
-  local n=$(( RAW_MIB ))
+raw() { # $1 segment $2 block size (the datagrams are slices of one block of that size, as
+        # LTP's segments are: the kernel reads them from as much memory)
+  local n=$(( RAW_MIB * 1048576 / $2 )); [ "$n" -lt 1 ] && n=1
   # shellcheck disable=SC2086
   "$BIN" recv --bind 127.0.0.1:$PORT --raw --json --idle-exit 0.5 $IOFLAGS $RECV_PIN > /tmp/ltpperf-raw.$$ & local rp=$!
   sleep 0.3
   # shellcheck disable=SC2086
-  "$BIN" send --to 127.0.0.1:$PORT --raw --blocks "$n" --block-size 1048576 --segment-size "$1" --json $IOFLAGS $SEND_PIN > /dev/null
+  "$BIN" send --to 127.0.0.1:$PORT --raw --blocks "$n" --block-size "$2" --segment-size "$1" --json $IOFLAGS $SEND_PIN > /dev/null
   wait $rp
   jfield goodput_bps < /tmp/ltpperf-raw.$$
 }
@@ -79,7 +80,7 @@ for bm in $BLOCKS_MIB; do
       for loss in $LOSSES; do
         runs=""; drops=0
         for _ in $(seq "$REPEAT"); do
-          r=$(raw "$seg")
+          r=$(raw "$seg" "$bs")
           d0=$(rcvbuf_errors)
           j=$(ltp "$bs" "$n" "$seg" "$w" "$loss")
           d1=$(rcvbuf_errors)
