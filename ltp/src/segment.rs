@@ -607,23 +607,8 @@ pub fn encode_data_header(
     checkpoint: Option<CheckpointInfo>,
     out: &mut BytesMut,
 ) {
-    // Gathered on the stack and appended at once (a sender encodes one per segment).
-    let mut h = [0u8; MAX_DATA_HEADER];
-    h[0] = kind.type_code();
-    let mut n = 1;
-    n += sdnv::write_u64(session.originator, &mut h[n..]);
-    n += sdnv::write_u64(session.number, &mut h[n..]);
-    h[n] = 0; // no header or trailer extensions
-    n += 1;
-    n += write_data_fields(
-        client_service_id,
-        offset,
-        data_len,
-        kind,
-        checkpoint,
-        &mut h[n..],
-    );
-    out.extend_from_slice(&h[..n]);
+    DataHeaderPrefix::new(session, client_service_id)
+        .encode(kind, offset, data_len, checkpoint, out);
 }
 
 /// The octets of a data segment header that stay the same for all of a session's segments
@@ -681,14 +666,7 @@ impl DataHeaderPrefix {
         let mut n = 1 + p;
         n += sdnv::write_u64(offset, &mut h[n..]);
         n += sdnv::write_u64(data_len, &mut h[n..]);
-        if kind.is_checkpoint() {
-            let cp = checkpoint.unwrap_or(CheckpointInfo {
-                checkpoint_serial: 0,
-                report_serial: 0,
-            });
-            n += sdnv::write_u64(cp.checkpoint_serial, &mut h[n..]);
-            n += sdnv::write_u64(cp.report_serial, &mut h[n..]);
-        }
+        n += write_checkpoint_fields(kind, checkpoint, &mut h[n..]);
         out.extend_from_slice(&h[..n]);
     }
 }
@@ -722,15 +700,25 @@ fn write_data_fields(
     let mut n = sdnv::write_u64(client_service_id, out);
     n += sdnv::write_u64(offset, &mut out[n..]);
     n += sdnv::write_u64(data_len, &mut out[n..]);
-    if kind.is_checkpoint() {
-        let cp = checkpoint.unwrap_or(CheckpointInfo {
-            checkpoint_serial: 0,
-            report_serial: 0,
-        });
-        n += sdnv::write_u64(cp.checkpoint_serial, &mut out[n..]);
-        n += sdnv::write_u64(cp.report_serial, &mut out[n..]);
+    n + write_checkpoint_fields(kind, checkpoint, &mut out[n..])
+}
+
+/// The §3.2.1 checkpoint and report serial numbers of a checkpoint (zero serials if missing;
+/// nothing for other kinds), written at the start of `out`; returns their length.
+fn write_checkpoint_fields(
+    kind: DataKind,
+    checkpoint: Option<CheckpointInfo>,
+    out: &mut [u8],
+) -> usize {
+    if !kind.is_checkpoint() {
+        return 0;
     }
-    n
+    let cp = checkpoint.unwrap_or(CheckpointInfo {
+        checkpoint_serial: 0,
+        report_serial: 0,
+    });
+    let n = sdnv::write_u64(cp.checkpoint_serial, out);
+    n + sdnv::write_u64(cp.report_serial, &mut out[n..])
 }
 
 /// Length of the encoded header of a data segment carrying `data_len` octets (everything except
@@ -947,7 +935,7 @@ mod tests {
         }
 
         #[test]
-        fn data_header_prefix_encodes_what_encode_data_header_does(
+        fn data_header_prefix_encodes_the_header_segment_encode_writes(
             session in session(),
             body in body(),
         ) {
@@ -961,14 +949,16 @@ mod tests {
                 body: SegmentBody::Data(d.clone()),
             };
             let len = d.data.len() as u64;
-            let mut whole = BytesMut::new();
-            encode_data_header(session, d.kind, d.client_service_id, d.offset, len, d.checkpoint, &mut whole);
             let prefix = DataHeaderPrefix::new(session, d.client_service_id);
-            let mut fast = BytesMut::new();
-            prefix.encode(d.kind, d.offset, len, d.checkpoint, &mut fast);
-            prop_assert_eq!(&fast, &whole);
-            prop_assert_eq!(prefix.overhead(d.kind, d.offset, len, d.checkpoint), whole.len());
-            prop_assert_eq!(&seg.to_bytes()[..whole.len()], &whole[..]);
+            let mut header = BytesMut::new();
+            prefix.encode(d.kind, d.offset, len, d.checkpoint, &mut header);
+            // The whole segment's encoding (a separate path) is that header, then the data.
+            let whole = seg.to_bytes();
+            prop_assert_eq!(&whole[..header.len()], &header[..]);
+            prop_assert_eq!(&whole[header.len()..], &d.data[..]);
+            let overhead = data_segment_overhead(session, d.kind, d.client_service_id, d.offset, len, d.checkpoint);
+            prop_assert_eq!(prefix.overhead(d.kind, d.offset, len, d.checkpoint), overhead);
+            prop_assert_eq!(overhead, header.len());
         }
 
         #[test]
