@@ -82,24 +82,8 @@ pub fn write_u64(v: u64, out: &mut [u8]) -> usize {
 /// Appends the canonical (shortest) SDNV encoding of `v` to `out` (RFC 6256 §2.1).
 pub fn encode_u64(v: u64, out: &mut BytesMut) {
     let mut tmp = [0u8; MAX_U64_LEN];
-    let n = encode_to_array(v, &mut tmp);
-    out.put_slice(&tmp[MAX_U64_LEN - n..]);
-}
-
-/// Writes the SDNV of `v` right-aligned in `tmp`; returns the number of octets used.
-fn encode_to_array(mut v: u64, tmp: &mut [u8; MAX_U64_LEN]) -> usize {
-    let mut i = MAX_U64_LEN;
-    let mut last = true;
-    loop {
-        i -= 1;
-        tmp[i] = (v & 0x7f) as u8 | if last { 0 } else { 0x80 };
-        last = false;
-        v >>= 7;
-        if v == 0 {
-            break;
-        }
-    }
-    MAX_U64_LEN - i
+    let n = write_u64(v, &mut tmp);
+    out.put_slice(&tmp[..n]);
 }
 
 #[cfg(test)]
@@ -156,9 +140,11 @@ mod tests {
         fn round_trip(v in any::<u64>()) {
             let e = enc(v);
             prop_assert_eq!(e.len(), encoded_len(v));
-            let mut w = [0u8; MAX_U64_LEN];
+            // write_u64 writes exactly its encoded length and nothing beyond.
+            let mut w = [0xaau8; MAX_U64_LEN + 1];
             let n = write_u64(v, &mut w);
-            prop_assert_eq!(&w[..n], &e[..]);
+            prop_assert_eq!(n, encoded_len(v));
+            prop_assert!(w[n..].iter().all(|&b| b == 0xaa));
             prop_assert_eq!(decode_u64(&e), Ok((v, e.len())));
         }
 

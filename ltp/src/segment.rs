@@ -636,7 +636,7 @@ impl DataHeaderPrefix {
         }
     }
 
-    /// [`data_segment_overhead`] of a segment of this session.
+    /// Octets of the header of a data segment of this session ([`data_segment_overhead`]).
     pub fn overhead(
         &self,
         kind: DataKind,
@@ -731,13 +731,7 @@ pub fn data_segment_overhead(
     data_len: u64,
     checkpoint: Option<CheckpointInfo>,
 ) -> usize {
-    let cp = checkpoint_fields_len(kind, checkpoint);
-    2 + sdnv::encoded_len(session.originator)
-        + sdnv::encoded_len(session.number)
-        + sdnv::encoded_len(client_service_id)
-        + sdnv::encoded_len(offset)
-        + sdnv::encoded_len(data_len)
-        + cp
+    DataHeaderPrefix::new(session, client_service_id).overhead(kind, offset, data_len, checkpoint)
 }
 
 fn decode_report(r: &mut Reader<'_>, limits: &DecodeLimits) -> Result<ReportSegment, DecodeError> {

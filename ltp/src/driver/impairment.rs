@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::engine::Transmit;
 use crate::segment::EngineId;
 
 /// Where a sent datagram goes: the peer engine and the UDP address of its span.
@@ -48,14 +49,12 @@ pub trait Impairment {
         header: Bytes,
         payload: Bytes,
     ) -> Vec<(Instant, Bytes, Bytes)> {
-        let datagram = if payload.is_empty() {
-            header
-        } else {
-            let mut joined = Vec::with_capacity(header.len() + payload.len());
-            joined.extend_from_slice(&header);
-            joined.extend_from_slice(&payload);
-            Bytes::from(joined)
-        };
+        let datagram = Transmit {
+            peer: dest.engine,
+            header,
+            payload,
+        }
+        .into_datagram();
         self.on_send(now, dest, datagram)
             .into_iter()
             .map(|(at, d)| (at, d, Bytes::new()))
@@ -82,9 +81,7 @@ impl SimpleImpairment {
             rng: SmallRng::seed_from_u64(seed),
         }
     }
-}
 
-impl SimpleImpairment {
     /// Whether the next datagram is lost.
     fn lost(&mut self) -> bool {
         self.loss > 0.0 && self.rng.gen_bool(self.loss)

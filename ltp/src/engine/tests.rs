@@ -1594,17 +1594,22 @@ fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down()
 }
 
 /// An engine `A` sending `n` red blocks of `len` octets to `B` at window `n`, with the span's
-/// flow-control limit `max_in_flight`.
-fn sending_red_blocks(n: usize, len: usize, max_in_flight: Option<u64>, now: Instant) -> Engine {
+/// flow-control limit `max_in_flight`; with the sessions' IDs, in the order the blocks went.
+fn sending_red_blocks(
+    n: usize,
+    len: usize,
+    max_in_flight: Option<u64>,
+    now: Instant,
+) -> (Engine, Vec<SessionId>) {
     let mut sp = span();
     sp.max_export_sessions = n;
     sp.max_bytes_in_flight = max_in_flight;
     let mut a = engine(A, B);
     a.add_span(B, sp);
-    for _ in 0..n {
-        a.send_block(B, 1, block(len), len, now).unwrap();
-    }
-    a
+    let sids = (0..n)
+        .map(|_| a.send_block(B, 1, block(len), len, now).unwrap())
+        .collect();
+    (a, sids)
 }
 
 #[test]
@@ -1614,7 +1619,7 @@ fn flow_control_checkpoints_once_per_quarter_of_its_limit_across_sessions() {
     // whichever session sent them, so the receiver reports (and the window slides) long before
     // the limit is reached, not only once a session ends its red part.
     let now = t0();
-    let mut a = sending_red_blocks(2, 150_000, Some(200_000), now);
+    let (mut a, _) = sending_red_blocks(2, 150_000, Some(200_000), now);
     let (mut unchecked, mut checkpoints, mut red) = (0u64, 0, 0u64);
     let mut sessions = HashSet::new();
     for seg in drain(&mut a, now) {
@@ -1651,13 +1656,7 @@ fn oldest_export_with_something_to_send_goes_first() {
     // Three 100 000-octet blocks at window 3: each session sends its whole red part before
     // the next one starts (not segment by segment in rotation), in the order of the blocks.
     let now = t0();
-    let mut a = engine(A, B);
-    let mut sp = span();
-    sp.max_export_sessions = 3;
-    a.add_span(B, sp);
-    let sids: Vec<SessionId> = (0..3)
-        .map(|_| a.send_block(B, 1, block(100_000), 100_000, now).unwrap())
-        .collect();
+    let (mut a, sids) = sending_red_blocks(3, 100_000, None, now);
     // The first block and part of the second.
     let first: Vec<Segment> = std::iter::from_fn(|| a.poll_transmit(now))
         .take(500)

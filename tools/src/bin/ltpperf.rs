@@ -438,9 +438,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
     }
     let (handle, mut events) = LtpDriver::spawn(cfg, engine).context("binding UDP socket")?;
 
-    let mut data = vec![0u8; p.block_size];
-    rand::rngs::SmallRng::seed_from_u64(p.seed).fill_bytes(&mut data);
-    let block = Bytes::from(data);
+    let block = random_block(p.block_size, p.seed);
 
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + p.timeout;
@@ -741,6 +739,13 @@ async fn recv_raw(
     Ok(())
 }
 
+/// A block of `len` seeded random octets (what both modes send).
+fn random_block(len: usize, seed: u64) -> Bytes {
+    let mut data = vec![0u8; len];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    Bytes::from(data)
+}
+
 async fn send_raw(
     to: SocketAddr,
     blocks: u64,
@@ -762,9 +767,7 @@ async fn send_raw(
     // as LTP's segments are slices of its blocks: the kernel reads them from as much memory.
     // (One datagram sent again and again stays in the CPU's first-level cache: from a 64 MiB
     // block, raw UDP measured 15-23 % less than that on this project's VM.)
-    let mut data = vec![0u8; block_size.max(size)];
-    rand::rngs::SmallRng::seed_from_u64(1).fill_bytes(&mut data);
-    let block = Bytes::from(data);
+    let block = random_block(block_size.max(size), 1);
     let start = Instant::now();
     let (mut queued, mut at) = (0u64, 0usize);
     // The driver's way: fill the bounded send queue, send it in batches, wait while the
