@@ -13,16 +13,19 @@
 //! queue that is sent in batches (`sendmmsg` and UDP GSO on Linux; a full socket buffer suspends
 //! sending until the socket is writable, not the task); events go to a bounded channel (when it
 //! is full the driver stops reading the socket until the user catches up: back-pressure, LTP
-//! recovers what the kernel drops); [`Engine::poll_timeout`] arms a tokio sleep; commands arrive
-//! from [`LtpHandle`] over a bounded channel. An optional [`Impairment`] (loss, delay) sits
-//! between the engine and the send queue, for tests, `ltpperf` and emulated links: it decides
-//! per datagram, before batching, and sees each datagram's [`Destination`] (peer engine and UDP
-//! address), so it can treat the links to different peers differently.
+//! recovers what the kernel drops); [`Engine::poll_timeout`] arms a timer that wakes the task to
+//! the microsecond (`deadline.rs`: a timerfd on Linux, since tokio's sleeps tick in
+//! milliseconds); commands arrive from [`LtpHandle`] over a bounded channel. An optional
+//! [`Impairment`] (loss, delay) sits between the engine and the send queue, for tests, `ltpperf`
+//! and emulated links: it decides per datagram, before batching, and sees each datagram's
+//! [`Destination`] (peer engine and UDP address), so it can treat the links to different peers
+//! differently.
 //!
 //! Spans can be changed while the driver runs: [`LtpHandle::configure_span`] reconfigures a span
 //! in place ([`Engine::add_span`]), [`LtpHandle::set_span_address`] moves it to another address,
 //! and [`LtpHandle::cancel_exports`] cancels every export session to a peer (RFC 5326 §4.2).
 
+mod deadline;
 mod impairment;
 pub mod udp_io;
 
@@ -40,6 +43,7 @@ use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig, Transmit};
 use crate::segment::{CancelReason, EngineId, SessionId};
+use deadline::DeadlineTimer;
 use impairment::Delayed;
 pub use impairment::{Destination, Impairment, SimpleImpairment};
 use udp_io::UdpIo;
@@ -453,6 +457,7 @@ struct Task {
 impl Task {
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
         let mut shutdown_reply = None;
+        let mut timer = DeadlineTimer::new();
         loop {
             // Timers first: a socket that stays readable must not starve them.
             let now = Instant::now();
@@ -461,13 +466,7 @@ impl Task {
             }
             let tx = self.transmit();
             self.forward_events();
-            let deadline = self.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            timer.set(self.next_deadline());
             let reading = self.pending_event.is_none();
             let polling = reading && tx != Tx::More && self.poll_until.is_some_and(|t| t > now);
             let byte_room = self.pending_event.as_ref().is_none_or(|e| self.room_for(e));
@@ -506,7 +505,7 @@ impl Task {
                         debug!(error = %e, "UDP socket not writable");
                     }
                 },
-                _ = sleep => {
+                _ = timer.expired() => {
                     self.engine.handle_timeout(Instant::now());
                 },
                 _ = tokio::task::yield_now(), if tx == Tx::More => {},

@@ -1,0 +1,208 @@
+//! The driver's wake-up at the engine's next deadline ([`Engine::poll_timeout`], and the
+//! impairment's next delayed datagram), to the microsecond.
+//!
+//! tokio's timers tick in milliseconds: a sleep ends at the first tick at or after its
+//! deadline, and an idle runtime wakes for that tick only. That is nothing on a space link,
+//! where a retransmission timer lasts seconds or minutes, but on a fast terrestrial link, or
+//! loopback, where adaptive timers (`engine/rtt.rs`) are about a millisecond, it can double what
+//! a lost checkpoint costs: the session waits for its timer, then for the next tick.
+//!
+//! On Linux the deadline is therefore a `timerfd` (CLOCK_MONOTONIC, the clock of std's
+//! `Instant` there) that the runtime's epoll wakes for when it expires; elsewhere, or if the
+//! kernel refuses a timerfd, it is a tokio sleep.
+//!
+//! [`Engine::poll_timeout`]: crate::engine::Engine::poll_timeout
+
+use std::time::Instant;
+
+/// One re-armable deadline.
+pub(super) struct DeadlineTimer {
+    /// The deadline the timer is armed for; `None`: disarmed, or its expiry was taken.
+    armed: Option<Instant>,
+    #[cfg(target_os = "linux")]
+    fd: Option<linux::TimerFd>,
+}
+
+impl DeadlineTimer {
+    /// A disarmed timer (a timerfd on Linux if the kernel gives one; else a tokio sleep). Must
+    /// be called within a tokio runtime.
+    pub(super) fn new() -> DeadlineTimer {
+        DeadlineTimer {
+            armed: None,
+            #[cfg(target_os = "linux")]
+            fd: linux::TimerFd::new()
+                .map_err(|e| tracing::debug!(error = %e, "no timerfd; deadlines tick in ms"))
+                .ok(),
+        }
+    }
+
+    /// Arms the timer for `deadline` (`None`: disarms it). Only a change of deadline costs a
+    /// system call.
+    pub(super) fn set(&mut self, deadline: Option<Instant>) {
+        if deadline == self.armed {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            let now = Instant::now();
+            if let Err(e) = fd.arm(deadline.map(|d| d.saturating_duration_since(now))) {
+                // Not expected (the arguments are valid); the tokio sleep takes over.
+                tracing::debug!(error = %e, "timerfd_settime failed; deadlines tick in ms");
+                self.fd = None;
+            }
+        }
+        self.armed = deadline;
+    }
+
+    /// Completes once the armed deadline has passed; never while disarmed. Taking the expiry
+    /// disarms the timer, so that the next [`DeadlineTimer::set`] arms it again even for the
+    /// same deadline. Cancel-safe: dropping the future before it completes takes nothing.
+    pub(super) async fn expired(&mut self) {
+        let Some(deadline) = self.armed else {
+            return std::future::pending().await;
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            match fd.wait().await {
+                Ok(()) => {
+                    self.armed = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "timerfd wait failed; deadlines tick in ms");
+                    self.fd = None;
+                }
+            }
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+        self.armed = None;
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    use tokio::io::unix::AsyncFd;
+
+    /// A non-blocking CLOCK_MONOTONIC timerfd, registered with the runtime.
+    pub(super) struct TimerFd(AsyncFd<OwnedFd>);
+
+    impl TimerFd {
+        pub(super) fn new() -> io::Result<TimerFd> {
+            // SAFETY: plain system call; the descriptor it returns is owned below.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a descriptor just created and owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: the `OwnedFd` keeps its descriptor open, and the same, for as long as
+            // the `AsyncFd` owns it.
+            let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+            Ok(TimerFd(fd))
+        }
+
+        /// Expires `after` from now (zero: at once), or never (`None`). Re-arming discards an
+        /// expiry not yet read.
+        pub(super) fn arm(&self, after: Option<Duration>) -> io::Result<()> {
+            let value = match after {
+                // An all-zero value disarms: "at once" is one nanosecond.
+                Some(d) => libc::timespec {
+                    tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: d.subsec_nanos().max(u32::from(d.is_zero())) as libc::c_long,
+                },
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+            };
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: value,
+            };
+            // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+            let r = unsafe {
+                libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+
+        /// Waits until the timer has expired, and reads the expiry.
+        pub(super) async fn wait(&self) -> io::Result<()> {
+            loop {
+                let mut guard = self.0.readable().await?;
+                let r = guard.try_io(|fd| {
+                    let mut expirations = [0u8; 8];
+                    // SAFETY: reads at most 8 octets into a buffer of 8.
+                    let n =
+                        unsafe { libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                });
+                match r {
+                    Ok(result) => return result,
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn expires_at_its_deadline_not_before_and_not_while_disarmed() {
+        let mut t = DeadlineTimer::new();
+        // Disarmed: never.
+        let idle = tokio::time::timeout(Duration::from_millis(20), t.expired()).await;
+        assert!(idle.is_err(), "a disarmed timer expired");
+
+        let start = Instant::now();
+        t.set(Some(start + Duration::from_millis(5)));
+        tokio::time::timeout(Duration::from_secs(5), t.expired())
+            .await
+            .expect("the timer did not expire");
+        assert!(start.elapsed() >= Duration::from_millis(5));
+
+        // The expiry was taken: disarmed until set again, even for the same deadline.
+        let again = tokio::time::timeout(Duration::from_millis(20), t.expired()).await;
+        assert!(again.is_err(), "one expiry was taken twice");
+        t.set(Some(start + Duration::from_millis(5)));
+        tokio::time::timeout(Duration::from_secs(5), t.expired())
+            .await
+            .expect("a deadline in the past did not expire at once");
+    }
+
+    #[tokio::test]
+    async fn a_new_deadline_replaces_the_old_one() {
+        let mut t = DeadlineTimer::new();
+        let now = Instant::now();
+        t.set(Some(now + Duration::from_millis(5)));
+        t.set(Some(now + Duration::from_secs(3600)));
+        let early = tokio::time::timeout(Duration::from_millis(50), t.expired()).await;
+        assert!(early.is_err(), "the replaced deadline fired");
+        t.set(None);
+        let disarmed = tokio::time::timeout(Duration::from_millis(20), t.expired()).await;
+        assert!(disarmed.is_err(), "a disarmed timer expired");
+    }
+}
