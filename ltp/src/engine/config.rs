@@ -107,7 +107,11 @@ pub struct SpanConfig {
     /// Off: every timer lasts [`Self::round_trip_timeout`] (the fixed interval of §6.1).
     pub adaptive_timers: bool,
     /// With `adaptive_timers`, the smallest margin added to the light times (a floor that
-    /// keeps scheduling jitter from causing spurious retransmissions).
+    /// keeps scheduling jitter from causing spurious retransmissions). 250 µs by default: the
+    /// UDP driver's timers wake it to the microsecond (`driver/deadline.rs`), and a loopback or
+    /// LAN round trip under load measures 0.1-0.5 ms; on loopback with 5 % loss, a floor of 1 ms
+    /// cost 10-13 % of the goodput of window 1 (each lost checkpoint waits for it), and 250 µs
+    /// retransmitted no more checkpoints needlessly at 0 % loss.
     pub min_timer_margin: Duration,
     /// An import session that hears nothing from the peer for this long (link-up time only) is
     /// cancelled, or closed quietly if its red part was already delivered.
@@ -147,7 +151,7 @@ impl Default for SpanConfig {
             owlt_inbound: Duration::from_millis(1),
             timer_margin: Duration::from_millis(200),
             adaptive_timers: true,
-            min_timer_margin: Duration::from_millis(1),
+            min_timer_margin: Duration::from_micros(250),
             inactivity_timeout: Duration::from_secs(60),
             rate_limit: None,
             rate_burst: 64 * 1024,
