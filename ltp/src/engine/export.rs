@@ -551,6 +551,7 @@ fn new_checkpoint(
             retransmissions: 0,
             timer: None,
             sent_at: None,
+            last_sent: None,
         },
     );
     let cp = CheckpointInfo {

@@ -392,6 +392,7 @@ impl Engine {
                     retransmissions: 0,
                     timer: None,
                     sent_at: None,
+                    last_sent: None,
                 },
             );
         }

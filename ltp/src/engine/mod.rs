@@ -328,8 +328,36 @@ impl Span {
         if !self.cfg.adaptive_timers {
             return ceiling;
         }
-        self.rtt
-            .timeout(retransmissions, self.cfg.min_round_trip_timeout(), ceiling)
+        self.rtt.timeout(
+            retransmissions,
+            self.cfg.min_timer_margin,
+            self.cfg.min_round_trip_timeout(),
+            ceiling,
+        )
+    }
+
+    /// With adaptive timers, how much longer an answer to a segment last sent at `sent` (for
+    /// the `(retransmissions + 1)`-th time) may take by the estimate as it is at `now`, if any:
+    /// its timer was set from the estimate when it left, and the estimate may have grown since.
+    /// That is what a queue building up does: a window of blocks sent at once into the peer's
+    /// socket buffer took loopback round trips from 0.1 to 5 ms within the first blocks, and
+    /// checkpoints sent early in that rise timed out with their answers on the way. A timer
+    /// that expires with time left is started again for that time instead of retransmitting
+    /// (as TCP restarts its retransmission timer from the current estimate), never beyond the
+    /// configured timeout.
+    fn time_left(
+        &self,
+        sent: Option<Instant>,
+        retransmissions: u32,
+        now: Instant,
+    ) -> Option<Duration> {
+        if !self.cfg.adaptive_timers {
+            return None;
+        }
+        let deadline = sent? + self.timeout(retransmissions);
+        deadline
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
     }
 
     /// A send time to sample the round trip from, for a segment sent `retransmissions` times
@@ -345,7 +373,7 @@ impl Span {
     /// a link-state change happened in between.
     fn sample_round_trip(&mut self, sent: Option<SentAt>, now: Instant) {
         if let Some(s) = sent.filter(|s| s.link_epoch == self.link_epoch) {
-            self.rtt.sample(now.saturating_duration_since(s.at));
+            self.rtt.sample(s.at, now);
         }
     }
 }
@@ -366,6 +394,8 @@ struct Checkpoint {
     timer: Option<TimerId>,
     /// When the first transmission left, if it is to be sampled.
     sent_at: Option<SentAt>,
+    /// When the last transmission left (see [`Span::time_left`]).
+    last_sent: Option<Instant>,
 }
 
 struct RetxRange {
@@ -438,6 +468,8 @@ struct PendingReport {
     timer: Option<TimerId>,
     /// When the first transmission left, if it is to be sampled.
     sent_at: Option<SentAt>,
+    /// When the last transmission left (see [`Span::time_left`]).
+    last_sent: Option<Instant>,
 }
 
 enum ImportState {
@@ -1106,6 +1138,7 @@ impl Engine {
                     }
                     let rtt = span.timeout(cp.retransmissions);
                     cp.sent_at = span.sample_start(cp.retransmissions, now);
+                    cp.last_sent = Some(now);
                     cp.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -1121,6 +1154,7 @@ impl Engine {
                     }
                     let rtt = span.timeout(r.retransmissions);
                     r.sent_at = span.sample_start(r.retransmissions, now);
+                    r.last_sent = Some(now);
                     r.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -1213,6 +1247,11 @@ impl Engine {
                     return;
                 };
                 cp.timer = None;
+                let span = self.spans.get(&peer).expect("span exists");
+                if let Some(left) = span.time_left(cp.last_sent, cp.retransmissions, now) {
+                    cp.timer = Some(self.timers.start(peer, kind, now, left, span.link_up));
+                    return;
+                }
                 // §6.7: retransmit the checkpoint, or cancel once the limit is reached.
                 if cp.retransmissions >= cfg.max_checkpoint_retransmissions {
                     self.cancel_export(number, CancelReason::RetransmissionLimitExceeded, now);
@@ -1230,6 +1269,11 @@ impl Engine {
                     return;
                 };
                 r.timer = None;
+                let span = self.spans.get(&peer).expect("span exists");
+                if let Some(left) = span.time_left(r.last_sent, r.retransmissions, now) {
+                    r.timer = Some(self.timers.start(peer, kind, now, left, span.link_up));
+                    return;
+                }
                 // §6.8: retransmit the report, or give up once the limit is reached.
                 if r.retransmissions >= cfg.max_report_retransmissions {
                     if imp.red_part_taken() {

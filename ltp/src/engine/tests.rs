@@ -1392,6 +1392,41 @@ fn adaptive_timer_learns_the_round_trip_and_backs_off() {
 }
 
 #[test]
+fn a_timer_set_on_a_smaller_estimate_waits_out_the_larger_one() {
+    let ms = Duration::from_millis;
+    let (mut a, mut b) = adaptive_pair();
+    let t1 = exchange_once(&mut a, &mut b, t0());
+    // srtt 20 ms, rttvar 10 ms: a checkpoint sent now times out after 60 ms.
+    a.send_block(B, 1, block(500), 500, t1).unwrap();
+    let lost = drain_raw(&mut a, t1);
+    assert!(!lost.is_empty());
+    assert_eq!(a.poll_timeout(), Some(t1 + ms(60)));
+    // A second block's round trip takes 50 ms (a queue built up): srtt (7·20 + 50)/8 =
+    // 23.75 ms, rttvar (3·10 + 30)/4 = 15 ms, a timeout of 83.75 ms.
+    a.send_block(B, 1, block(500), 500, t1).unwrap();
+    for d in drain_raw(&mut a, t1) {
+        b.handle_datagram(d, t1 + ms(25));
+    }
+    for r in drain_raw(&mut b, t1 + ms(25)) {
+        a.handle_datagram(r, t1 + ms(50));
+    }
+    drain_raw(&mut a, t1 + ms(50)); // the report-ack
+    let longer = Duration::from_micros(83_750);
+    // At 60 ms the first checkpoint's answer could still come by today's estimate: its timer
+    // runs on to 83.75 ms instead of the checkpoint going again.
+    assert_eq!(a.poll_timeout(), Some(t1 + ms(60)));
+    a.handle_timeout(t1 + ms(60));
+    assert!(drain(&mut a, t1 + ms(60)).is_empty(), "retransmitted early");
+    assert_eq!(a.poll_timeout(), Some(t1 + longer));
+    a.handle_timeout(t1 + longer);
+    let resent = drain(&mut a, t1 + longer);
+    assert_eq!(resent.len(), 1, "the checkpoint alone is retransmitted");
+    assert!(data(&resent[0]).checkpoint.is_some());
+    // Its retransmission backs off from the estimate: 2 × 83.75 ms.
+    assert_eq!(a.poll_timeout(), Some(t1 + longer + longer * 2));
+}
+
+#[test]
 fn adaptive_timer_samples_neither_retransmissions_nor_round_trips_across_a_link_change() {
     let ms = Duration::from_millis;
     let (mut a, mut b) = adaptive_pair();
