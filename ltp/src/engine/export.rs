@@ -164,12 +164,10 @@ impl Engine {
         let Some(ex) = self.exports.get_mut(&number) else {
             return;
         };
-        let now_in_flight = ex.cursor.min(ex.red_len).saturating_sub(ex.acked.covered());
         let Some(span) = self.spans.get_mut(&ex.peer) else {
             return;
         };
-        span.in_flight = (span.in_flight + now_in_flight).saturating_sub(ex.in_flight);
-        ex.in_flight = now_in_flight;
+        count_in_flight(span, ex);
         let peer = ex.peer;
         self.release_blocked(peer);
     }
@@ -566,4 +564,12 @@ fn new_checkpoint(
             serial,
         }),
     )
+}
+
+/// Brings `span`'s count of red octets in flight up to date with export `ex`'s: red data sent
+/// for the first time and not yet acknowledged.
+pub(super) fn count_in_flight(span: &mut Span, ex: &mut Export) {
+    let now_in_flight = ex.cursor.min(ex.red_len).saturating_sub(ex.acked.covered());
+    span.in_flight = (span.in_flight + now_in_flight).saturating_sub(ex.in_flight);
+    ex.in_flight = now_in_flight;
 }

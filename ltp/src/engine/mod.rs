@@ -1098,22 +1098,29 @@ impl Engine {
                 leave(self.spans.get_mut(&peer)?, Some(ex));
                 continue;
             };
+            let span = self.spans.get_mut(&peer)?;
             if !ex.has_output() {
-                leave(self.spans.get_mut(&peer)?, Some(ex));
+                leave(span, Some(ex));
             }
             let new_red = ex.cursor.min(ex.red_len) - red_before;
-            let span = self.spans.get_mut(&peer)?;
             if new_red > 0 {
                 // A checkpoint ends the octets sent unchecked.
                 let checked = matches!(on_sent, OnSent::Timer(TimerKind::Checkpoint { .. }));
                 span.unchecked = if checked { 0 } else { span.unchecked + new_red };
+                // New red data only adds to what is in flight: nothing held back by the
+                // limit can be let go (see `sync_in_flight`).
+                export::count_in_flight(span, ex);
             }
+            // Only the segment that ends the block can complete the export (with its red
+            // part already acknowledged, or none).
+            let ended = ex.cursor == ex.block.len() as u64;
             self.stats.data_segments_sent += 1;
             if let OnSent::Timer(kind) = on_sent {
                 self.on_sent(peer, kind, now);
             }
-            self.sync_in_flight(number);
-            self.check_export_complete(number, now);
+            if ended {
+                self.check_export_complete(number, now);
+            }
             return Some(segment);
         }
         None
