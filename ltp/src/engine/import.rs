@@ -64,6 +64,8 @@ impl Engine {
                 imp.red_end = Some(end);
                 imp.eorp_is_eob = d.kind.is_eob();
             }
+            // The red part can be complete only once its end is known (§6.10).
+            let red_end_known = imp.red_end.is_some();
             if !imp.delivered {
                 // §6.20-style limit on what all imports hold, checked before anything is
                 // allocated for the segment.
@@ -107,7 +109,9 @@ impl Engine {
                     self.answer_checkpoint(sid, peer, cp, end);
                 }
             }
-            self.check_import_delivery(sid, now);
+            if red_end_known {
+                self.check_import_delivery(sid, now);
+            }
         } else {
             // §6.21 miscolored: green data below the red part.
             if imp.red_end.is_some_and(|r| d.offset < r) || d.offset < imp.max_red_end {
