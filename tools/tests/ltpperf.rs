@@ -163,7 +163,7 @@ fn ltp_mode_flow_control_and_pinning() {
     let (s, r) = run(false, pin);
     assert_eq!(s["blocks_completed"], 4, "{s}");
     assert_eq!(s["max_in_flight"], 4 * 1024 * 1024, "{s}");
-    assert_eq!(s["busy_poll_us"], 200, "{s}");
+    assert_eq!(s["busy_poll_us"], 1000, "{s}");
     assert_eq!(r["blocks_received"], 4, "{r}");
     let (s, _) = run(false, &["--max-in-flight", "0", "--busy-poll-us", "0"]);
     assert_eq!(s["blocks_completed"], 4, "{s}");
