@@ -57,8 +57,9 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # owlt = "1s", rate = 125000 override the contact plan's
 #                                  # light time and contact rate (default: from the plan; 0 / no
 #                                  # pacing without one); max_bytes_in_flight = 4194304
-#                                  # caps red data unacknowledged (flow control, for fast links
-#                                  # without a rate: ~half the peer's 8 MiB receive buffer)
+#                                  # caps red data unacknowledged (flow control; by default
+#                                  # 4 MiB, ~half the peer's 8 MiB receive buffer, while the
+#                                  # span has no rate, and none while it is paced; 0: none)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
@@ -216,10 +217,11 @@ pub struct LtpLink {
     /// Block aggregation time.
     pub aggregation_time: Duration,
     /// Flow control (`ltp::SpanConfig::max_bytes_in_flight`): at most this many red octets
-    /// sent and not yet acknowledged, over the span's sessions; `None`: only the window
-    /// limits them. For a fast link without a rate (a LAN, loopback), where a large bundle
-    /// would otherwise overrun the peer's UDP receive buffer: about half of that buffer, and
-    /// no less than the span's bandwidth-delay product.
+    /// sent and not yet acknowledged, over the span's sessions. `None`: chosen by dtnd
+    /// ([`crate::links::flow_control`]: 4 MiB while the span is not paced, none while it is);
+    /// `Some(0)`: none, only the window limits them. Without a rate (a LAN, loopback) a large
+    /// bundle would otherwise overrun the peer's UDP receive buffer: about half of that buffer,
+    /// and no less than the span's bandwidth-delay product.
     pub max_bytes_in_flight: Option<u64>,
 }
 
@@ -766,7 +768,7 @@ impl RawConfig {
                     window: r.window.unwrap_or(8),
                     aggregation_size: r.aggregation_size.unwrap_or(65536),
                     aggregation_time: agg.unwrap_or(Duration::from_millis(50)),
-                    max_bytes_in_flight: r.max_bytes_in_flight.filter(|&m| m > 0),
+                    max_bytes_in_flight: r.max_bytes_in_flight,
                 };
                 if link.segment_size < 64 || link.window == 0 {
                     return err(

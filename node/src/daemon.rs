@@ -481,6 +481,7 @@ impl Node {
                         base: span_config(l),
                         owlt: l.owlt,
                         rate: l.rate,
+                        max_bytes_in_flight: l.max_bytes_in_flight,
                     }),
                     _ => None,
                 },
@@ -1109,7 +1110,10 @@ fn span_config(l: &LtpLink) -> ltp::SpanConfig {
         owlt_outbound: l.owlt.unwrap_or(base.owlt_outbound),
         owlt_inbound: l.owlt.unwrap_or(base.owlt_inbound),
         rate_limit: l.rate.filter(|&r| r > 0),
-        max_bytes_in_flight: l.max_bytes_in_flight,
+        max_bytes_in_flight: crate::links::flow_control(
+            l.max_bytes_in_flight,
+            l.rate.filter(|&r| r > 0),
+        ),
         ..base
     }
 }

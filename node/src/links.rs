@@ -47,6 +47,29 @@ pub struct LtpSpanControl {
     pub owlt: Option<Duration>,
     /// Rate given in the configuration, bytes/s (`Some(0)`: no pacing; overrides the plan).
     pub rate: Option<u64>,
+    /// Flow control given in the configuration (`None`: [`flow_control`] chooses; `Some(0)`:
+    /// none).
+    pub max_bytes_in_flight: Option<u64>,
+}
+
+/// Flow control dtnd gives an LTP span whose configuration names none: half of the 8 MiB UDP
+/// receive buffer a dtnd asks for its LTP socket.
+pub const AUTO_MAX_BYTES_IN_FLIGHT: u64 = 4 << 20;
+
+/// The span's limit on red octets in flight (`ltp::SpanConfig::max_bytes_in_flight`) for the
+/// configured limit `configured` (`Some(0)`: none) and the rate the span is paced at.
+///
+/// Unconfigured, an unpaced span gets [`AUTO_MAX_BYTES_IN_FLIGHT`]: without a rate the engine
+/// sends as fast as the host can, and a large bundle on a fast link (a LAN, loopback) overran
+/// the peer's receive buffer and was sent again and again. A paced span gets none: its rate
+/// already keeps it to the link, and a limit below the bandwidth-delay product of a long link
+/// (tens of MB for the Moon at 100 Mbit/s) would idle it.
+pub fn flow_control(configured: Option<u64>, rate: Option<u64>) -> Option<u64> {
+    match configured {
+        Some(0) => None,
+        Some(limit) => Some(limit),
+        None => rate.is_none().then_some(AUTO_MAX_BYTES_IN_FLIGHT),
+    }
 }
 
 impl LtpSpanControl {
@@ -65,6 +88,7 @@ impl LtpSpanControl {
             Some(r) => Some(r),
             None => link.and_then(|l| l.rate).filter(|&r| r > 0),
         };
+        span.max_bytes_in_flight = flow_control(self.max_bytes_in_flight, span.rate_limit);
         span
     }
 }
@@ -148,6 +172,7 @@ mod tests {
             base: ltp::SpanConfig::default(),
             owlt: None,
             rate: None,
+            max_bytes_in_flight: None,
         };
         let link = PlannedLink {
             up: true,
@@ -177,5 +202,48 @@ mod tests {
             ..c
         };
         assert_eq!(paced.span_for(Some(&link)).rate_limit, Some(100));
+    }
+
+    #[test]
+    fn flow_control_is_automatic_only_while_unconfigured_and_unpaced() {
+        let c = LtpSpanControl {
+            engine: 2,
+            base: ltp::SpanConfig::default(),
+            owlt: None,
+            rate: None,
+            max_bytes_in_flight: None,
+        };
+        let contact = |rate| PlannedLink {
+            up: true,
+            rate,
+            owlt_ms: Some(10),
+            next_contact: None,
+        };
+        // Unpaced (no plan, or a contact without a rate): 4 MiB.
+        let auto = Some(AUTO_MAX_BYTES_IN_FLIGHT);
+        assert_eq!(c.span_for(None).max_bytes_in_flight, auto);
+        assert_eq!(c.span_for(Some(&contact(None))).max_bytes_in_flight, auto);
+        // Paced by the plan: none, and back to 4 MiB when the rate goes.
+        assert_eq!(
+            c.span_for(Some(&contact(Some(125_000))))
+                .max_bytes_in_flight,
+            None
+        );
+        // Configured: as configured, whatever the pacing; 0 turns it off.
+        let set = LtpSpanControl {
+            max_bytes_in_flight: Some(65_536),
+            ..c.clone()
+        };
+        assert_eq!(
+            set.span_for(Some(&contact(Some(125_000))))
+                .max_bytes_in_flight,
+            Some(65_536)
+        );
+        assert_eq!(set.span_for(None).max_bytes_in_flight, Some(65_536));
+        let off = LtpSpanControl {
+            max_bytes_in_flight: Some(0),
+            ..c
+        };
+        assert_eq!(off.span_for(None).max_bytes_in_flight, None);
     }
 }
