@@ -910,16 +910,9 @@ pub fn line_configs(dir: &Path, cl: LineCl, durability: &str) -> [NodeConfig; 3]
         ("ipn:1.*".into(), "b".into()),
         ("ipn:2.*".into(), "b".into()),
     ];
-    if cl == LineCl::Ltp {
-        // LTP flow control, as a node on a fast link without a rate would run it: the 10 MiB
-        // bundles then do not overrun the next node's 8 MiB receive buffer.
-        for n in &mut nodes {
-            for name in names {
-                n.ltp_options
-                    .insert(name.to_string(), "max_bytes_in_flight = 4194304".into());
-            }
-        }
-    }
+    // Over LTP the spans have no rate, so dtnd's own flow control applies (4 MiB in flight,
+    // `node::links::flow_control`): the 10 MiB bundles do not overrun the next node's 8 MiB
+    // receive buffer.
     nodes
 }
 
