@@ -165,15 +165,20 @@ async fn apply(
 mod tests {
     use super::*;
 
-    #[test]
-    fn span_follows_the_plan_unless_configured() {
-        let c = LtpSpanControl {
+    /// A span to peer engine 2 with nothing configured beyond the defaults.
+    fn unconfigured() -> LtpSpanControl {
+        LtpSpanControl {
             engine: 2,
             base: ltp::SpanConfig::default(),
             owlt: None,
             rate: None,
             max_bytes_in_flight: None,
-        };
+        }
+    }
+
+    #[test]
+    fn span_follows_the_plan_unless_configured() {
+        let c = unconfigured();
         let link = PlannedLink {
             up: true,
             rate: Some(5000),
@@ -206,13 +211,7 @@ mod tests {
 
     #[test]
     fn flow_control_is_automatic_only_while_unconfigured_and_unpaced() {
-        let c = LtpSpanControl {
-            engine: 2,
-            base: ltp::SpanConfig::default(),
-            owlt: None,
-            rate: None,
-            max_bytes_in_flight: None,
-        };
+        let c = unconfigured();
         let contact = |rate| PlannedLink {
             up: true,
             rate,
