@@ -170,3 +170,32 @@ fn ltp_mode_flow_control_and_pinning() {
     assert!(s["max_in_flight"].is_null(), "{s}");
     assert_eq!(s["busy_poll_us"], 0, "{s}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_ltpperf_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // `ltpperf send ... | head -1`: here the reader is gone before the summary is printed.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port();
+    let to = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ltpperf"))
+        .args(["send", "--to", &to, "--raw", "--blocks", "1"])
+        .args(["--block-size", "1400", "--segment-size", "1400"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("ltpperf runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -237,6 +237,16 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    // `ltpperf send ... | head -1`: end quietly when the reader of standard output goes away,
+    // as Unix tools do (the default action of SIGPIPE), rather than panic in `println!` (Rust's
+    // runtime ignores SIGPIPE, so the write fails instead). ltpperf's sockets are UDP, which
+    // never raise SIGPIPE.
+    #[cfg(unix)]
+    // SAFETY: `signal` with `SIG_DFL` only sets the process's disposition of SIGPIPE back to
+    // the default; no handler of ours is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
