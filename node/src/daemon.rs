@@ -49,7 +49,7 @@ use crate::api::{
     AgentCommand, AgentError, Delivery, DtnMillis, Metric, MetricKind, NodeHandle, NodeInfo,
     NodeStats, RegistrationId,
 };
-use crate::config::{Config, ContactEndPolicy, ContactPlanSection, DurabilityMode, Link, LtpLink};
+use crate::config::{Config, ContactEndPolicy, ContactPlanSection, DurabilityMode, Link};
 use crate::links::{LinkStates, LinkTarget, LtpSpanControl};
 use crate::plan_source::PlanRead;
 use crate::processing::{
@@ -476,13 +476,7 @@ impl Node {
             .map(|n| LinkTarget {
                 name: n.name.clone(),
                 ltp: match &n.link {
-                    Link::Ltp(l) => Some(LtpSpanControl {
-                        engine: l.engine,
-                        base: span_config(l),
-                        owlt: l.owlt,
-                        rate: l.rate,
-                        max_bytes_in_flight: l.max_bytes_in_flight,
-                    }),
+                    Link::Ltp(l) => Some(LtpSpanControl::for_link(l)),
                     _ => None,
                 },
                 gate: adapters.gates.get(&n.name).cloned(),
@@ -599,7 +593,8 @@ impl Node {
             let mut impairment = LtpImpairment::empty();
             for n in &config.neighbours {
                 let Link::Ltp(l) = &n.link else { continue };
-                engine.add_span(l.engine, span_config(l));
+                // Until the plan says otherwise: the configuration's settings alone.
+                engine.add_span(l.engine, LtpSpanControl::for_link(l).span_for(None));
                 driver.spans.push((l.engine, l.addr));
                 if let Some(p) = &n.emulation {
                     let gate = planned.then(|| adapters.new_gate(&n.name));
@@ -1097,24 +1092,6 @@ impl Core {
                 None => Err(SendError::Shutdown),
             },
         }
-    }
-}
-
-/// The LTP span settings a neighbour's configuration gives (the plan may change the light
-/// time and the rate later, see `links`).
-fn span_config(l: &LtpLink) -> ltp::SpanConfig {
-    let base = ltp::SpanConfig::default();
-    ltp::SpanConfig {
-        max_segment_size: l.segment_size,
-        max_export_sessions: l.window,
-        owlt_outbound: l.owlt.unwrap_or(base.owlt_outbound),
-        owlt_inbound: l.owlt.unwrap_or(base.owlt_inbound),
-        rate_limit: l.rate.filter(|&r| r > 0),
-        max_bytes_in_flight: crate::links::flow_control(
-            l.max_bytes_in_flight,
-            l.rate.filter(|&r| r > 0),
-        ),
-        ..base
     }
 }
 

@@ -22,7 +22,7 @@ use convergence::ltp_adapter::LtpAdapter;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::config::ContactEndPolicy;
+use crate::config::{ContactEndPolicy, LtpLink};
 use crate::processing::PlannedLink;
 
 /// How one neighbour's link is controlled.
@@ -73,7 +73,25 @@ pub fn flow_control(configured: Option<u64>, rate: Option<u64>) -> Option<u64> {
 }
 
 impl LtpSpanControl {
-    /// The span settings for the plan's view `link`.
+    /// The span control an LTP neighbour's configuration gives: its segment size and window
+    /// in the base, and its light time, rate and flow control, which [`Self::span_for`] puts
+    /// in (the configuration's, else the plan's or the default).
+    pub fn for_link(l: &LtpLink) -> LtpSpanControl {
+        LtpSpanControl {
+            engine: l.engine,
+            base: ltp::SpanConfig {
+                max_segment_size: l.segment_size,
+                max_export_sessions: l.window,
+                ..ltp::SpanConfig::default()
+            },
+            owlt: l.owlt,
+            rate: l.rate,
+            max_bytes_in_flight: l.max_bytes_in_flight,
+        }
+    }
+
+    /// The span settings for the plan's view `link` (`None`: no view, the configuration's
+    /// settings alone).
     pub fn span_for(&self, link: Option<&PlannedLink>) -> ltp::SpanConfig {
         let mut span = self.base.clone();
         let owlt = self
