@@ -49,7 +49,7 @@ impl Engine {
                     self.timers.stop(t);
                 }
                 if let Some(span) = self.spans.get_mut(&peer) {
-                    span.sample_round_trip(cp.sent_at, now);
+                    span.sample_round_trip(cp.sent, now);
                 }
                 ex.cp_resend.retain(|&s| s != r.checkpoint_serial);
             }
@@ -548,8 +548,7 @@ fn new_checkpoint(
             report_serial,
             retransmissions: 0,
             timer: None,
-            sent_at: None,
-            last_sent: None,
+            sent: None,
         },
     );
     let cp = CheckpointInfo {

@@ -395,8 +395,7 @@ impl Engine {
                     report: r,
                     retransmissions: 0,
                     timer: None,
-                    sent_at: None,
-                    last_sent: None,
+                    sent: None,
                 },
             );
         }
@@ -510,7 +509,7 @@ impl Engine {
                 self.timers.stop(t);
             }
             if let Some(span) = self.spans.get_mut(&sid.originator) {
-                span.sample_round_trip(r.sent_at, now);
+                span.sample_round_trip(r.sent, now);
             }
         }
         self.maybe_close_import(sid, now);

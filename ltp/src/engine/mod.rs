@@ -347,42 +347,45 @@ impl Span {
     /// configured timeout.
     fn time_left(
         &self,
-        sent: Option<Instant>,
+        sent: Option<SentAt>,
         retransmissions: u32,
         now: Instant,
     ) -> Option<Duration> {
         if !self.cfg.adaptive_timers {
             return None;
         }
-        let deadline = sent? + self.timeout(retransmissions);
+        let deadline = sent?.at + self.timeout(retransmissions);
         deadline
             .checked_duration_since(now)
             .filter(|left| !left.is_zero())
     }
 
-    /// A send time to sample the round trip from, for a segment sent `retransmissions` times
-    /// before (Karn's rule: only first transmissions are sampled).
-    fn sample_start(&self, retransmissions: u32, now: Instant) -> Option<SentAt> {
-        (retransmissions == 0).then_some(SentAt {
+    /// A transmission at `now` of a segment sent `retransmissions` times before.
+    fn sent_now(&self, retransmissions: u32, now: Instant) -> SentAt {
+        SentAt {
             at: now,
             link_epoch: self.link_epoch,
-        })
+            first: retransmissions == 0,
+        }
     }
 
-    /// The answer to a segment sent at `sent` arrived at `now`: one round-trip sample, unless
-    /// a link-state change happened in between.
+    /// The answer to a segment last sent at `sent` arrived at `now`: one round-trip sample,
+    /// unless that was not its first transmission (Karn's rule) or a link-state change
+    /// happened in between.
     fn sample_round_trip(&mut self, sent: Option<SentAt>, now: Instant) {
-        if let Some(s) = sent.filter(|s| s.link_epoch == self.link_epoch) {
+        if let Some(s) = sent.filter(|s| s.first && s.link_epoch == self.link_epoch) {
             self.rtt.sample(s.at, now);
         }
     }
 }
 
-/// When a segment whose answer is a round-trip sample left (see `rtt.rs`).
+/// When a segment that waits for an answer last left (see `rtt.rs` and [`Span::time_left`]).
 #[derive(Clone, Copy, Debug)]
 struct SentAt {
     at: Instant,
     link_epoch: u64,
+    /// It was the segment's first transmission: the answer is a round-trip sample.
+    first: bool,
 }
 
 struct Checkpoint {
@@ -392,10 +395,8 @@ struct Checkpoint {
     report_serial: u64,
     retransmissions: u32,
     timer: Option<TimerId>,
-    /// When the first transmission left, if it is to be sampled.
-    sent_at: Option<SentAt>,
-    /// When the last transmission left (see [`Span::time_left`]).
-    last_sent: Option<Instant>,
+    /// When the last transmission left.
+    sent: Option<SentAt>,
 }
 
 struct RetxRange {
@@ -466,10 +467,8 @@ struct PendingReport {
     report: ReportSegment,
     retransmissions: u32,
     timer: Option<TimerId>,
-    /// When the first transmission left, if it is to be sampled.
-    sent_at: Option<SentAt>,
-    /// When the last transmission left (see [`Span::time_left`]).
-    last_sent: Option<Instant>,
+    /// When the last transmission left.
+    sent: Option<SentAt>,
 }
 
 enum ImportState {
@@ -1144,8 +1143,7 @@ impl Engine {
                         self.timers.stop(t);
                     }
                     let rtt = span.timeout(cp.retransmissions);
-                    cp.sent_at = span.sample_start(cp.retransmissions, now);
-                    cp.last_sent = Some(now);
+                    cp.sent = Some(span.sent_now(cp.retransmissions, now));
                     cp.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -1160,8 +1158,7 @@ impl Engine {
                         self.timers.stop(t);
                     }
                     let rtt = span.timeout(r.retransmissions);
-                    r.sent_at = span.sample_start(r.retransmissions, now);
-                    r.last_sent = Some(now);
+                    r.sent = Some(span.sent_now(r.retransmissions, now));
                     r.timer = Some(self.timers.start(peer, kind, now, rtt, up));
                 }
             }
@@ -1255,7 +1252,7 @@ impl Engine {
                 };
                 cp.timer = None;
                 let span = self.spans.get(&peer).expect("span exists");
-                if let Some(left) = span.time_left(cp.last_sent, cp.retransmissions, now) {
+                if let Some(left) = span.time_left(cp.sent, cp.retransmissions, now) {
                     cp.timer = Some(self.timers.start(peer, kind, now, left, span.link_up));
                     return;
                 }
@@ -1277,7 +1274,7 @@ impl Engine {
                 };
                 r.timer = None;
                 let span = self.spans.get(&peer).expect("span exists");
-                if let Some(left) = span.time_left(r.last_sent, r.retransmissions, now) {
+                if let Some(left) = span.time_left(r.sent, r.retransmissions, now) {
                     r.timer = Some(self.timers.start(peer, kind, now, left, span.link_up));
                     return;
                 }
