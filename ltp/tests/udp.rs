@@ -274,6 +274,82 @@ async fn impairment_sees_destinations_and_spans_change_at_run_time() {
     }
 }
 
+/// Records the time stamp the driver gives each segment it sends, and lets all of them through.
+struct Stamps(Arc<Mutex<Vec<Instant>>>);
+
+impl Impairment for Stamps {
+    fn on_send(&mut self, now: Instant, _: Destination, d: Bytes) -> Vec<(Instant, Bytes)> {
+        self.0.lock().unwrap().push(now);
+        vec![(now, d)]
+    }
+
+    fn on_send_parts(
+        &mut self,
+        now: Instant,
+        _: Destination,
+        header: Bytes,
+        payload: Bytes,
+    ) -> Vec<(Instant, Bytes, Bytes)> {
+        self.0.lock().unwrap().push(now);
+        vec![(now, header, payload)]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_send_batch_is_stamped_with_its_own_time() {
+    // The engine records a checkpoint's send time from the time the driver gives it with the
+    // segment (for the checkpoint's timer and the round trip sampled from its answer), so
+    // that time must be taken for each batch the socket takes (64 KiB: 48 segments here),
+    // not once per turn of the driver's loop (up to 2048 segments: a 4 MiB block
+    // in two turns, its last checkpoint stamped as if sent when the block started).
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (hb, mut eb) = LtpDriver::spawn(DriverConfig::new(any), engine(B, A, 2)).unwrap();
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let mut ca = DriverConfig::new(any);
+    ca.spans = vec![(B, hb.local_addr())];
+    ca.impairment = Some(Box::new(Stamps(stamps.clone())));
+    // A batch ends with the datagram that takes it to `flush_bytes`, and all of this block's
+    // but its last carry more than 1000 octets.
+    let per_batch = ca.io.flush_bytes / 1000;
+    let (ha, mut ea) = LtpDriver::spawn(ca, engine(A, B, 1)).unwrap();
+    hb.set_span_address(A, ha.local_addr()).await.unwrap();
+
+    let len = 4 << 20;
+    let sent = ha.send_block(B, 1, block(len, 3), len).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut delivered, mut completed) = (false, false);
+    while !(delivered && completed) {
+        tokio::select! {
+            e = eb.recv() => match e.expect("events") {
+                Event::BlockReceived { session, red, .. } => {
+                    assert_eq!((session, red.len()), (sent, len));
+                    delivered = true;
+                }
+                other => panic!("receiver: unexpected {other:?}"),
+            },
+            e = ea.recv() => {
+                assert_eq!(e.expect("events"), Event::TransmissionCompleted { session: sent });
+                completed = true;
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("timeout"),
+        }
+    }
+    let stamps = stamps.lock().unwrap().clone();
+    assert!(stamps.len() >= len / 1400, "{} segments", stamps.len());
+    let longest = stamps
+        .chunk_by(|a, b| a == b)
+        .map(|run| run.len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= per_batch,
+        "{longest} segments carried one time stamp; one send batch holds {per_batch}"
+    );
+    for h in [ha, hb] {
+        h.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_queue_is_bounded_in_octets_of_block_data() {
     // The receiving user takes its time: with room for 100 000 octets of block data, one

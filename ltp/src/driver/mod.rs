@@ -628,8 +628,15 @@ impl Task {
 
     /// Moves the engine's output (through the impairment) into the send queue while it has
     /// room, and sends the queue, for at most one turn's budget.
+    ///
+    /// Each batch is stamped with the time it is made: what the engine records of a segment
+    /// as it takes it (a checkpoint's send time, hence its timer and the round trip sampled
+    /// from its answer, and pacing) must be when it left. One stamp for the whole turn
+    /// (up to [`TX_BATCH`] segments, a 1 MiB block at 1400 octets) made checkpoints look
+    /// sent when their block started: round-trip samples on loopback came out near 0.9 ms
+    /// where the answers took 0.08 ms, and a lost checkpoint waited about 1 ms for its timer.
     fn transmit(&mut self) -> Tx {
-        let now = Instant::now();
+        let mut now = Instant::now();
         self.release_delayed(now);
         let mut budget = TX_BATCH;
         loop {
@@ -654,6 +661,7 @@ impl Task {
             if budget == 0 {
                 return Tx::More;
             }
+            now = Instant::now();
         }
     }
 
