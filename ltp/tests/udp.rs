@@ -345,6 +345,9 @@ async fn each_send_batch_is_stamped_with_its_own_time() {
         longest <= per_batch,
         "{longest} segments carried one time stamp; one send batch holds {per_batch}"
     );
+    // The answer to the block's checkpoint was a round-trip sample.
+    let stats = ha.stats().await.unwrap();
+    assert!(stats.round_trips.contains_key(&B), "{stats:?}");
     for h in [ha, hb] {
         h.shutdown().await;
     }

@@ -1316,6 +1316,16 @@ fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
         &[],
         e.segments_malformed,
     );
+    for (engine, rtt) in &s.round_trips {
+        push(
+            stats,
+            "dtn_ltp_round_trip_microseconds",
+            "Smoothed LTP round trip (checkpoint to report) to a peer engine.",
+            Gauge,
+            &[("engine", &engine.to_string())],
+            rtt.as_micros() as u64,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -300,6 +300,8 @@ async fn ltp_line_of_three() {
     .unwrap();
     assert!(s.total("dtn_ltp_sessions_open").is_some());
     assert!(s.total("dtn_ltp_retransmissions_total").is_some());
+    // It sent blocks on to c, whose reports were round-trip samples.
+    assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
     for n in [a, b, c] {
         timeout(WAIT, n.shutdown())
             .await

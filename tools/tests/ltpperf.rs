@@ -108,6 +108,8 @@ fn ltp_mode_transfers_and_reports_json() {
     assert!(s["goodput_bps"].as_f64().unwrap() > 0.0);
     assert!(s["segments_sent"].as_u64().unwrap() >= 4 * 200_000 / 1400);
     assert!(s["segments_retransmitted"].as_u64().is_some());
+    // Every block's checkpoints were answered: the round trip was sampled.
+    assert!(s["round_trip_us"].as_u64().is_some(), "{s}");
     assert!(s["elapsed_s"].as_f64().unwrap() > 0.0);
     assert_eq!(r["blocks_received"], 4, "{r}");
     assert_eq!(r["red_bytes"], 4 * 150_000, "{r}");

@@ -30,7 +30,7 @@ mod impairment;
 pub mod udp_io;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -146,6 +146,10 @@ pub struct DriverStats {
     pub recv_calls: u64,
     /// Batching and offloads in use on the socket.
     pub offload: Offload,
+    /// The smoothed round-trip time measured to each peer engine with an address
+    /// ([`Engine::round_trip_estimate`]), for those with a sample: what the adaptive
+    /// retransmission timers start from (`SpanConfig::adaptive_timers`).
+    pub round_trips: BTreeMap<EngineId, Duration>,
 }
 
 /// Errors of [`LtpHandle`] calls.
@@ -570,6 +574,9 @@ impl Task {
             send_calls: io.send_calls,
             recv_calls: io.recv_calls,
             offload: self.io.offload(),
+            round_trips: (self.spans.keys())
+                .filter_map(|&peer| Some((peer, self.engine.round_trip_estimate(peer)?)))
+                .collect(),
             ..self.stats.clone()
         }
     }

@@ -510,6 +510,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "impaired_drops": st.impaired_drops,
                 "send_calls": st.send_calls,
                 "io": io_json(&st),
+                "round_trip_us": st.round_trips.get(&p.peer_engine_id).map(|d| d.as_micros() as u64),
                 "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
                 "rate_burst": p.rate_burst,
                 "max_in_flight": p.max_in_flight,
@@ -535,6 +536,12 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
             "segments sent {} ({} octets), data segments retransmitted {}, checkpoints retransmitted {}",
             e.segments_sent, e.bytes_sent, e.data_segments_retransmitted, e.checkpoints_retransmitted
         );
+        if let Some(rtt) = st.round_trips.get(&p.peer_engine_id) {
+            println!(
+                "round trip (smoothed, from checkpoint to report) {} µs",
+                rtt.as_micros()
+            );
+        }
         println!("{}", io_line(&st));
     }
     if completed + cancelled < p.blocks {
