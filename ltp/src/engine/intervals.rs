@@ -14,11 +14,30 @@ pub(crate) struct IntervalSet {
 
 impl IntervalSet {
     /// Adds `[start, end)`; calls `new` with each sub-range that was not covered before, in
-    /// order. Data arriving in order (the range overlaps or touches only the interval at or
-    /// before `start`) extends that interval in place, without allocating.
+    /// order. Data arriving in order (at or beyond the start of the last interval) extends
+    /// that interval in place, or follows it, without searching the map; data that overlaps
+    /// or touches only the interval at or before `start` extends that one without allocating.
     pub(crate) fn insert(&mut self, start: u64, end: u64, mut new: impl FnMut(u64, u64)) {
         if start >= end {
             return;
+        }
+        // Data in order lands at or beyond the last interval: no search of the map.
+        if let Some(mut last) = self.map.last_entry() {
+            if *last.key() <= start {
+                let pe = last.get_mut();
+                if *pe >= start {
+                    if end > *pe {
+                        new(*pe, end);
+                        self.covered += end - *pe;
+                        *pe = end;
+                    }
+                } else {
+                    self.map.insert(start, end);
+                    self.covered += end - start;
+                    new(start, end);
+                }
+                return;
+            }
         }
         let next_start = self
             .map
@@ -174,16 +193,39 @@ mod tests {
         assert_eq!(insert(&mut s, 25, 30), vec![(25, 26), (29, 30)]); // bridging: general
         assert_eq!(s.clipped(0, 100), vec![(0, 40)]);
         assert_eq!(s.covered(), 40);
-        // Against a brute-force model over random inserts.
-        let mut model = [false; 200];
-        let mut s = IntervalSet::default();
+        // Against a brute-force model: random inserts, then a block's segments in order with
+        // some left out (the last interval's fast path), then those filled in.
         let mut x: u64 = 12345;
-        for _ in 0..2000 {
+        let mut rand = move || {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let a = (x >> 33) % 190;
-            let b = a + 1 + (x >> 13) % 10;
+            x >> 13
+        };
+        let random: Vec<(u64, u64)> = (0..2000)
+            .map(|_| {
+                let a = rand() % 190;
+                (a, a + 1 + rand() % 10)
+            })
+            .collect();
+        agrees_with_a_model(&random);
+        let (mut in_order, mut left_out) = (Vec::new(), Vec::new());
+        for a in (0..190).step_by(7) {
+            let b = (a + 7 + rand() % 3).min(200);
+            if rand() % 5 == 0 {
+                left_out.push((a, b));
+            } else {
+                in_order.push((a, b));
+            }
+        }
+        in_order.extend(left_out);
+        agrees_with_a_model(&in_order);
+    }
+
+    fn agrees_with_a_model(inserts: &[(u64, u64)]) {
+        let mut model = [false; 200];
+        let mut s = IntervalSet::default();
+        for &(a, b) in inserts {
             let mut expect = Vec::new();
             for i in a..b {
                 if !model[i as usize] {
@@ -197,5 +239,14 @@ mod tests {
             assert_eq!(insert(&mut s, a, b), expect, "insert {a}..{b}");
         }
         assert_eq!(s.covered(), model.iter().filter(|&&m| m).count() as u64);
+        let runs = model
+            .chunk_by(|a, b| a == b)
+            .fold((0, Vec::new()), |(at, mut v), run| {
+                if run[0] {
+                    v.push((at, at + run.len() as u64));
+                }
+                (at + run.len() as u64, v)
+            });
+        assert_eq!(s.iter().collect::<Vec<_>>(), runs.1);
     }
 }
