@@ -71,10 +71,14 @@ pub fn encoded_len(v: u64) -> usize {
 /// once. Panics if `out` is shorter than that.
 pub fn write_u64(v: u64, out: &mut [u8]) -> usize {
     let n = encoded_len(v);
-    for (i, b) in out[..n].iter_mut().enumerate() {
-        let shift = 7 * (n - 1 - i);
-        let more = if i + 1 < n { 0x80 } else { 0 };
-        *b = ((v >> shift) & 0x7f) as u8 | more;
+    let out = &mut out[..n];
+    // From the last octet (high bit clear) back to the first.
+    let mut rest = v;
+    let mut more = 0;
+    for b in out.iter_mut().rev() {
+        *b = (rest & 0x7f) as u8 | more;
+        rest >>= 7;
+        more = 0x80;
     }
     n
 }

@@ -366,6 +366,9 @@ impl<'a> Reader<'a> {
         count: usize,
         limits: &DecodeLimits,
     ) -> Result<Vec<Extension>, DecodeError> {
+        if count == 0 {
+            return Ok(Vec::new()); // the usual case, and no allocation
+        }
         let mut v = Vec::with_capacity(count);
         for _ in 0..count {
             let tag = self.u8("extension tag")?;
@@ -661,9 +664,9 @@ impl DataHeaderPrefix {
     ) {
         let mut h = [0u8; MAX_DATA_HEADER];
         h[0] = kind.type_code();
-        let p = usize::from(self.len);
-        h[1..1 + p].copy_from_slice(&self.bytes[..p]);
-        let mut n = 1 + p;
+        // The whole prefix array (a copy of fixed size), of which the first `len` octets count.
+        h[1..1 + self.bytes.len()].copy_from_slice(&self.bytes);
+        let mut n = 1 + usize::from(self.len);
         n += sdnv::write_u64(offset, &mut h[n..]);
         n += sdnv::write_u64(data_len, &mut h[n..]);
         n += write_checkpoint_fields(kind, checkpoint, &mut h[n..]);
