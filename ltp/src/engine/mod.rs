@@ -1050,54 +1050,53 @@ impl Engine {
         // ones wait for reports, which is what the window of sessions is for.
         // (It stays in the ready set while it sends, rather than leave and come back per
         // segment.)
-        while let Some(&(opened, number)) = self.spans.get(&peer)?.ready.first() {
+        // One look-up of the span for the segment (the exports, counters and header arena are
+        // other fields of the engine, borrowed beside it).
+        let exports = &mut self.exports;
+        while let Some(&(opened, number)) = span.ready.first() {
             let leave = |span: &mut Span, ex: Option<&mut Export>| {
                 span.ready.remove(&(opened, number));
                 if let Some(ex) = ex {
                     ex.in_ready = false;
                 }
             };
-            let Some(ex) = self.exports.get_mut(&number) else {
-                leave(self.spans.get_mut(&peer)?, None);
+            let Some(ex) = exports.get_mut(&number) else {
+                leave(span, None);
                 continue;
             };
             if ex.cp_resend.is_empty()
                 && ex.retx.is_empty()
                 && ex.cursor < ex.red_len
                 && matches!(ex.state, ExportState::Sending)
-            {
-                let span = self.spans.get_mut(&peer)?;
-                if span
+                && span
                     .cfg
                     .max_bytes_in_flight
                     .is_some_and(|max| span.in_flight >= max)
-                {
-                    if ex.in_flight > 0 && ex.checkpoints.is_empty() {
-                        // Flow control waits for reports, and the peer reports only on a
-                        // checkpoint: this export's next segment is one (discretionary), so
-                        // that its data in flight gets acknowledged.
-                        ex.checkpoint_next = true;
-                    } else {
-                        // Flow control: new red data waits for reports to acknowledge some.
-                        if !span.blocked.contains(&number) {
-                            span.blocked.push_back(number);
-                        }
-                        leave(span, Some(ex));
-                        continue;
+            {
+                if ex.in_flight > 0 && ex.checkpoints.is_empty() {
+                    // Flow control waits for reports, and the peer reports only on a
+                    // checkpoint: this export's next segment is one (discretionary), so that
+                    // its data in flight gets acknowledged.
+                    ex.checkpoint_next = true;
+                } else {
+                    // Flow control: new red data waits for reports to acknowledge some.
+                    if !span.blocked.contains(&number) {
+                        span.blocked.push_back(number);
                     }
+                    leave(span, Some(ex));
+                    continue;
                 }
             }
-            if spacing.is_some_and(|sp| self.spans.get(&peer).is_some_and(|s| s.unchecked >= sp)) {
+            if spacing.is_some_and(|sp| span.unchecked >= sp) {
                 ex.checkpoint_next = true;
             }
             let red_before = ex.cursor.min(ex.red_len);
             let Some((segment, on_sent)) =
                 Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
             else {
-                leave(self.spans.get_mut(&peer)?, Some(ex));
+                leave(span, Some(ex));
                 continue;
             };
-            let span = self.spans.get_mut(&peer)?;
             if !ex.has_output() {
                 leave(span, Some(ex));
             }
