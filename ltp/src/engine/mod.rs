@@ -360,6 +360,18 @@ impl Span {
             .filter(|left| !left.is_zero())
     }
 
+    /// Paces the span (`SpanConfig::rate_limit`): a datagram of `len` octets sent at `now`
+    /// keeps the next one back until the rate allows it, with up to `rate_burst` octets of
+    /// credit for time the span left unused.
+    fn pace(&mut self, len: usize, now: Instant) {
+        if let Some(rate) = self.cfg.rate_limit.filter(|&r| r > 0) {
+            let burst = Duration::from_secs_f64(self.cfg.rate_burst as f64 / rate as f64);
+            let floor = now.checked_sub(burst).unwrap_or(now);
+            let start = self.pace_at.map_or(floor, |t| t.max(floor));
+            self.pace_at = Some(start + Duration::from_secs_f64(len as f64 / rate as f64));
+        }
+    }
+
     /// A transmission at `now` of a segment sent `retransmissions` times before.
     fn sent_now(&self, retransmissions: u32, now: Instant) -> SentAt {
         SentAt {
@@ -1011,14 +1023,6 @@ impl Engine {
                     header,
                     payload,
                 };
-                let span = self.spans.get_mut(&peer).expect("span exists");
-                if let Some(rate) = span.cfg.rate_limit.filter(|&r| r > 0) {
-                    let burst = Duration::from_secs_f64(span.cfg.rate_burst as f64 / rate as f64);
-                    let floor = now.checked_sub(burst).unwrap_or(now);
-                    let start = span.pace_at.map_or(floor, |t| t.max(floor));
-                    span.pace_at =
-                        Some(start + Duration::from_secs_f64(out.len() as f64 / rate as f64));
-                }
                 self.stats.segments_sent += 1;
                 self.stats.bytes_sent += out.len() as u64;
                 return Some(out);
@@ -1030,6 +1034,7 @@ impl Engine {
     fn transmit_from(&mut self, peer: EngineId, now: Instant) -> Option<export::Segmented> {
         let span = self.spans.get_mut(&peer)?;
         if let Some(o) = span.control.pop_front() {
+            span.pace(o.bytes.len(), now);
             if let OnSent::Timer(kind) = o.on_sent {
                 self.on_sent(peer, kind, now);
             }
@@ -1100,6 +1105,7 @@ impl Engine {
             if !ex.has_output() {
                 leave(span, Some(ex));
             }
+            span.pace(segment.0.len() + segment.1.len(), now);
             let new_red = ex.cursor.min(ex.red_len) - red_before;
             if new_red > 0 {
                 // A checkpoint ends the octets sent unchecked.
