@@ -363,6 +363,7 @@ impl Span {
     /// Paces the span (`SpanConfig::rate_limit`): a datagram of `len` octets sent at `now`
     /// keeps the next one back until the rate allows it, with up to `rate_burst` octets of
     /// credit for time the span left unused.
+    #[inline]
     fn pace(&mut self, len: usize, now: Instant) {
         if let Some(rate) = self.cfg.rate_limit.filter(|&r| r > 0) {
             let burst = Duration::from_secs_f64(self.cfg.rate_burst as f64 / rate as f64);
