@@ -32,7 +32,14 @@ pub enum SdnvError {
 /// inside the SDNV (`Unterminated`). Leading `0x80` octets (value zero bits) are accepted.
 pub fn decode_u64(buf: &[u8]) -> Result<(u64, usize), SdnvError> {
     let mut value: u64 = 0;
-    for (i, &b) in buf.iter().enumerate() {
+    // Nine octets carry 63 bits: no overflow is possible before the tenth.
+    for (i, &b) in buf.iter().take(9).enumerate() {
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    for (i, &b) in buf.iter().enumerate().skip(9) {
         // RFC 6256 §2.1 overflow rule: shifting in 7 more bits must not lose any set bit.
         if value >> 57 != 0 {
             return Err(SdnvError::Overflow { bits: 64 });
@@ -119,6 +126,8 @@ mod tests {
         over.extend_from_slice(&[0xff; 8]);
         over.push(0x7f);
         assert_eq!(decode_u64(&over), Err(SdnvError::Overflow { bits: 64 }));
+        let padded_over = [&[0x80; 5][..], &over].concat();
+        assert_eq!(decode_u64(&padded_over), Err(SdnvError::Overflow { bits: 64 }));
         assert_eq!(decode_u64(&[0xff, 0xff]), Err(SdnvError::Unterminated));
         assert_eq!(decode_u64(&[]), Err(SdnvError::Unterminated));
         assert_eq!(
