@@ -127,7 +127,10 @@ mod tests {
         over.push(0x7f);
         assert_eq!(decode_u64(&over), Err(SdnvError::Overflow { bits: 64 }));
         let padded_over = [&[0x80; 5][..], &over].concat();
-        assert_eq!(decode_u64(&padded_over), Err(SdnvError::Overflow { bits: 64 }));
+        assert_eq!(
+            decode_u64(&padded_over),
+            Err(SdnvError::Overflow { bits: 64 })
+        );
         assert_eq!(decode_u64(&[0xff, 0xff]), Err(SdnvError::Unterminated));
         assert_eq!(decode_u64(&[]), Err(SdnvError::Unterminated));
         assert_eq!(
