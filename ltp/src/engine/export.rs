@@ -42,6 +42,17 @@ impl Engine {
         if !matches!(ex.state, ExportState::Sending) {
             return;
         }
+        if ex
+            .reports_trusted_from
+            .is_some_and(|from| r.report_serial.wrapping_sub(from) >= STALE_REPORT_WINDOW)
+        {
+            // Numbered before the report that took the claims back (see below), or far beyond
+            // it: the receiver's earlier incarnation sent it before its restart, and it came
+            // late. Its claims are data the receiver no longer has; its checkpoint's timer
+            // runs on, so that the new incarnation answers that checkpoint.
+            self.stats.stale_reports_ignored += 1;
+            return;
+        }
         // §6.13: the report answers a checkpoint: stop that checkpoint's timer.
         if r.checkpoint_serial != 0 {
             if let Some(cp) = ex.checkpoints.remove(&r.checkpoint_serial) {
@@ -81,6 +92,7 @@ impl Engine {
             // new incarnation reports missing.
             tracing::debug!(?sid, "report takes back earlier claims; forgetting them");
             ex.acked = IntervalSet::default();
+            ex.reports_trusted_from = Some(r.report_serial);
             self.stats.claims_retracted += 1;
         }
         let acked_before = ex.acked.covered();
@@ -460,6 +472,12 @@ impl Engine {
         ))
     }
 }
+
+/// How many reports after the one that took back earlier claims a receiver's new incarnation
+/// may send in the session and still be trusted ([`Export`]'s `reports_trusted_from`). A
+/// session's first report serial is random (ours within 2^30, ION's within 2^32), so an
+/// earlier incarnation's serial falls in this window by chance at most once in a thousand.
+const STALE_REPORT_WINDOW: u64 = 1 << 20;
 
 /// Octets a plain red segment leaves unused so that it could carry a checkpoint instead: the
 /// two serial-number SDNVs of §3.2.1 at their largest (10 octets each for 64-bit values).

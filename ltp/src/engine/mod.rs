@@ -28,7 +28,10 @@
 //!   - a report whose scope leaves out data an earlier report claimed takes those claims
 //!     back: received data is never lost by a live receiver, so the sender forgets every
 //!     claim of the export and retransmits what the new reports show missing (sender side,
-//!     `export.rs`; counted in `EngineStats::claims_retracted`).
+//!     `export.rs`; counted in `EngineStats::claims_retracted`). A report of the earlier
+//!     incarnation that comes after that, reordered across the restart, is told apart by
+//!     its serial number (a receiver numbers a session's reports upward from its first)
+//!     and ignored (`EngineStats::stale_reports_ignored`).
 //! - An import whose red part was delivered closes quietly when its report retransmissions or
 //!   its inactivity time run out (nothing is lost; late checkpoints get a full report from the
 //!   closed-session memory).
@@ -248,6 +251,9 @@ pub struct EngineStats {
     /// Reports that took back claims of earlier reports: the receiver lost its session state
     /// (a restart), and the export forgot every claim it had (see `export.rs`).
     pub claims_retracted: u64,
+    /// Reports of a receiver's earlier incarnation that came after one of the new
+    /// incarnation took the claims back: acknowledged, and otherwise ignored.
+    pub stale_reports_ignored: u64,
 }
 
 /// What to do when a queued control segment is actually transmitted.
@@ -442,6 +448,10 @@ struct Export {
     retx: VecDeque<RetxRange>,
     next_cp_serial: u64,
     seen_reports: Set<u64>,
+    /// Set when a report took back earlier claims (the receiver restarted): the serial of
+    /// that report, from which the new incarnation numbers its reports upward. A report
+    /// numbered outside `[serial, serial + 2^20)` is the earlier incarnation's, come late.
+    reports_trusted_from: Option<u64>,
     /// Retransmission cycles in a row without new data acknowledged (RXMTCYCEXC).
     cycles: u32,
     state: ExportState,
@@ -873,6 +883,7 @@ impl Engine {
             retx: VecDeque::new(),
             next_cp_serial,
             seen_reports: Set::default(),
+            reports_trusted_from: None,
             cycles: 0,
             state: ExportState::Sending,
             opened: span.opened,

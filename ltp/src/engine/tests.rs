@@ -1595,6 +1595,98 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
 }
 
 #[test]
+fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
+    // As above, and after the new B's first report made A forget the old claims, a report
+    // the old B sent before its restart arrives late (reordered across it): a full report of
+    // the first half, as the old B would send for a retransmitted checkpoint. The new B has
+    // none of that half (A's retransmission of it is lost). With the new B's claims, the old
+    // ones would acknowledge the whole block at once: A would complete a block the new B
+    // never gets. The late report's serial is the old B's (numbered on from its other
+    // reports), not the new B's: it is acknowledged and otherwise ignored.
+    let mut now = t0();
+    let (mut a, sid, raw) = discretionary_sender(now);
+    let half = raw.len() / 2;
+    let mut b = engine(B, A);
+    for s in &raw[..half] {
+        b.handle_datagram(s.clone(), now);
+    }
+    let old_reports: Vec<ReportSegment> =
+        reports(&drain(&mut b, now)).into_iter().cloned().collect();
+    let last = old_reports
+        .last()
+        .expect("B answered discretionary checkpoints");
+    let late = ReportSegment {
+        report_serial: last.report_serial + 1,
+        checkpoint_serial: 0,
+        lower_bound: 0,
+        upper_bound: last.upper_bound,
+        claims: vec![Claim {
+            offset: 0,
+            length: last.upper_bound,
+        }],
+    };
+    for r in &old_reports {
+        a.handle_datagram(report_bytes(sid, r), now);
+    }
+    drain(&mut a, now); // report-acks to the old B, lost with it
+    let mut b2 = Engine::new(
+        B,
+        EngineConfig {
+            seed: 777,
+            ..EngineConfig::default()
+        },
+    );
+    b2.add_span(A, span());
+    for s in &raw[half..] {
+        b2.handle_datagram(s.clone(), now);
+    }
+    for s in drain_raw(&mut b2, now) {
+        a.handle_datagram(s, now);
+    }
+    assert_eq!(a.stats().claims_retracted, 1);
+    drain(&mut a, now); // the retransmission of the first half: lost
+    a.handle_datagram(report_bytes(sid, &late), now);
+    assert_eq!(a.stats().stale_reports_ignored, 1);
+    assert!(
+        !events(&mut a).contains(&Event::TransmissionCompleted { session: sid }),
+        "completed on the old incarnation's claims"
+    );
+    // From here on nothing is lost: A's checkpoint timer brings the first half again.
+    let mut delivered = Vec::new();
+    let mut completed = false;
+    let mut to_b2 = drain_raw(&mut a, now);
+    for _round in 0..20 {
+        for s in to_b2.drain(..) {
+            b2.handle_datagram(s, now);
+        }
+        for s in drain_raw(&mut b2, now) {
+            a.handle_datagram(s, now);
+        }
+        to_b2 = drain_raw(&mut a, now);
+        delivered.extend(events(&mut b2).into_iter().filter_map(|e| match e {
+            Event::BlockReceived { red, .. } => Some(red),
+            _ => None,
+        }));
+        completed |= events(&mut a).contains(&Event::TransmissionCompleted { session: sid });
+        if completed {
+            break;
+        }
+        if to_b2.is_empty() {
+            now += Duration::from_secs(1);
+            a.handle_timeout(now);
+            b2.handle_timeout(now);
+            to_b2 = drain_raw(&mut a, now);
+        }
+    }
+    assert!(completed, "the export never completed");
+    assert!(
+        delivered == vec![block(2000)],
+        "the new B must deliver the whole block once; it delivered {} blocks",
+        delivered.len()
+    );
+}
+
+#[test]
 fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down() {
     // Segments that keep coming keep the import alive (the timer runs on from the latest one,
     // without a timer operation per segment); the time the link is down does not count.
