@@ -12,6 +12,23 @@ const MAX_HELD_CHECKPOINTS: usize = 16;
 /// Holds a checkpoint until the red part is accepted: one entry per checkpoint serial (a
 /// retransmitted checkpoint keeps its serial, §6.7), the oldest dropped beyond
 /// [`MAX_HELD_CHECKPOINTS`] (the sender's retransmission answers for it).
+/// Notes a segment of import `imp` (session `sid`, on `span`): its inactivity timer runs on
+/// from the latest one (started here if none runs).
+fn touch_import(imp: &mut Import, timers: &mut Timers, span: &Span, sid: SessionId, now: Instant) {
+    imp.last_active = now;
+    if imp.inactivity.is_none() && matches!(imp.state, ImportState::Open) {
+        imp.active_since = now;
+        let (dur, up) = (span.cfg.inactivity_timeout, span.link_up);
+        imp.inactivity = Some(timers.start(
+            sid.originator,
+            TimerKind::Inactivity { session: sid },
+            now,
+            dur,
+            up,
+        ));
+    }
+}
+
 fn hold_checkpoint(held: &mut Vec<(CheckpointInfo, u64)>, cp: CheckpointInfo, end: u64) {
     if held
         .iter()
@@ -40,8 +57,10 @@ impl Engine {
         let end = d.offset.saturating_add(d.data.len() as u64);
         let mss_limit = self.cfg.max_block_size;
         let peer = sid.originator;
-        self.touch_import(sid, now);
         let imp = self.imports.get_mut(&sid).expect("import exists");
+        if let Some(span) = self.spans.get(&peer) {
+            touch_import(imp, &mut self.timers, span, sid, now);
+        }
         if !matches!(imp.state, ImportState::Open) {
             return;
         }
@@ -200,27 +219,6 @@ impl Engine {
         );
         self.stats.import_sessions_opened += 1;
         true
-    }
-
-    /// Notes a segment of an import: its inactivity timer runs on from the latest one.
-    fn touch_import(&mut self, sid: SessionId, now: Instant) {
-        let peer = sid.originator;
-        let (dur, up) = match self.spans.get(&peer) {
-            Some(s) => (s.cfg.inactivity_timeout, s.link_up),
-            None => return,
-        };
-        let Some(imp) = self.imports.get_mut(&sid) else {
-            return;
-        };
-        imp.last_active = now;
-        if imp.inactivity.is_none() && matches!(imp.state, ImportState::Open) {
-            imp.active_since = now;
-            imp.inactivity =
-                Some(
-                    self.timers
-                        .start(peer, TimerKind::Inactivity { session: sid }, now, dur, up),
-                );
-        }
     }
 
     /// A segment for an import we already closed: answer so the sender can close too, never
