@@ -1536,6 +1536,68 @@ fn report_bytes(sid: SessionId, r: &ReportSegment) -> Bytes {
     control_segment(sid, SegmentBody::Report(r.clone()))
 }
 
+/// A sends a 2000-octet block with discretionary checkpoints, of which B gets the first half
+/// of the segments (its reports wait in its output). Returns A, the session, all of A's
+/// segments, where their second half starts, and B.
+fn first_half_to_b(now: Instant) -> (Engine, SessionId, Vec<Bytes>, usize, Engine) {
+    let (a, sid, raw) = discretionary_sender(now);
+    let half = raw.len() / 2;
+    let mut b = engine(B, A);
+    for s in &raw[..half] {
+        b.handle_datagram(s.clone(), now);
+    }
+    (a, sid, raw, half, b)
+}
+
+/// B after a restart: all its import state lost (a fresh engine, with a seed of its own).
+fn restarted_b() -> Engine {
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            seed: 777,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    b
+}
+
+/// Hands `to_b` to B, then moves segments both ways until A completes the export `sid`;
+/// whenever neither has anything to send, the clock moves on a second (timers retransmit).
+/// Returns the red parts B delivered and whether A completed (within 20 exchanges).
+fn exchange(
+    a: &mut Engine,
+    b: &mut Engine,
+    mut to_b: Vec<Bytes>,
+    sid: SessionId,
+    mut now: Instant,
+) -> (Vec<Bytes>, bool) {
+    let mut delivered = Vec::new();
+    for _round in 0..20 {
+        for s in to_b.drain(..) {
+            b.handle_datagram(s, now);
+        }
+        for s in drain_raw(b, now) {
+            a.handle_datagram(s, now);
+        }
+        to_b = drain_raw(a, now);
+        delivered.extend(events(b).into_iter().filter_map(|e| match e {
+            Event::BlockReceived { red, .. } => Some(red),
+            _ => None,
+        }));
+        if events(a).contains(&Event::TransmissionCompleted { session: sid }) {
+            return (delivered, true);
+        }
+        if to_b.is_empty() {
+            now += Duration::from_secs(1);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            to_b = drain_raw(a, now);
+        }
+    }
+    (delivered, false)
+}
+
 #[test]
 fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     // B answers the discretionary checkpoints of the first half of a block, then restarts
@@ -1544,12 +1606,7 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     // out the first half. Combined with the old claims, the sender would complete a block
     // the new B never had; instead it forgets the old claims and retransmits the first half.
     let now = t0();
-    let (mut a, sid, raw) = discretionary_sender(now);
-    let half = raw.len() / 2;
-    let mut b = engine(B, A);
-    for s in &raw[..half] {
-        b.handle_datagram(s.clone(), now);
-    }
+    let (mut a, sid, raw, half, mut b) = first_half_to_b(now);
     let old_reports = drain_raw(&mut b, now);
     assert!(
         !old_reports.is_empty(),
@@ -1559,39 +1616,15 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
         a.handle_datagram(r, now);
     }
     drain(&mut a, now); // report-acks to the old B, lost with it
-    let mut b2 = Engine::new(
-        B,
-        EngineConfig {
-            seed: 777,
-            ..EngineConfig::default()
-        },
-    );
-    b2.add_span(A, span());
-    let mut to_b2: Vec<Bytes> = raw[half..].to_vec();
-    let mut delivered = Vec::new();
-    for _round in 0..10 {
-        for s in to_b2.drain(..) {
-            b2.handle_datagram(s, now);
-        }
-        for s in drain_raw(&mut b2, now) {
-            a.handle_datagram(s, now);
-        }
-        to_b2 = drain_raw(&mut a, now);
-        delivered.extend(events(&mut b2).into_iter().filter_map(|e| match e {
-            Event::BlockReceived { red, .. } => Some(red),
-            _ => None,
-        }));
-        if to_b2.is_empty() {
-            break;
-        }
-    }
+    let mut b2 = restarted_b();
+    let (delivered, completed) = exchange(&mut a, &mut b2, raw[half..].to_vec(), sid, now);
     assert!(
         delivered == vec![block(2000)],
         "the new B must deliver the whole block once; it delivered {} blocks",
         delivered.len()
     );
+    assert!(completed, "the export never completed");
     assert_eq!(a.stats().claims_retracted, 1);
-    assert!(events(&mut a).contains(&Event::TransmissionCompleted { session: sid }));
 }
 
 #[test]
@@ -1603,13 +1636,8 @@ fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
     // ones would acknowledge the whole block at once: A would complete a block the new B
     // never gets. The late report's serial is the old B's (numbered on from its other
     // reports), not the new B's: it is acknowledged and otherwise ignored.
-    let mut now = t0();
-    let (mut a, sid, raw) = discretionary_sender(now);
-    let half = raw.len() / 2;
-    let mut b = engine(B, A);
-    for s in &raw[..half] {
-        b.handle_datagram(s.clone(), now);
-    }
+    let now = t0();
+    let (mut a, sid, raw, half, mut b) = first_half_to_b(now);
     let old_reports: Vec<ReportSegment> =
         reports(&drain(&mut b, now)).into_iter().cloned().collect();
     let last = old_reports
@@ -1629,14 +1657,7 @@ fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
         a.handle_datagram(report_bytes(sid, r), now);
     }
     drain(&mut a, now); // report-acks to the old B, lost with it
-    let mut b2 = Engine::new(
-        B,
-        EngineConfig {
-            seed: 777,
-            ..EngineConfig::default()
-        },
-    );
-    b2.add_span(A, span());
+    let mut b2 = restarted_b();
     for s in &raw[half..] {
         b2.handle_datagram(s.clone(), now);
     }
@@ -1652,32 +1673,8 @@ fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
         "completed on the old incarnation's claims"
     );
     // From here on nothing is lost: A's checkpoint timer brings the first half again.
-    let mut delivered = Vec::new();
-    let mut completed = false;
-    let mut to_b2 = drain_raw(&mut a, now);
-    for _round in 0..20 {
-        for s in to_b2.drain(..) {
-            b2.handle_datagram(s, now);
-        }
-        for s in drain_raw(&mut b2, now) {
-            a.handle_datagram(s, now);
-        }
-        to_b2 = drain_raw(&mut a, now);
-        delivered.extend(events(&mut b2).into_iter().filter_map(|e| match e {
-            Event::BlockReceived { red, .. } => Some(red),
-            _ => None,
-        }));
-        completed |= events(&mut a).contains(&Event::TransmissionCompleted { session: sid });
-        if completed {
-            break;
-        }
-        if to_b2.is_empty() {
-            now += Duration::from_secs(1);
-            a.handle_timeout(now);
-            b2.handle_timeout(now);
-            to_b2 = drain_raw(&mut a, now);
-        }
-    }
+    let to_b2 = drain_raw(&mut a, now);
+    let (delivered, completed) = exchange(&mut a, &mut b2, to_b2, sid, now);
     assert!(completed, "the export never completed");
     assert!(
         delivered == vec![block(2000)],
