@@ -12,6 +12,19 @@ const MAX_HELD_CHECKPOINTS: usize = 16;
 /// Holds a checkpoint until the red part is accepted: one entry per checkpoint serial (a
 /// retransmitted checkpoint keeps its serial, §6.7), the oldest dropped beyond
 /// [`MAX_HELD_CHECKPOINTS`] (the sender's retransmission answers for it).
+fn hold_checkpoint(held: &mut Vec<(CheckpointInfo, u64)>, cp: CheckpointInfo, end: u64) {
+    if held
+        .iter()
+        .any(|(c, _)| c.checkpoint_serial == cp.checkpoint_serial)
+    {
+        return;
+    }
+    if held.len() >= MAX_HELD_CHECKPOINTS {
+        held.remove(0);
+    }
+    held.push((cp, end));
+}
+
 /// Notes a segment of import `imp` (session `sid`, on `span`): its inactivity timer runs on
 /// from the latest one (started here if none runs).
 fn touch_import(imp: &mut Import, timers: &mut Timers, span: &Span, sid: SessionId, now: Instant) {
@@ -27,19 +40,6 @@ fn touch_import(imp: &mut Import, timers: &mut Timers, span: &Span, sid: Session
             up,
         ));
     }
-}
-
-fn hold_checkpoint(held: &mut Vec<(CheckpointInfo, u64)>, cp: CheckpointInfo, end: u64) {
-    if held
-        .iter()
-        .any(|(c, _)| c.checkpoint_serial == cp.checkpoint_serial)
-    {
-        return;
-    }
-    if held.len() >= MAX_HELD_CHECKPOINTS {
-        held.remove(0);
-    }
-    held.push((cp, end));
 }
 
 impl Engine {
