@@ -32,14 +32,7 @@ pub enum SdnvError {
 /// inside the SDNV (`Unterminated`). Leading `0x80` octets (value zero bits) are accepted.
 pub fn decode_u64(buf: &[u8]) -> Result<(u64, usize), SdnvError> {
     let mut value: u64 = 0;
-    // Nine octets carry 63 bits: no overflow is possible before the tenth.
-    for (i, &b) in buf.iter().take(9).enumerate() {
-        value = (value << 7) | u64::from(b & 0x7f);
-        if b & 0x80 == 0 {
-            return Ok((value, i + 1));
-        }
-    }
-    for (i, &b) in buf.iter().enumerate().skip(9) {
+    for (i, &b) in buf.iter().enumerate() {
         // RFC 6256 §2.1 overflow rule: shifting in 7 more bits must not lose any set bit.
         if value >> 57 != 0 {
             return Err(SdnvError::Overflow { bits: 64 });
