@@ -21,43 +21,34 @@ impl IntervalSet {
         if start >= end {
             return;
         }
-        // Data in order lands at or beyond the last interval: no search of the map.
-        if let Some(mut last) = self.map.last_entry() {
-            if *last.key() <= start {
-                let pe = last.get_mut();
-                if *pe >= start {
+        // Nothing starts after `start` within reach of `end`: at most the interval at or before
+        // `start` is touched. Data in order lands at or beyond the last interval, which is
+        // found without searching the map.
+        let in_order = self.map.last_key_value().is_none_or(|(&k, _)| k <= start);
+        if in_order
+            || (self.map.range((Bound::Excluded(start), Bound::Unbounded)))
+                .next()
+                .is_none_or(|(&n, _)| n > end)
+        {
+            let before = if in_order {
+                self.map.values_mut().next_back()
+            } else {
+                self.map.range_mut(..=start).next_back().map(|(_, pe)| pe)
+            };
+            match before {
+                Some(pe) if *pe >= start => {
                     if end > *pe {
                         new(*pe, end);
                         self.covered += end - *pe;
                         *pe = end;
                     }
-                } else {
+                }
+                _ => {
                     self.map.insert(start, end);
                     self.covered += end - start;
                     new(start, end);
                 }
-                return;
             }
-        }
-        let next_start = self
-            .map
-            .range((Bound::Excluded(start), Bound::Unbounded))
-            .next()
-            .map(|(&k, _)| k);
-        if next_start.is_none_or(|n| n > end) {
-            if let Some((_, pe)) = self.map.range_mut(..=start).next_back() {
-                if *pe >= start {
-                    if end > *pe {
-                        new(*pe, end);
-                        self.covered += end - *pe;
-                        *pe = end;
-                    }
-                    return;
-                }
-            }
-            self.map.insert(start, end);
-            self.covered += end - start;
-            new(start, end);
             return;
         }
         let gaps = self.gaps(start, end);
