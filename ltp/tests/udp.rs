@@ -289,9 +289,10 @@ impl Impairment for Stamps {
         _: Destination,
         header: Bytes,
         payload: Bytes,
-    ) -> Vec<(Instant, Bytes, Bytes)> {
+        out: &mut Vec<(Instant, Bytes, Bytes)>,
+    ) {
         self.0.lock().unwrap().push(now);
-        vec![(now, header, payload)]
+        out.push((now, header, payload));
     }
 }
 

@@ -38,27 +38,31 @@ pub trait Impairment {
 
     /// The same decision for a datagram made of `header` then `payload`, which the driver
     /// sends without joining them (a data segment's header and the slice of the block it
-    /// carries); the datagrams returned are such pairs too. The default joins the two (a copy
-    /// of the segment) and asks [`on_send`](Self::on_send). An impairment that never looks
-    /// into a datagram's octets overrides it to spare that copy, as [`SimpleImpairment`] does:
-    /// emulated loss then costs the sender what real loss would, not a copy of every segment.
+    /// carries): pushes onto `out` (which the driver empties and reuses) the pairs to send
+    /// and when; none pushed: dropped. The default joins the two (a copy of the segment) and
+    /// asks [`on_send`](Self::on_send). An impairment that never looks into a datagram's
+    /// octets overrides it to spare that copy and the vector `on_send` returns, as
+    /// [`SimpleImpairment`] does: emulated loss then costs the sender what real loss would,
+    /// not a copy and an allocation per segment.
     fn on_send_parts(
         &mut self,
         now: Instant,
         dest: Destination,
         header: Bytes,
         payload: Bytes,
-    ) -> Vec<(Instant, Bytes, Bytes)> {
+        out: &mut Vec<(Instant, Bytes, Bytes)>,
+    ) {
         let datagram = Transmit {
             peer: dest.engine,
             header,
             payload,
         }
         .into_datagram();
-        self.on_send(now, dest, datagram)
-            .into_iter()
-            .map(|(at, d)| (at, d, Bytes::new()))
-            .collect()
+        out.extend(
+            self.on_send(now, dest, datagram)
+                .into_iter()
+                .map(|(at, d)| (at, d, Bytes::new())),
+        );
     }
 }
 
@@ -108,11 +112,10 @@ impl Impairment for SimpleImpairment {
         _dest: Destination,
         header: Bytes,
         payload: Bytes,
-    ) -> Vec<(Instant, Bytes, Bytes)> {
-        if self.lost() {
-            Vec::new()
-        } else {
-            vec![(now + self.delay, header, payload)]
+        out: &mut Vec<(Instant, Bytes, Bytes)>,
+    ) {
+        if !self.lost() {
+            out.push((now + self.delay, header, payload));
         }
     }
 }
@@ -175,11 +178,13 @@ mod tests {
         // The gathered form makes the same decisions, and hands the parts back as they are.
         let mut imp = SimpleImpairment::new(0.05, Duration::from_millis(10), 3);
         let (head, body) = (Bytes::from_static(b"head"), Bytes::from(vec![7u8; 100]));
+        let mut parts = Vec::new();
         for (i, joined) in a.iter().enumerate() {
-            let parts =
-                imp.on_send_parts(now, dest(i as u64 % 3, 1113), head.clone(), body.clone());
+            parts.clear();
+            let d = dest(i as u64 % 3, 1113);
+            imp.on_send_parts(now, d, head.clone(), body.clone(), &mut parts);
             assert_eq!(parts.len(), joined.len());
-            for (at, h, p) in parts {
+            for (at, h, p) in parts.drain(..) {
                 assert_eq!(at, now + Duration::from_millis(10));
                 assert_eq!((h.as_ptr(), p.as_ptr()), (head.as_ptr(), body.as_ptr()));
             }

@@ -392,6 +392,7 @@ impl LtpDriver {
             io,
             spans: config.spans.into_iter().collect(),
             impairment: config.impairment,
+            impaired: Vec::new(),
             delayed: BinaryHeap::new(),
             delayed_seq: 0,
             max_delayed: config.max_delayed,
@@ -438,6 +439,8 @@ struct Task {
     /// Peer engine → UDP address, looked up for every segment sent (a seeded fast hash).
     spans: crate::engine::Map<EngineId, SocketAddr>,
     impairment: Option<Box<dyn Impairment + Send>>,
+    /// The impairment's answer for one segment, emptied and reused for the next.
+    impaired: Vec<(Instant, Bytes, Bytes)>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     delayed_seq: u64,
     max_delayed: usize,
@@ -685,11 +688,12 @@ impl Task {
             return;
         };
         let dest = Destination { engine: peer, addr };
-        let out = imp.on_send_parts(now, dest, segment.header, segment.payload);
+        let mut out = std::mem::take(&mut self.impaired);
+        imp.on_send_parts(now, dest, segment.header, segment.payload, &mut out);
         if out.is_empty() {
             self.stats.impaired_drops += 1;
         }
-        for (at, header, payload) in out {
+        for (at, header, payload) in out.drain(..) {
             if at <= now {
                 self.io.push_parts(addr, header, payload);
             } else if self.delayed.len() >= self.max_delayed {
@@ -705,6 +709,7 @@ impl Task {
                 }));
             }
         }
+        self.impaired = out;
     }
 
     /// Queues the delayed datagrams that are due (bounded by `max_delayed`).
