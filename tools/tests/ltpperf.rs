@@ -137,6 +137,12 @@ fn raw_mode_uses_the_driver_socket_path() {
     if cfg!(target_os = "linux") {
         assert!(calls < datagrams, "sendmmsg batches: {s}");
     }
+    // --raw-header: the same datagrams, each sent as a header buffer and a block slice.
+    let (s, r) = run(true, &["--raw-header", "20"]);
+    assert_eq!(s["raw_header"], 20, "{s}");
+    assert_eq!(s["bytes"], 800_000, "{s}");
+    assert_eq!(s["datagrams"], datagrams, "{s}");
+    assert_eq!(r["datagrams"], datagrams, "{r}");
     // --no-batch: one system call per datagram.
     let (s, _) = run(true, &["--no-batch"]);
     assert_eq!(s["io"]["batch"], false, "{s}");
@@ -200,4 +206,17 @@ fn a_closed_stdout_ends_ltpperf_quietly() {
         "{:?}: {stderr}",
         out.status
     );
+}
+
+#[test]
+fn a_raw_header_as_long_as_the_datagram_is_refused() {
+    let out = Command::new(BIN)
+        .args(["send", "--to", "127.0.0.1:9", "--raw", "--blocks", "1"])
+        .args(["--block-size", "1400", "--segment-size", "1400"])
+        .args(["--raw-header", "1400"])
+        .output()
+        .expect("ltpperf runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--raw-header"), "{stderr}");
 }
