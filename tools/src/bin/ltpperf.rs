@@ -204,7 +204,7 @@ enum Cmd {
         /// machine apart from LTP's own work: the kernel copies two pieces per datagram, and
         /// in a GSO buffer each slice lands after the headers of the datagrams before it, so
         /// it loses the alignment it had in the block (an LTP sender with --segment-size 1400
-        /// sends 1380-octet datagrams with 12-octet headers: compare --segment-size 1380
+        /// sends 1390-octet datagrams with 12-octet headers: compare --segment-size 1390
         /// --raw-header 12).
         #[arg(long, default_value_t = 0)]
         raw_header: usize,
