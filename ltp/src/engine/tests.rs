@@ -279,7 +279,7 @@ fn resend_second_segment(report_serial: u64) -> (Vec<Bytes>, (u64, u64)) {
 #[test]
 fn a_plain_segment_goes_again_as_one_checkpoint_or_two_segments_for_long_serials() {
     // Plain red segments leave room for two serials of up to 5 octets: with a report serial
-    // of 32 bits (ION's, HDTN's), the data of any one of them goes again in one checkpoint.
+    // of 32 bits (ION's), the data of any one of them goes again in one checkpoint.
     let (out, gap) = resend_second_segment(u64::from(u32::MAX));
     assert_eq!(out.len(), 1);
     assert!(out[0].len() <= 256, "{} octets", out[0].len());
@@ -287,7 +287,7 @@ fn a_plain_segment_goes_again_as_one_checkpoint_or_two_segments_for_long_serials
     let d = data(&seg);
     assert_eq!((d.offset, d.offset + d.data.len() as u64), gap);
     assert_eq!(d.checkpoint.unwrap().report_serial, u64::from(u32::MAX));
-    // A 64-bit report serial takes 10 octets: the gap goes in two segments, the checkpoint
+    // A 64-bit report serial (HDTN's) takes 10 octets: the gap goes in two segments, the checkpoint
     // last, each within the segment size, together exactly the gap.
     let (out, gap) = resend_second_segment(u64::MAX);
     assert_eq!(out.len(), 2);
