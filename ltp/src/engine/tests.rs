@@ -287,8 +287,8 @@ fn a_plain_segment_goes_again_as_one_checkpoint_or_two_segments_for_long_serials
     let d = data(&seg);
     assert_eq!((d.offset, d.offset + d.data.len() as u64), gap);
     assert_eq!(d.checkpoint.unwrap().report_serial, u64::from(u32::MAX));
-    // A 64-bit report serial (HDTN's) takes 10 octets: the gap goes in two segments, the checkpoint
-    // last, each within the segment size, together exactly the gap.
+    // A 64-bit report serial (HDTN's) takes 10 octets: the gap goes in two segments, the
+    // checkpoint last, each within the segment size, together exactly the gap.
     let (out, gap) = resend_second_segment(u64::MAX);
     assert_eq!(out.len(), 2);
     let segs: Vec<Segment> = out
