@@ -464,26 +464,27 @@ struct Stats {
     cancelled: u32,
 }
 
-/// The seeds a scenario runs: its own `1..=n`, or those `SEED` or `SEEDS` name.
-fn seeds(n: u64) -> Vec<u64> {
+/// The seeds `SEED` (one) or `SEEDS` (a range) name, if either is set.
+fn chosen_seeds() -> Option<Vec<u64>> {
     if let Ok(s) = std::env::var("SEED") {
-        return vec![s.parse().expect("SEED must be a number")];
+        return Some(vec![s.parse().expect("SEED must be a number")]);
     }
-    match std::env::var("SEEDS") {
-        Ok(r) => {
-            let (a, b) = r.split_once("..").expect("SEEDS must be <from>..<to>");
-            let from: u64 = a.parse().expect("SEEDS: <from> must be a number");
-            let to: u64 = b.parse().expect("SEEDS: <to> must be a number");
-            (from..to).collect()
-        }
-        Err(_) => (1..=n).collect(),
-    }
+    let r = std::env::var("SEEDS").ok()?;
+    let (a, b) = r.split_once("..").expect("SEEDS must be <from>..<to>");
+    let from: u64 = a.parse().expect("SEEDS: <from> must be a number");
+    let to: u64 = b.parse().expect("SEEDS: <to> must be a number");
+    Some((from..to).collect())
+}
+
+/// The seeds a scenario runs: its own `1..=n`, unless `SEED` or `SEEDS` chose others.
+fn seeds(n: u64) -> Vec<u64> {
+    chosen_seeds().unwrap_or_else(|| (1..=n).collect())
 }
 
 /// Checks a scenario's total against what its own seeds give (`got` at least `min`); not
 /// when `SEED` or `SEEDS` chose the seeds, where the totals say nothing of the scenario.
 fn at_least(what: &str, got: u32, min: u32) {
-    if std::env::var_os("SEED").is_none() && std::env::var_os("SEEDS").is_none() {
+    if chosen_seeds().is_none() {
         assert!(got >= min, "only {got} sessions {what}: scenario too mild");
     }
 }

@@ -336,9 +336,6 @@ fn main() -> Result<()> {
             }
             let io = flags.config();
             if raw {
-                if raw_header >= segment_size.min(65_507) {
-                    bail!("--raw-header must be shorter than --segment-size");
-                }
                 runtime()?.block_on(send_raw(RawSend {
                     to,
                     blocks,
@@ -805,6 +802,10 @@ async fn send_raw(r: RawSend) -> Result<()> {
         buffer,
         io: io_config,
     } = r;
+    let size = segment_size.min(65_507);
+    if header >= size {
+        bail!("--raw-header must be shorter than --segment-size");
+    }
     let bind: SocketAddr = if to.is_ipv6() {
         "[::]:0".parse()?
     } else {
@@ -812,7 +813,6 @@ async fn send_raw(r: RawSend) -> Result<()> {
     };
     let mut io = UdpIo::bind(bind, buffer, buffer, &io_config).context("binding UDP socket")?;
     let total = blocks * block_size as u64;
-    let size = segment_size.min(65_507);
     // The datagrams are consecutive slices of one block of the block size, sent over and over,
     // as LTP's segments are slices of its blocks: the kernel reads them from as much memory.
     // (One datagram sent again and again stays in the CPU's first-level cache: from a 64 MiB
