@@ -31,7 +31,12 @@
 //!     `export.rs`; counted in `EngineStats::claims_retracted`). A report of the earlier
 //!     incarnation that comes after that, reordered across the restart, is told apart by
 //!     its serial number (a receiver numbers a session's reports upward from its first)
-//!     and ignored (`EngineStats::stale_reports_ignored`).
+//!     and ignored (`EngineStats::stale_reports_ignored`). One that comes before any of
+//!     the new incarnation is trusted, and is harmless: a live receiver claims only data
+//!     it holds, so a report that completes the block comes from an incarnation that had
+//!     the whole red part and delivered it (and, with `confirm_red_parts`, whose client
+//!     took it); shorter ones are taken back by the new incarnation's first report, or
+//!     it cancels the import when a checkpoint answers one of them.
 //! - An import whose red part was delivered closes quietly when its report retransmissions or
 //!   its inactivity time run out (nothing is lost; late checkpoints get a full report from the
 //!   closed-session memory).

@@ -1733,6 +1733,79 @@ fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
     );
 }
 
+/// The old B with the custody handshake on (as in dtnd) after the whole of A's block with
+/// discretionary checkpoints: its client has the red part but has not taken it. Returns A, the
+/// session, the reports the old B sent, and the old B.
+fn whole_block_to_confirming_b(now: Instant) -> (Engine, SessionId, Vec<Bytes>, Engine) {
+    let (a, sid, raw) = discretionary_sender(now);
+    let mut b = confirming_engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    let ev = events(&mut b);
+    assert!(matches!(&ev[..], [Event::BlockReceived { session, .. }] if *session == sid));
+    let old_reports = drain_raw(&mut b, now);
+    (a, sid, old_reports, b)
+}
+
+#[test]
+fn late_reports_of_the_earlier_incarnation_before_any_of_the_new_one_cannot_complete_the_block() {
+    // The old B has the whole block, has answered the discretionary checkpoints, and holds
+    // the report over the last part until its client takes the red part. It restarts before
+    // that, with its reports still in transit; they reach A before anything of the new B, so
+    // nothing shows A the restart and it trusts them. They leave out the last part, so A
+    // cannot complete on them: its checkpoint timer brings the end of the block to the new
+    // B, whose report takes the old claims back, and A sends the rest again.
+    let now = t0();
+    let (mut a, sid, old_reports, _old_b) = whole_block_to_confirming_b(now);
+    assert!(
+        !old_reports.is_empty(),
+        "B answered discretionary checkpoints"
+    );
+    for r in old_reports {
+        a.handle_datagram(r, now);
+    }
+    assert!(
+        !events(&mut a).contains(&Event::TransmissionCompleted { session: sid }),
+        "completed before the receiver's client took the red part"
+    );
+    let to_b2 = drain_raw(&mut a, now); // report-acks for the old B
+    let mut b2 = restarted_b();
+    let (delivered, completed) = exchange(&mut a, &mut b2, to_b2, sid, now);
+    assert!(completed, "the export never completed");
+    assert!(
+        delivered == vec![block(2000)],
+        "the new B must deliver the whole block once; it delivered {} blocks",
+        delivered.len()
+    );
+    assert_eq!(a.stats().claims_retracted, 1);
+}
+
+#[test]
+fn a_late_full_report_of_the_earlier_incarnation_comes_only_after_its_client_took_the_block() {
+    // As above, but the old B's client takes the red part before the restart: the held report
+    // goes out, and reaches A (late) before anything of the new B. A completes on it, which is
+    // right: the block was delivered once, by the old B, and its client has it (in dtnd,
+    // stored durably before `accept_block`). The new B hears of the session only if A
+    // retransmits, which it does not.
+    let now = t0();
+    let (mut a, sid, mut old_reports, mut old_b) = whole_block_to_confirming_b(now);
+    assert!(old_b.accept_block(sid, now));
+    old_reports.extend(drain_raw(&mut old_b, now));
+    for r in old_reports {
+        a.handle_datagram(r, now);
+    }
+    assert!(events(&mut a).contains(&Event::TransmissionCompleted { session: sid }));
+    let mut b2 = restarted_b();
+    for s in drain_raw(&mut a, now) {
+        b2.handle_datagram(s, now);
+    }
+    assert!(
+        events(&mut b2).is_empty(),
+        "the new B got the block a second time"
+    );
+}
+
 #[test]
 fn inactivity_counts_from_the_latest_segment_and_pauses_while_the_link_is_down() {
     // Segments that keep coming keep the import alive (the timer runs on from the latest one,
