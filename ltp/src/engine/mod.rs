@@ -977,7 +977,7 @@ impl Engine {
         self.clock = Some(now);
         self.stats.segments_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let seg = match Segment::decode_with_limits(&datagram, &self.cfg.decode_limits) {
+        let seg = match Segment::decode_owned(datagram, &self.cfg.decode_limits) {
             Ok(s) => s,
             Err(e) => {
                 self.stats.segments_malformed += 1;
