@@ -1,5 +1,6 @@
 //! Fuzz target: arbitrary datagrams through the LTP segment decoder (RFC 5326 §3) and SDNV
-//! decoder (RFC 6256). Decoding must never panic, and whatever decodes must re-encode to a
+//! decoder (RFC 6256). Decoding must never panic, decoding a datagram taken (as the engine
+//! does) must give what decoding it borrowed gives, and whatever decodes must re-encode to a
 //! segment that decodes to the same value.
 #![no_main]
 
@@ -14,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
         max_claims: 64,
         ..DecodeLimits::default()
     };
-    if let Ok(seg) = Segment::decode_with_limits(&datagram, &limits) {
+    let decoded = Segment::decode_with_limits(&datagram, &limits);
+    assert_eq!(Segment::decode_owned(datagram, &limits), decoded);
+    if let Ok(seg) = decoded {
         let again = seg.to_bytes();
         assert_eq!(again.len(), seg.encoded_len());
         let back = Segment::decode(&again).expect("re-encoded segment must decode");
