@@ -1648,6 +1648,23 @@ fn exchange(
     (delivered, false)
 }
 
+/// [`exchange`], and the export completes with the new B delivering the 2000-octet block once.
+fn completes_with_the_block_delivered_once(
+    a: &mut Engine,
+    b2: &mut Engine,
+    to_b2: Vec<Bytes>,
+    sid: SessionId,
+    now: Instant,
+) {
+    let (delivered, completed) = exchange(a, b2, to_b2, sid, now);
+    assert!(completed, "the export never completed");
+    assert!(
+        delivered == vec![block(2000)],
+        "the new B must deliver the whole block once; it delivered {} blocks",
+        delivered.len()
+    );
+}
+
 #[test]
 fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     // B answers the discretionary checkpoints of the first half of a block, then restarts
@@ -1667,13 +1684,7 @@ fn a_restarted_receiver_takes_back_claims_of_discretionary_checkpoints() {
     }
     drain(&mut a, now); // report-acks to the old B, lost with it
     let mut b2 = restarted_b();
-    let (delivered, completed) = exchange(&mut a, &mut b2, raw[half..].to_vec(), sid, now);
-    assert!(
-        delivered == vec![block(2000)],
-        "the new B must deliver the whole block once; it delivered {} blocks",
-        delivered.len()
-    );
-    assert!(completed, "the export never completed");
+    completes_with_the_block_delivered_once(&mut a, &mut b2, raw[half..].to_vec(), sid, now);
     assert_eq!(a.stats().claims_retracted, 1);
 }
 
@@ -1724,13 +1735,7 @@ fn a_report_of_the_earlier_incarnation_that_comes_late_is_not_trusted() {
     );
     // From here on nothing is lost: A's checkpoint timer brings the first half again.
     let to_b2 = drain_raw(&mut a, now);
-    let (delivered, completed) = exchange(&mut a, &mut b2, to_b2, sid, now);
-    assert!(completed, "the export never completed");
-    assert!(
-        delivered == vec![block(2000)],
-        "the new B must deliver the whole block once; it delivered {} blocks",
-        delivered.len()
-    );
+    completes_with_the_block_delivered_once(&mut a, &mut b2, to_b2, sid, now);
 }
 
 /// The old B with the custody handshake on (as in dtnd) after the whole of A's block with
@@ -1771,13 +1776,7 @@ fn late_reports_of_the_earlier_incarnation_before_any_of_the_new_one_cannot_comp
     );
     let to_b2 = drain_raw(&mut a, now); // report-acks for the old B
     let mut b2 = restarted_b();
-    let (delivered, completed) = exchange(&mut a, &mut b2, to_b2, sid, now);
-    assert!(completed, "the export never completed");
-    assert!(
-        delivered == vec![block(2000)],
-        "the new B must deliver the whole block once; it delivered {} blocks",
-        delivered.len()
-    );
+    completes_with_the_block_delivered_once(&mut a, &mut b2, to_b2, sid, now);
     assert_eq!(a.stats().claims_retracted, 1);
 }
 
