@@ -1,7 +1,8 @@
 //! Two UDP drivers on 127.0.0.1 transfer blocks through the real engine: mixed red/green
 //! blocks, and red blocks through a 5 % loss impairment (RFC 5326 §6 retransmission); one
 //! driver with two peers gives its impairment each datagram's destination, and reconfigures and
-//! cancels a span at run time.
+//! cancels a span at run time; a peer that sends from an ephemeral port (as ION does) is
+//! answered at its configured address.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use ltp::driver::{
     Destination, DriverConfig, EventReceiver, Impairment, LtpDriver, LtpHandle, SimpleImpairment,
 };
+use ltp::segment::{CheckpointInfo, Claim, DataKind, DataSegment, Segment, SegmentBody, SessionId};
 use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
 
 const A: u64 = 10;
@@ -398,5 +400,146 @@ async fn the_event_queue_is_bounded_in_octets_of_block_data() {
     want.sort();
     assert!(got == want, "red parts differ");
     ha.shutdown().await;
+    hb.shutdown().await;
+}
+
+/// Receives one LTP segment on `socket` within five seconds.
+async fn segment_at(socket: &tokio::net::UdpSocket) -> Segment {
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("a segment within 5 s")
+        .unwrap();
+    Segment::decode(&Bytes::copy_from_slice(&buf[..n])).expect("a valid segment")
+}
+
+fn segment(session: SessionId, body: SegmentBody) -> Bytes {
+    Segment {
+        session,
+        header_extensions: vec![],
+        trailer_extensions: vec![],
+        body,
+    }
+    .to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_address() {
+    // INTEROP.md: ION sends every segment from an ephemeral UDP port and expects our segments
+    // at its configured address (its "seat"); HDTN pings with a cancel for a session it never
+    // opened. The peer here is two plain UDP sockets: the seat, which only receives, and an
+    // ephemeral one, which only sends. Our driver must take the peer's block from the
+    // ephemeral port and answer at the seat, by the engine ID in the segments.
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let seat = tokio::net::UdpSocket::bind(any).await.unwrap();
+    let ephemeral = tokio::net::UdpSocket::bind(any).await.unwrap();
+    let mut config = DriverConfig::new(any);
+    config.spans = vec![(A, seat.local_addr().unwrap())];
+    let (hb, mut eb) = LtpDriver::spawn(config, engine(B, A, 2)).unwrap();
+    let to_b = hb.local_addr();
+
+    let session = SessionId {
+        originator: A,
+        number: 0x8765_4321,
+    };
+    let data = block(2000, 9);
+    let plain = segment(
+        session,
+        SegmentBody::Data(DataSegment {
+            kind: DataKind::Red,
+            client_service_id: 1,
+            offset: 0,
+            data: data.slice(..1000),
+            checkpoint: None,
+        }),
+    );
+    let checkpoint = segment(
+        session,
+        SegmentBody::Data(DataSegment {
+            kind: DataKind::RedCheckpointEorpEob,
+            client_service_id: 1,
+            offset: 1000,
+            data: data.slice(1000..),
+            checkpoint: Some(CheckpointInfo {
+                checkpoint_serial: 0x1234_5678,
+                report_serial: 0,
+            }),
+        }),
+    );
+    ephemeral.send_to(&plain, to_b).await.unwrap();
+    ephemeral.send_to(&checkpoint, to_b).await.unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), eb.recv())
+        .await
+        .expect("delivery within 5 s")
+        .expect("events");
+    assert!(
+        matches!(&delivered, Event::BlockReceived { session: s, red, client_service_id: 1 }
+            if *s == session && *red == data),
+        "{delivered:?}"
+    );
+    // The report answering the checkpoint comes to the seat, claiming the whole red part.
+    let report = segment_at(&seat).await;
+    assert_eq!(report.session, session);
+    let SegmentBody::Report(r) = report.body else {
+        panic!("expected a report, got {report:?}");
+    };
+    assert_eq!(r.checkpoint_serial, 0x1234_5678);
+    assert_eq!(
+        r.claims,
+        vec![Claim {
+            offset: 0,
+            length: 2000
+        }]
+    );
+    ephemeral
+        .send_to(
+            &segment(
+                session,
+                SegmentBody::ReportAck {
+                    report_serial: r.report_serial,
+                },
+            ),
+            to_b,
+        )
+        .await
+        .unwrap();
+
+    // HDTN's keep-alive: a cancel from the sender of a session never opened, answered with
+    // its ack (at the seat), and nothing else.
+    let ping = SessionId {
+        originator: A,
+        number: (1 << 62) - 1,
+    };
+    ephemeral
+        .send_to(
+            &segment(
+                ping,
+                SegmentBody::CancelFromSender(CancelReason::UserCancelled),
+            ),
+            to_b,
+        )
+        .await
+        .unwrap();
+    let ack = segment_at(&seat).await;
+    assert_eq!(ack.session, ping);
+    assert_eq!(ack.body, SegmentBody::CancelAckToSender);
+
+    // Nothing was ever sent to the ephemeral port, and the import closed on the report-ack
+    // (a bounded wait: the driver answers within microseconds on loopback).
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), ephemeral.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a segment went to the ephemeral port"
+    );
+    let stats = hb.stats().await.unwrap();
+    assert_eq!(stats.engine.open_import_sessions, 0, "{stats:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), eb.recv())
+            .await
+            .is_err(),
+        "the ping had a side effect"
+    );
     hb.shutdown().await;
 }
