@@ -437,6 +437,10 @@ impl Segment {
         Self::decode_from(Datagram::Owned(datagram), limits)
     }
 
+    /// Decodes every field in order (§3). A data segment's data is taken from the datagram
+    /// last, once the trailer extensions after it are read, so that an owned datagram can
+    /// become the data. Inlined into both callers, so the owned one moves no struct through
+    /// an extra call (measured: a memcpy of the segment per datagram otherwise).
     #[inline(always)]
     fn decode_from(datagram: Datagram<'_>, limits: &DecodeLimits) -> Result<Segment, DecodeError> {
         let mut data_range = None;
@@ -499,6 +503,7 @@ impl Segment {
                         available: r.remaining(),
                     });
                 }
+                // Taken at the end (see above).
                 data_range = Some(r.pos..r.pos + length as usize);
                 r.pos += length as usize;
                 SegmentBody::Data(DataSegment {
