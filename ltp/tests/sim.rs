@@ -1,12 +1,13 @@
 //! Deterministic simulation of LTP engines (RFC 5326 §6 procedures end to end) over a virtual
 //! clock and a simulated channel: seeded random loss, Gilbert–Elliott burst loss, reordering,
 //! duplication, one-way delays from 1 ms to 20 minutes, and scheduled outages with link-state
-//! cues (§6.1/§8). Properties are checked over many seeds; a failing seed is printed and
-//! `SEED=<n> cargo test -p ltp --test sim` replays only that seed, and `SEEDS=<a>..<b>` runs
-//! seeds a to b (excluded) of every scenario instead of its own few, for a longer soak
-//! (`SEEDS=1000..6000 cargo test --release -p ltp --test sim`). The per-seed properties
-//! hold for any seed; the totals each scenario expects of its own seeds (enough sessions
-//! completed, or cancelled, to show the scenario is not too mild) are checked only for those.
+//! cues (§6.1/§8); and clean links, on which nothing may be sent twice (no timer fires before
+//! the answer it waits for). Properties are checked over many seeds; a failing seed is printed
+//! and `SEED=<n> cargo test -p ltp --test sim` replays only that seed, and `SEEDS=<a>..<b>`
+//! runs seeds a to b (excluded) of every scenario instead of its own few, for a longer soak
+//! (`SEEDS=1000..6000 cargo test --release -p ltp --test sim`). The per-seed properties hold
+//! for any seed; the totals each scenario expects of its own seeds (enough sessions completed,
+//! or cancelled, to show the scenario is not too mild) are checked only for those.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -774,4 +775,61 @@ fn harsh_loss_with_small_limits_ends_every_session() {
         (sim, 2_000_000, secs(3600 * 10))
     });
     at_least("cancelled", cancelled, 21);
+}
+
+#[test]
+fn clean_links_retransmit_nothing() {
+    // No loss, no jitter, no duplicates: every block completes, and nothing is ever sent twice
+    // (no checkpoint, data segment, report or cancel), whatever the light time (1 ms to 20
+    // minutes), window, checkpoint spacing, flow-control limit and timer kind. A timer that
+    // fires here is a needless retransmission: one shorter than the round trip it waits for,
+    // or one a report should have stopped.
+    for seed in seeds(200) {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let owlt = if rng.gen_bool(0.2) {
+            Duration::from_secs(rng.gen_range(60..=1200))
+        } else {
+            Duration::from_millis(rng.gen_range(1..500))
+        };
+        let mut sp = span(owlt);
+        sp.checkpoint_every = rng.gen_range(0..5);
+        sp.max_export_sessions = rng.gen_range(1..9);
+        sp.adaptive_timers = rng.gen_bool(0.7);
+        if rng.gen_bool(0.5) {
+            sp.max_bytes_in_flight = Some(rng.gen_range(1..64_000));
+        }
+        sim.connect(1, 2, sp, Channel::clean(owlt));
+        let blocks = rng.gen_range(1..12);
+        for _ in 0..blocks {
+            let (b, red) = random_block(&mut rng, 40_000);
+            let from = if rng.gen_bool(0.8) { 1 } else { 2 };
+            sim.send(from, 3 - from, b, red);
+        }
+        let finished = sim.run(2_000_000, secs(3600 * 24 * 7));
+        let st = match sim.check(finished) {
+            Ok(st) => st,
+            Err(e) => panic!("clean: SEED={seed} failed: {e}"),
+        };
+        assert_eq!(
+            st.completed, blocks,
+            "clean: SEED={seed}: {} of {blocks} blocks completed",
+            st.completed
+        );
+        for (id, e) in &sim.nodes {
+            let s = e.stats();
+            assert!(
+                s.data_segments_retransmitted == 0
+                    && s.checkpoints_retransmitted == 0
+                    && s.reports_retransmitted == 0
+                    && s.cancels_sent == 0
+                    && s.segments_malformed == 0
+                    && s.segments_dropped == 0,
+                "clean: SEED={seed}: engine {id} retransmitted or dropped on a clean link \
+                 (OWLT {owlt:?}): {s:?}"
+            );
+        }
+    }
 }
