@@ -113,6 +113,21 @@ fn ltp_mode_transfers_and_reports_json() {
     assert!(s["elapsed_s"].as_f64().unwrap() > 0.0);
     assert_eq!(r["blocks_received"], 4, "{r}");
     assert_eq!(r["red_bytes"], 4 * 150_000, "{r}");
+    // Each end says how much CPU it used (on Unix: a process that moved 800 000 octets
+    // through its engine used some).
+    for side in [&s, &r] {
+        let (user, system) = (&side["cpu"]["user_s"], &side["cpu"]["system_s"]);
+        assert!(
+            user.as_f64().is_some() && system.as_f64().is_some(),
+            "{side}"
+        );
+        if cfg!(unix) {
+            assert!(
+                user.as_f64().unwrap() + system.as_f64().unwrap() > 0.0,
+                "{side}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -121,6 +136,8 @@ fn raw_mode_reports_json() {
     assert_eq!(s["bytes"], 800_000, "{s}");
     assert!(r["datagrams"].as_u64().unwrap() > 0, "{r}");
     assert!(r["goodput_bps"].as_f64().is_some(), "{r}");
+    assert!(s["cpu"]["user_s"].as_f64().is_some(), "{s}");
+    assert!(r["cpu"]["system_s"].as_f64().is_some(), "{r}");
 }
 
 #[test]

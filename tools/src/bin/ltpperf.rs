@@ -536,6 +536,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "loss": p.loss,
                 "timer_margin_ms": p.timer_margin.as_millis() as u64,
                 "adaptive_timers": p.adaptive_timers,
+                "cpu": cpu_json(),
             })
         );
     } else {
@@ -555,6 +556,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
             );
         }
         println!("{}", io_line(&st));
+        println!("{}", cpu_line());
     }
     if completed + cancelled < p.blocks {
         bail!("timed out: {completed} of {} blocks completed", p.blocks);
@@ -646,6 +648,7 @@ async fn recv_ltp(
                 "recv_calls": st.recv_calls,
                 "io": io_json(&st),
                 "elapsed_s": span.as_secs_f64(),
+                "cpu": cpu_json(),
             })
         );
     } else {
@@ -654,8 +657,41 @@ async fn recv_ltp(
             goodput / 1e6
         );
         println!("{}", io_line(&st));
+        println!("{}", cpu_line());
     }
     Ok(())
+}
+
+/// CPU time this process has used so far, user and system, in seconds (`getrusage(2)`,
+/// all threads). With `--busy-poll-us 0` on both ends, an end whose CPU time is close to the
+/// run's elapsed time is the saturated one; busy polling counts its spinning as CPU time.
+/// (0, 0) where there is no `getrusage`.
+fn cpu_times() -> (f64, f64) {
+    #[cfg(unix)]
+    {
+        // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_SELF asks for this process's own figures.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+            return (0.0, 0.0);
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (secs(ru.ru_utime), secs(ru.ru_stime))
+    }
+    #[cfg(not(unix))]
+    (0.0, 0.0)
+}
+
+/// [`cpu_times`] as JSON.
+fn cpu_json() -> serde_json::Value {
+    let (user, system) = cpu_times();
+    json!({ "user_s": user, "system_s": system })
+}
+
+/// [`cpu_times`] as one line of text.
+fn cpu_line() -> String {
+    let (user, system) = cpu_times();
+    format!("CPU time of this process: user {user:.3} s, system {system:.3} s")
 }
 
 /// The socket I/O figures of a driver, as JSON.
@@ -758,7 +794,7 @@ async fn recv_raw(
             "{}",
             json!({ "mode": "raw", "goodput_bps": goodput, "datagrams": datagrams, "bytes": bytes,
                     "recv_calls": io.counters().recv_calls, "io": raw_io_json(&io),
-                    "elapsed_s": span.as_secs_f64() })
+                    "elapsed_s": span.as_secs_f64(), "cpu": cpu_json() })
         );
     } else {
         let c = io.counters();
@@ -767,6 +803,7 @@ async fn recv_raw(
             c.recv_calls,
             goodput / 1e6
         );
+        println!("{}", cpu_line());
     }
     Ok(())
 }
@@ -853,7 +890,8 @@ async fn send_raw(r: RawSend) -> Result<()> {
                     "datagrams": c.datagrams_sent, "bytes": c.bytes_sent,
                     "send_calls": c.send_calls, "send_errors": c.send_errors,
                     "raw_header": header,
-                    "io": raw_io_json(&io), "elapsed_s": elapsed.as_secs_f64() })
+                    "io": raw_io_json(&io), "elapsed_s": elapsed.as_secs_f64(),
+                    "cpu": cpu_json() })
         );
     } else {
         println!(
@@ -863,6 +901,7 @@ async fn send_raw(r: RawSend) -> Result<()> {
             c.send_calls,
             bps(c.bytes_sent, elapsed) / 1e6
         );
+        println!("{}", cpu_line());
     }
     Ok(())
 }
