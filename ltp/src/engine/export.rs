@@ -420,7 +420,7 @@ impl Engine {
         let s = ex.cursor;
         ex.sent_any = true;
         if s < ex.red_len {
-            let plain = fit(ex, DataKind::Red, s, ex.red_len, None, red_mss);
+            let plain = plain_end(ex, s, red_mss);
             ex.red_segments += 1;
             let discretionary = std::mem::take(&mut ex.checkpoint_next)
                 || (every > 0 && ex.red_segments.is_multiple_of(u64::from(every)));
@@ -501,6 +501,24 @@ fn fit(
 ) -> u64 {
     let header = ex.header.overhead(kind, s, 0, cp);
     s + longest_data(header, limit - s, mss)
+}
+
+/// [`fit`] for a plain red segment of `ex` at `s` (up to the end of the red part), worked out
+/// once per segment size and size of the offset field: a plain segment's header varies only
+/// in its offset, so all plain segments whose offsets take as many octets carry as much data,
+/// and a shorter remainder fits whole (`longest_data` is `min(avail, longest)`, the property
+/// `plain_segment_data_is_the_remainder_or_the_longest` checks).
+fn plain_end(ex: &mut Export, s: u64, mss: usize) -> u64 {
+    let key = (mss, sdnv::encoded_len(s));
+    let longest = if (ex.plain_fit.0, ex.plain_fit.1) == key {
+        ex.plain_fit.2
+    } else {
+        let header = ex.header.overhead(DataKind::Red, s, 0, None);
+        let n = longest_data(header, u64::MAX, mss);
+        ex.plain_fit = (key.0, key.1, n);
+        n
+    };
+    s + longest.min(ex.red_len - s)
 }
 
 /// The most data octets, at most `avail` and at least one, that a data segment whose header

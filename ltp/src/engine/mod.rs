@@ -464,6 +464,9 @@ struct Export {
     opened: u64,
     /// The header octets all its data segments share, encoded once.
     header: DataHeaderPrefix,
+    /// The data a plain red segment carries, for the segment size and offset-field size it
+    /// was worked out for: `(mss, offset SDNV octets, data octets)` (`export::plain_end`).
+    plain_fit: (usize, usize, u64),
     in_ready: bool,
     /// What this export counts in its span's `in_flight` (see `Engine::sync_in_flight`).
     in_flight: u64,
@@ -899,6 +902,7 @@ impl Engine {
                 },
                 pb.client_service_id,
             ),
+            plain_fit: (0, 0, 0),
             in_ready: true,
             in_flight: 0,
             checkpoint_next: false,

@@ -2050,4 +2050,20 @@ proptest::proptest! {
         let best = (1..=avail.min(mss as u64)).rev().find(|&n| fits(n)).unwrap_or(1);
         proptest::prop_assert_eq!(export::longest_data(header, avail, mss), best);
     }
+
+    #[test]
+    fn plain_segment_data_is_the_remainder_or_the_longest(
+        header in 3usize..80,
+        avail in 1u64..100_000,
+        mss in 0usize..70_000,
+    ) {
+        // What `plain_end` relies on to remember one length per offset size: the data of a
+        // segment limited to `avail` octets is the unlimited longest, or `avail` if that is
+        // less.
+        let longest = export::longest_data(header, u64::MAX, mss);
+        proptest::prop_assert_eq!(
+            export::longest_data(header, avail, mss),
+            longest.min(avail)
+        );
+    }
 }
