@@ -427,6 +427,17 @@ impl<'a> Reader<'a> {
 }
 
 impl Segment {
+    /// A segment of `session` without header or trailer extensions (§3.1.4 counts of zero),
+    /// as this engine sends every segment.
+    pub fn new(session: SessionId, body: SegmentBody) -> Segment {
+        Segment {
+            session,
+            header_extensions: Vec::new(),
+            trailer_extensions: Vec::new(),
+            body,
+        }
+    }
+
     /// Decodes one segment from a whole datagram with default limits; never panics.
     pub fn decode(datagram: &Bytes) -> Result<Segment, DecodeError> {
         Self::decode_with_limits(datagram, &DecodeLimits::default())

@@ -413,16 +413,6 @@ async fn segment_at(socket: &tokio::net::UdpSocket) -> Segment {
     Segment::decode(&Bytes::copy_from_slice(&buf[..n])).expect("a valid segment")
 }
 
-fn segment(session: SessionId, body: SegmentBody) -> Bytes {
-    Segment {
-        session,
-        header_extensions: vec![],
-        trailer_extensions: vec![],
-        body,
-    }
-    .to_bytes()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_address() {
     // INTEROP.md: ION sends every segment from an ephemeral UDP port and expects our segments
@@ -443,7 +433,7 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
         number: 0x8765_4321,
     };
     let data = block(2000, 9);
-    let plain = segment(
+    let plain = Segment::new(
         session,
         SegmentBody::Data(DataSegment {
             kind: DataKind::Red,
@@ -452,8 +442,9 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
             data: data.slice(..1000),
             checkpoint: None,
         }),
-    );
-    let checkpoint = segment(
+    )
+    .to_bytes();
+    let checkpoint = Segment::new(
         session,
         SegmentBody::Data(DataSegment {
             kind: DataKind::RedCheckpointEorpEob,
@@ -465,7 +456,8 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
                 report_serial: 0,
             }),
         }),
-    );
+    )
+    .to_bytes();
     ephemeral.send_to(&plain, to_b).await.unwrap();
     ephemeral.send_to(&checkpoint, to_b).await.unwrap();
     let delivered = tokio::time::timeout(Duration::from_secs(5), eb.recv())
@@ -493,12 +485,13 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
     );
     ephemeral
         .send_to(
-            &segment(
+            &Segment::new(
                 session,
                 SegmentBody::ReportAck {
                     report_serial: r.report_serial,
                 },
-            ),
+            )
+            .to_bytes(),
             to_b,
         )
         .await
@@ -512,10 +505,11 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
     };
     ephemeral
         .send_to(
-            &segment(
+            &Segment::new(
                 ping,
                 SegmentBody::CancelFromSender(CancelReason::UserCancelled),
-            ),
+            )
+            .to_bytes(),
             to_b,
         )
         .await

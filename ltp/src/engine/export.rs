@@ -510,15 +510,10 @@ fn fit(
 /// `plain_segment_data_is_the_remainder_or_the_longest` checks).
 fn plain_end(ex: &mut Export, s: u64, mss: usize) -> u64 {
     let key = (mss, sdnv::encoded_len(s));
-    let longest = if (ex.plain_fit.0, ex.plain_fit.1) == key {
-        ex.plain_fit.2
-    } else {
-        let header = ex.header.overhead(DataKind::Red, s, 0, None);
-        let n = longest_data(header, u64::MAX, mss);
-        ex.plain_fit = (key.0, key.1, n);
-        n
-    };
-    s + longest.min(ex.red_len - s)
+    if ex.plain_fit.0 != key {
+        ex.plain_fit = (key, fit(ex, DataKind::Red, s, u64::MAX, None, mss) - s);
+    }
+    s + ex.plain_fit.1.min(ex.red_len - s)
 }
 
 /// The most data octets, at most `avail` and at least one, that a data segment whose header

@@ -464,9 +464,9 @@ struct Export {
     opened: u64,
     /// The header octets all its data segments share, encoded once.
     header: DataHeaderPrefix,
-    /// The data a plain red segment carries, for the segment size and offset-field size it
-    /// was worked out for: `(mss, offset SDNV octets, data octets)` (`export::plain_end`).
-    plain_fit: (usize, usize, u64),
+    /// The data a plain red segment carries, and the segment size and offset-field size it
+    /// was worked out for: `((mss, offset SDNV octets), data octets)` (`export::plain_end`).
+    plain_fit: ((usize, usize), u64),
     in_ready: bool,
     /// What this export counts in its span's `in_flight` (see `Engine::sync_in_flight`).
     in_flight: u64,
@@ -613,13 +613,7 @@ pub struct Engine {
 }
 
 fn control_segment(session: SessionId, body: SegmentBody) -> Bytes {
-    Segment {
-        session,
-        header_extensions: Vec::new(),
-        trailer_extensions: Vec::new(),
-        body,
-    }
-    .to_bytes()
+    Segment::new(session, body).to_bytes()
 }
 
 impl Engine {
@@ -902,7 +896,7 @@ impl Engine {
                 },
                 pb.client_service_id,
             ),
-            plain_fit: (0, 0, 0),
+            plain_fit: ((0, 0), 0),
             in_ready: true,
             in_flight: 0,
             checkpoint_next: false,
