@@ -33,7 +33,9 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use convergence::adapter::{CustodyAck, Refusal};
 use convergence::emulation::{LinkGate, LtpImpairment};
-use convergence::ltp_adapter::{LtpAdapter, LtpAdapterConfig, SpanPolicy};
+use convergence::ltp_adapter::{
+    LtpAdapter, LtpAdapterConfig, SpanPolicy, BUNDLE_PROTOCOL_CLIENT_SERVICE,
+};
 use convergence::tcpcl::{TcpclAdapter, TcpclConfig};
 use convergence::udp::{UdpAdapter, UdpConfig};
 use convergence::{
@@ -584,6 +586,9 @@ impl Node {
                 // Custody over LTP: the red part is acknowledged only once every bundle of the
                 // block is in the store (the adapter answers the engine when the node has).
                 confirm_red_parts: true,
+                // Bundles travel as client service 1 (RFC 9171 over LTP, what ION and HDTN
+                // use): a session for any other is refused at its first segment (UNREACH).
+                client_services: Some(vec![BUNDLE_PROTOCOL_CLIENT_SERVICE]),
                 ..Default::default()
             };
             ecfg.seed = ltp.engine_id ^ dtn_now();

@@ -49,6 +49,14 @@ pub struct EngineConfig {
     /// as it is complete (RFC 5326 §6.8). An import whose client never answers is cancelled
     /// after the span's inactivity timeout.
     pub confirm_red_parts: bool,
+    /// The client services this engine serves (RFC 5326 §3.2.1: the client service ID names
+    /// the block's recipient; §3.2.4 cancel reason UNREACH). `Some(ids)`: a session whose
+    /// first data segment names any other client service is cancelled at once with
+    /// [`CancelReason::UnreachableClient`](crate::CancelReason::UnreachableClient), before
+    /// any of its data is held, as ION does; its later segments are answered from the
+    /// closed-session memory. `None` (the default): every client service is accepted and the
+    /// client decides (for example by [`refuse_block`](crate::Engine::refuse_block)).
+    pub client_services: Option<Vec<u64>>,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +76,7 @@ impl Default for EngineConfig {
             decode_limits: DecodeLimits::default(),
             max_control_queue: 4096,
             confirm_red_parts: false,
+            client_services: None,
         }
     }
 }

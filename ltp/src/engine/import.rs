@@ -170,22 +170,21 @@ impl Engine {
             let cfg = self.cfg.default_span.clone();
             self.spans.insert(peer, Span::new(cfg));
         }
+        if let Some(served) = &self.cfg.client_services {
+            if !served.contains(&d.client_service_id) {
+                tracing::debug!(
+                    peer,
+                    client_service_id = d.client_service_id,
+                    "data for a client service we do not serve; cancelling new session"
+                );
+                self.refuse_import(sid, CancelReason::UnreachableClient, now);
+                return false;
+            }
+        }
         let span = self.spans.get(&peer).expect("span exists");
         if span.imports >= self.cfg.max_import_sessions_per_peer {
-            // Too many concurrent imports: refuse this one with a cancel (re-sent on its
-            // checkpoints by the closed-session memory).
             tracing::debug!(peer, "import session limit reached; cancelling new session");
-            let reason = CancelReason::SystemCancelled;
-            self.remember_closed(
-                Role::Import,
-                sid,
-                peer,
-                Outcome::ImportCancelledByUs(reason),
-                now,
-            );
-            self.stats.cancels_sent += 1;
-            let seg = control_segment(sid, SegmentBody::CancelFromReceiver(reason));
-            self.push_control(peer, seg, OnSent::Nothing);
+            self.refuse_import(sid, CancelReason::SystemCancelled, now);
             return false;
         }
         let next_report_serial = self.initial_serial();
@@ -219,6 +218,23 @@ impl Engine {
         );
         self.stats.import_sessions_opened += 1;
         true
+    }
+
+    /// Refuses a session at its first segment, before any state is kept for it but the
+    /// closed-session memory: one cancel now, and again for each of its checkpoints that
+    /// arrives later (`late_data`), which also recovers a lost cancel.
+    fn refuse_import(&mut self, sid: SessionId, reason: CancelReason, now: Instant) {
+        let peer = sid.originator;
+        self.remember_closed(
+            Role::Import,
+            sid,
+            peer,
+            Outcome::ImportCancelledByUs(reason),
+            now,
+        );
+        self.stats.cancels_sent += 1;
+        let seg = control_segment(sid, SegmentBody::CancelFromReceiver(reason));
+        self.push_control(peer, seg, OnSent::Nothing);
     }
 
     /// A segment for an import we already closed: answer so the sender can close too, never

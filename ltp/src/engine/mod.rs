@@ -20,6 +20,10 @@
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
 //!   the red part cancels with `Miscolored`.
+//! - With `EngineConfig::client_services` set, a session whose first data segment names
+//!   another client service is cancelled at once with `UnreachableClient`, as ION does, and
+//!   none of its data is held (`dtnd` serves client service 1, bundles); unset, every client
+//!   service reaches the client, which may refuse the block.
 //! - A receiver that restarts mid-session must not let the sender complete a block from
 //!   claims its earlier incarnation made. Two rules close that:
 //!   - a checkpoint answering a report serial the import never sent cancels the import

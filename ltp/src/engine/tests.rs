@@ -680,6 +680,83 @@ fn import_limits_cancel_with_a_reason() {
 }
 
 #[test]
+fn a_block_for_a_client_service_we_do_not_serve_is_cancelled_at_its_first_segment() {
+    let now = t0();
+    let serving = |services: Vec<u64>| {
+        let mut b = Engine::new(
+            B,
+            EngineConfig {
+                client_services: Some(services),
+                ..EngineConfig::default()
+            },
+        );
+        b.add_span(A, span());
+        b
+    };
+    // segments_of sends to client service 9: a receiver serving only 1 refuses the session
+    // at its first segment, with UNREACH, and holds none of its data.
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    assert!(raw.len() > 2, "the block spans several segments");
+    let mut b = serving(vec![1]);
+    b.handle_datagram(raw[0].clone(), now);
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].session, sid);
+    assert_eq!(
+        out[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::UnreachableClient)
+    );
+    assert_eq!(b.stats().import_sessions_opened, 0);
+    assert_eq!(b.reassembly, 0);
+    // Its other segments reopen nothing: plain ones are dropped, the checkpoint gets the
+    // cancel again (the first one may have been lost).
+    for r in &raw[1..] {
+        b.handle_datagram(r.clone(), now);
+    }
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1, "one answer, to the checkpoint: {out:?}");
+    assert_eq!(
+        out[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::UnreachableClient)
+    );
+    assert!(events(&mut b).is_empty(), "nothing delivered");
+    assert_eq!(b.stats().import_sessions_opened, 0);
+    // The sender learns why, acknowledges, and ends the session.
+    a.handle_datagram(out[0].to_bytes(), now);
+    let acks = drain(&mut a, now);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].body, SegmentBody::CancelAckToReceiver);
+    assert!(events(&mut a).iter().any(|e| matches!(
+        e,
+        Event::ExportCancelled {
+            session,
+            reason: CancelReason::UnreachableClient,
+            by_peer: true,
+        } if *session == sid
+    )));
+    // A green block for it is refused as well; one for a service we serve is delivered.
+    let (_a, _sid, green) = segments_of(300, 0);
+    let mut b = serving(vec![1]);
+    b.handle_datagram(green[0].clone(), now);
+    assert_eq!(
+        drain(&mut b, now)[0].body,
+        SegmentBody::CancelFromReceiver(CancelReason::UnreachableClient)
+    );
+    assert!(events(&mut b).is_empty());
+    let mut b = serving(vec![1, 9]);
+    for r in &raw {
+        b.handle_datagram(r.clone(), now);
+    }
+    assert!(events(&mut b).iter().any(|e| matches!(
+        e,
+        Event::BlockReceived {
+            client_service_id: 9,
+            ..
+        }
+    )));
+}
+
+#[test]
 fn unknown_peer_data_is_dropped_by_default() {
     let now = t0();
     let (_a, _sid, raw) = segments_of(300, 300);
