@@ -34,6 +34,12 @@ pub struct EngineConfig {
     /// Accept import sessions from engines that are not configured as spans (using
     /// `default_span`). Off by default: such data segments are dropped and counted.
     pub accept_unknown_peers: bool,
+    /// Most spans made for unknown peers (`accept_unknown_peers`): data from further unknown
+    /// engines is dropped and counted, as with `accept_unknown_peers` off, so that a sender
+    /// cycling through engine IDs cannot grow the engine without bound. A span configured
+    /// with [`add_span`](crate::Engine::add_span) does not count. (The driver keeps as many
+    /// learned addresses, `DriverConfig::max_learned_peers`.)
+    pub max_unknown_peers: usize,
     /// Span settings used for unknown peers when `accept_unknown_peers` is set.
     pub default_span: SpanConfig,
     /// Limits applied when decoding received segments.
@@ -72,6 +78,7 @@ impl Default for EngineConfig {
             closed_session_capacity: 4096,
             closed_session_linger: Duration::from_secs(600),
             accept_unknown_peers: false,
+            max_unknown_peers: 1024,
             default_span: SpanConfig::default(),
             decode_limits: DecodeLimits::default(),
             max_control_queue: 4096,

@@ -167,8 +167,14 @@ impl Engine {
                 tracing::debug!(peer, "data from an engine with no span dropped");
                 return false;
             }
+            if self.unknown_peers.len() >= self.cfg.max_unknown_peers {
+                self.stats.segments_dropped += 1;
+                tracing::debug!(peer, "unknown peer limit reached; data dropped");
+                return false;
+            }
             let cfg = self.cfg.default_span.clone();
             self.spans.insert(peer, Span::new(cfg));
+            self.unknown_peers.insert(peer);
         }
         if let Some(served) = &self.cfg.client_services {
             if !served.contains(&d.client_service_id) {

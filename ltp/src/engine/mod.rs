@@ -14,8 +14,8 @@
 //!   when the checkpoint lies below it); a checkpoint answering one of our reports gets a
 //!   report with that report's bounds (§6.8).
 //! - Data from an engine without a span is dropped and counted unless
-//!   `accept_unknown_peers`: we do not know where to send a cancel, and answering unknown
-//!   sources would make us an amplifier. Cancels for unknown sessions are acknowledged without
+//!   `accept_unknown_peers` (and then beyond `max_unknown_peers` such engines): we do not
+//!   know where to send a cancel, and answering unknown sources would make us an amplifier. Cancels for unknown sessions are acknowledged without
 //!   side effects (HDTN's keep-alive ping).
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
@@ -596,6 +596,9 @@ pub struct Engine {
     cfg: EngineConfig,
     rng: SmallRng,
     spans: BTreeMap<EngineId, Span>,
+    /// Peers whose span was made for them by `accept_unknown_peers` (at most
+    /// `EngineConfig::max_unknown_peers`); `add_span` takes a peer out.
+    unknown_peers: Set<EngineId>,
     rr: EngineId,
     exports: Map<u64, Export>,
     imports: Map<SessionId, Import>,
@@ -629,6 +632,7 @@ impl Engine {
             rng: SmallRng::seed_from_u64(config.seed),
             cfg: config,
             spans: BTreeMap::new(),
+            unknown_peers: Set::default(),
             rr: 0,
             exports: Map::default(),
             imports: Map::default(),
@@ -669,6 +673,7 @@ impl Engine {
     /// - a wider export window starts queued blocks at once; a narrower one lets open sessions
     ///   finish and starts no new ones until they fit.
     pub fn add_span(&mut self, peer: EngineId, span: SpanConfig) {
+        self.unknown_peers.remove(&peer);
         let Some(s) = self.spans.get_mut(&peer) else {
             self.spans.insert(peer, Span::new(span));
             return;

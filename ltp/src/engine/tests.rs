@@ -778,6 +778,44 @@ fn unknown_peer_data_is_dropped_by_default() {
 }
 
 #[test]
+fn spans_made_for_unknown_peers_are_bounded() {
+    let now = t0();
+    let from = |id: EngineId| {
+        let mut a = engine(id, B);
+        a.send_block(B, 1, block(300), 300, now).unwrap();
+        drain_raw(&mut a, now)
+    };
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            accept_unknown_peers: true,
+            max_unknown_peers: 2,
+            ..EngineConfig::default()
+        },
+    );
+    let delivered = |b: &mut Engine, raw: &[Bytes]| {
+        for r in raw {
+            b.handle_datagram(r.clone(), now);
+        }
+        events(b)
+            .iter()
+            .any(|e| matches!(e, Event::BlockReceived { .. }))
+    };
+    assert!(delivered(&mut b, &from(10)));
+    assert!(delivered(&mut b, &from(11)));
+    // A third unknown engine finds no room: its data is dropped and counted, unanswered.
+    let third = from(12);
+    drain(&mut b, now);
+    let dropped = b.stats().segments_dropped;
+    assert!(!delivered(&mut b, &third));
+    assert_eq!(b.stats().segments_dropped, dropped + third.len() as u64);
+    assert!(drain(&mut b, now).is_empty());
+    // Configuring one of the learned peers as a span frees its place.
+    b.add_span(10, span());
+    assert!(delivered(&mut b, &third));
+}
+
+#[test]
 fn miscolored_green_below_red_cancels() {
     let now = t0();
     let (_a, sid, raw) = segments_of(1000, 600);
