@@ -379,6 +379,12 @@ impl Sim {
                     e.session_timers()
                 ));
             }
+            let held = e.stats().reassembly_bytes;
+            if held != 0 {
+                return Err(format!(
+                    "engine {id}: {held} octets of reassembly memory left charged"
+                ));
+            }
         }
         for (sid, (block, red)) in &self.blocks {
             let o = self.outcomes.get(sid);

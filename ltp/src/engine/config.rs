@@ -17,8 +17,11 @@ pub struct EngineConfig {
     pub max_block_size: u64,
     /// Largest number of concurrent import sessions per peer; new ones are cancelled.
     pub max_import_sessions_per_peer: usize,
-    /// Total octets of red data held for reassembly across all import sessions (from the start
-    /// of each block to the furthest octet received).
+    /// Total octets held for reassembly across all import sessions: red data (from the start
+    /// of each block to the furthest octet received) and its bookkeeping (each interval of a
+    /// reception record, each report not yet acknowledged), so that neither fragments nor a
+    /// flood of checkpoints can hold more memory than this. A breach cancels the import that
+    /// would cross it (`SystemCancelled`). `EngineStats::reassembly_bytes` shows the level.
     pub max_reassembly_memory: usize,
     /// Octets of idle reassembly buffers kept for the next red parts (a delivered red part's
     /// buffer comes back when the client drops it; see `red_part.rs`). Bounded as well by

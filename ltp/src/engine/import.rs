@@ -87,19 +87,25 @@ impl Engine {
             let red_end_known = imp.red_end.is_some();
             if !imp.delivered {
                 // §6.20-style limit on what all imports hold, checked before anything is
-                // allocated for the segment.
-                let growth = imp.red.growth(end);
+                // allocated for the segment: its data, and the interval it may add to the
+                // reception record.
+                let growth = imp.red.growth(end) + INTERVAL_CHARGE as u64;
                 if self.reassembly as u64 + growth > self.cfg.max_reassembly_memory as u64 {
                     self.cancel_import(sid, CancelReason::SystemCancelled, now);
                     return;
                 }
                 let (red, hint, pool) = (&mut imp.red, self.red_size_hint, &self.buffers);
                 let mut grew = 0;
+                let intervals = imp.received.len();
                 imp.received.insert(d.offset, end, |a, b| {
                     let piece = &d.data[(a - d.offset) as usize..(b - d.offset) as usize];
                     grew += red.write(a, piece, hint, pool);
                 });
-                self.reassembly += grew;
+                // Merging may leave fewer intervals than before.
+                let charged = imp.bookkeeping;
+                imp.bookkeeping =
+                    charged + imp.received.len() * INTERVAL_CHARGE - intervals * INTERVAL_CHARGE;
+                self.reassembly = self.reassembly + grew + imp.bookkeeping - charged;
             }
             if let Some(cp) = d.checkpoint {
                 let imp = self.imports.get_mut(&sid).expect("import exists");
@@ -125,6 +131,17 @@ impl Engine {
                 } else if imp.answered.contains(&cp.checkpoint_serial) {
                     self.repeat_reports(sid, peer, cp.checkpoint_serial);
                 } else {
+                    // The reports it takes stay until acknowledged: within the same limit (at
+                    // most one claim per interval received).
+                    let claims = imp.received.len();
+                    let reports = claims
+                        .div_ceil(self.cfg.max_claims_per_report.max(1))
+                        .max(1);
+                    let charge = PendingReport::charge_of(reports, claims);
+                    if self.reassembly + charge > self.cfg.max_reassembly_memory {
+                        self.cancel_import(sid, CancelReason::SystemCancelled, now);
+                        return;
+                    }
                     self.answer_checkpoint(sid, peer, cp, end);
                 }
             }
@@ -211,6 +228,7 @@ impl Engine {
                 accepted: !self.cfg.confirm_red_parts,
                 held: Vec::new(),
                 reports: Map::default(),
+                bookkeeping: 0,
                 sent_bounds: Map::default(),
                 answered: Set::default(),
                 prev_upper: 0,
@@ -409,15 +427,15 @@ impl Engine {
                 imp.sent_bounds.insert(serial, (lo, hi));
             }
             out.push((serial, control_segment(sid, SegmentBody::Report(r.clone()))));
-            imp.reports.insert(
-                serial,
-                PendingReport {
-                    report: r,
-                    retransmissions: 0,
-                    timer: None,
-                    sent: None,
-                },
-            );
+            let pending = PendingReport {
+                report: r,
+                retransmissions: 0,
+                timer: None,
+                sent: None,
+            };
+            imp.bookkeeping += pending.charge();
+            self.reassembly += pending.charge();
+            imp.reports.insert(serial, pending);
         }
         for (serial, bytes) in out {
             let kind = TimerKind::Report {
@@ -475,7 +493,7 @@ impl Engine {
         for t in imp.timers() {
             self.timers.stop(t);
         }
-        self.reassembly -= imp.red.held();
+        self.reassembly -= imp.red.held() + imp.bookkeeping;
         imp.red.clear(&self.buffers);
         if let Some(span) = self.spans.get_mut(&sid.originator) {
             span.imports = span.imports.saturating_sub(1);
@@ -497,7 +515,8 @@ impl Engine {
         }
         imp.reports.clear();
         imp.inactivity = None;
-        self.reassembly -= imp.red.held();
+        self.reassembly -= imp.red.held() + imp.bookkeeping;
+        imp.bookkeeping = 0;
         imp.red.clear(&self.buffers);
         imp.state = ImportState::Cancelling {
             reason,
@@ -525,6 +544,8 @@ impl Engine {
             return;
         };
         if let Some(r) = imp.reports.remove(&serial) {
+            imp.bookkeeping -= r.charge();
+            self.reassembly -= r.charge();
             if let Some(t) = r.timer {
                 self.timers.stop(t);
             }

@@ -13,6 +13,11 @@ pub(crate) struct IntervalSet {
 }
 
 impl IntervalSet {
+    /// Number of disjoint intervals (one more than the gaps between them).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Adds `[start, end)`; calls `new` with each sub-range that was not covered before, in
     /// order. Data arriving in order (at or beyond the start of the last interval) extends
     /// that interval in place, or follows it, without searching the map; data that overlaps

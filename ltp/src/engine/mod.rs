@@ -255,6 +255,10 @@ pub struct EngineStats {
     pub open_export_sessions: u64,
     /// Import sessions open now.
     pub open_import_sessions: u64,
+    /// Octets held for import sessions, within `EngineConfig::max_reassembly_memory`: red
+    /// data being reassembled and the bookkeeping that goes with it (reception intervals,
+    /// unacknowledged reports). Zero once no import is open.
+    pub reassembly_bytes: u64,
     /// Blocks waiting for an export session now.
     pub queued_blocks: u64,
     /// Reports that took back claims of earlier reports: the receiver lost its session state
@@ -506,6 +510,25 @@ struct PendingReport {
     sent: Option<SentAt>,
 }
 
+impl PendingReport {
+    /// What `reports` unacknowledged reports with `claims` claims in all are charged against
+    /// `EngineConfig::max_reassembly_memory` while the import keeps them: their entries and
+    /// their claims.
+    fn charge_of(reports: usize, claims: usize) -> usize {
+        reports * std::mem::size_of::<(u64, PendingReport)>()
+            + claims * std::mem::size_of::<Claim>()
+    }
+
+    /// What this report is charged (see [`PendingReport::charge_of`]).
+    fn charge(&self) -> usize {
+        PendingReport::charge_of(1, self.report.claims.len())
+    }
+}
+
+/// What one interval of an import's reception record is charged against
+/// `EngineConfig::max_reassembly_memory`: about what a `BTreeMap<u64, u64>` entry takes.
+const INTERVAL_CHARGE: usize = 32;
+
 enum ImportState {
     Open,
     Cancelling {
@@ -533,6 +556,11 @@ struct Import {
     /// on acceptance (checkpoint, its end offset), a bounded few (see `import.rs`).
     held: Vec<(CheckpointInfo, u64)>,
     reports: Map<u64, PendingReport>,
+    /// Octets of bookkeeping charged to `Engine::reassembly` with the red data: the intervals
+    /// of `received` and the unacknowledged `reports`. A peer that sends one-octet segments
+    /// with gaps between them, or checkpoint after checkpoint without acknowledging our
+    /// reports, would otherwise hold many times the memory its data takes.
+    bookkeeping: usize,
     sent_bounds: Map<u64, (u64, u64)>,
     /// Checkpoint serials already answered with reports (at most `MAX_SENT_BOUNDS`; a
     /// retransmitted checkpoint gets those reports again, not new ones: see `import.rs`).
@@ -607,6 +635,9 @@ pub struct Engine {
     orphans: VecDeque<(EngineId, Bytes)>,
     timers: Timers,
     events: VecDeque<Event>,
+    /// Octets held for imports, bounded by `EngineConfig::max_reassembly_memory`: their red
+    /// data (from each block's start to the furthest octet received) and their bookkeeping
+    /// (`Import::bookkeeping`).
     reassembly: usize,
     /// Reassembly buffers kept for reuse (`red_part.rs`).
     buffers: BufferPool,
@@ -1318,7 +1349,10 @@ impl Engine {
                     } else if imp.delivered {
                         // A partial report no longer matters: the red part is complete and
                         // its acceptance will be answered with a full report.
-                        imp.reports.remove(&serial);
+                        if let Some(r) = imp.reports.remove(&serial) {
+                            imp.bookkeeping -= r.charge();
+                            self.reassembly -= r.charge();
+                        }
                     } else {
                         self.cancel_import(session, CancelReason::RetransmissionLimitExceeded, now);
                     }
@@ -1512,6 +1546,7 @@ impl Engine {
         let mut s = self.stats.clone();
         s.open_export_sessions = self.exports.len() as u64;
         s.open_import_sessions = self.imports.len() as u64;
+        s.reassembly_bytes = self.reassembly as u64;
         s.queued_blocks = self.spans.values().map(|s| s.pending.len() as u64).sum();
         s
     }

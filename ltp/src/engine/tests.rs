@@ -972,6 +972,118 @@ fn inactive_import_is_cancelled_and_freed() {
     assert_eq!(b.reassembly, 0);
 }
 
+/// One red octet of session `sid` at `offset`, a checkpoint with `serial` if given.
+fn red_octet(sid: SessionId, offset: u64, checkpoint: Option<u64>) -> Bytes {
+    control_segment(
+        sid,
+        SegmentBody::Data(DataSegment {
+            kind: if checkpoint.is_some() {
+                DataKind::RedCheckpoint
+            } else {
+                DataKind::Red
+            },
+            client_service_id: 1,
+            offset,
+            data: Bytes::from_static(b"x"),
+            checkpoint: checkpoint.map(|checkpoint_serial| CheckpointInfo {
+                checkpoint_serial,
+                report_serial: 0,
+            }),
+        }),
+    )
+}
+
+fn cancelled_for_memory(b: &mut Engine, sid: SessionId) -> bool {
+    events(b).contains(&Event::ImportCancelled {
+        session: sid,
+        reason: CancelReason::SystemCancelled,
+        by_peer: false,
+    })
+}
+
+#[test]
+fn gaps_in_the_reception_record_count_against_reassembly_memory() {
+    let now = t0();
+    let sid = SessionId {
+        originator: A,
+        number: 77,
+    };
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_reassembly_memory: 10_000,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    // One octet every other octet: each leaves a gap, so each is an interval of its own. The
+    // data alone (up to the furthest octet) would reach the limit only at the 5000th.
+    let mut sent = 0;
+    for i in 0..5000u64 {
+        b.handle_datagram(red_octet(sid, 2 * i, None), now);
+        sent += 1;
+        if cancelled_for_memory(&mut b, sid) {
+            break;
+        }
+    }
+    assert!(sent < 400, "cancelled only after {sent} fragments");
+    assert_eq!(
+        b.stats().reassembly_bytes,
+        0,
+        "all of it released on cancel"
+    );
+}
+
+#[test]
+fn unacknowledged_reports_count_against_reassembly_memory() {
+    let now = t0();
+    let sid = SessionId {
+        originator: A,
+        number: 78,
+    };
+    let mut b = Engine::new(
+        B,
+        EngineConfig {
+            max_reassembly_memory: 10_000,
+            ..EngineConfig::default()
+        },
+    );
+    b.add_span(A, span());
+    // An acknowledged report is released at once.
+    b.handle_datagram(red_octet(sid, 0, Some(1)), now);
+    let held = b.stats().reassembly_bytes;
+    let out = drain(&mut b, now);
+    let SegmentBody::Report(r) = &out[0].body else {
+        panic!("expected a report, got {out:?}")
+    };
+    b.handle_datagram(
+        control_segment(
+            sid,
+            SegmentBody::ReportAck {
+                report_serial: r.report_serial,
+            },
+        ),
+        now,
+    );
+    assert!(b.stats().reassembly_bytes < held);
+    // Checkpoint after checkpoint, each with a new serial and its report never acknowledged,
+    // on one octet of data: the reports held are what reaches the limit.
+    let mut sent = 0;
+    for serial in 2..10_000u64 {
+        b.handle_datagram(red_octet(sid, 0, Some(serial)), now);
+        sent += 1;
+        if cancelled_for_memory(&mut b, sid) {
+            break;
+        }
+    }
+    assert!(sent < 200, "cancelled only after {sent} checkpoints");
+    assert_eq!(
+        b.stats().reassembly_bytes,
+        0,
+        "all of it released on cancel"
+    );
+}
+
 #[test]
 fn reassembly_memory_limit_cancels_the_import() {
     let now = t0();
