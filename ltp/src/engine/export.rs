@@ -99,6 +99,13 @@ impl Engine {
         for (s, e) in claimed.iter() {
             ex.acked.insert(s, e, |_, _| {});
         }
+        if ex.acked.len() as u64 > ex.red_segments + ex.resent_segments {
+            // More disjoint claims than segments sent: no receiver of our segments claims
+            // that (see `Export::acked`).
+            tracing::debug!(?sid, "report claims more pieces than segments were sent");
+            self.cancel_export(number, CancelReason::SystemCancelled, now);
+            return;
+        }
         if ex.acked.covered() > acked_before {
             // Progress: the retransmission-cycle limit counts cycles in a row that gained
             // nothing (see below).
@@ -393,6 +400,7 @@ impl Engine {
                 r.start = e;
             }
             stats.data_segments_retransmitted += 1;
+            ex.resent_segments += 1;
             return Some(match cp_for {
                 Some(report_serial) => {
                     let kind = if e >= ex.red_len {

@@ -454,7 +454,14 @@ struct Export {
     block: Bytes,
     red_len: u64,
     cursor: u64,
+    /// Red data segments sent for the first time.
     red_segments: u64,
+    /// Red data segments retransmitted (§6.13).
+    resent_segments: u64,
+    /// Red data the receiver's reports claim. An honest receiver's claims leave at most as
+    /// many disjoint intervals as red segments were sent: more cancels the export
+    /// (`SystemCancelled`), so a receiver claiming one octet in two cannot make us hold many
+    /// times the block in intervals.
     acked: IntervalSet,
     checkpoints: Map<u64, Checkpoint>,
     cp_resend: VecDeque<u64>,
@@ -919,6 +926,7 @@ impl Engine {
             red_len: pb.red_len,
             cursor: 0,
             red_segments: 0,
+            resent_segments: 0,
             acked: IntervalSet::default(),
             checkpoints: Map::default(),
             cp_resend: VecDeque::new(),

@@ -257,6 +257,46 @@ fn report_with_out_of_order_overlapping_claims_retransmits_exactly_the_gaps() {
     assert_eq!(a.session_timers(), 0);
 }
 
+#[test]
+fn a_report_claiming_more_pieces_than_segments_were_sent_cancels_the_export() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(4000), 4000, now).unwrap();
+    let segs = drain(&mut a, now);
+    let cp = data(segs.last().unwrap()).checkpoint.unwrap();
+    // As many disjoint claims as segments were sent: what a receiver that lost every
+    // other one reports. The gaps are retransmitted.
+    let every_other: Vec<(u64, u64)> = segs
+        .iter()
+        .step_by(2)
+        .map(|s| (data(s).offset, data(s).data.len() as u64))
+        .collect();
+    a.handle_datagram(
+        report(sid, 5, cp.checkpoint_serial, 0, 4000, &every_other),
+        now,
+    );
+    assert!(drain(&mut a, now).len() > 1, "gaps retransmitted");
+    assert!(events(&mut a).is_empty());
+    // One octet in two claimed: far more pieces than the segments sent. No receiver of our
+    // segments reports that; the export is cancelled rather than hold an interval per claim.
+    let octets: Vec<(u64, u64)> = (0..200).map(|i| (2 * i, 1)).collect();
+    a.handle_datagram(report(sid, 6, cp.checkpoint_serial, 0, 4000, &octets), now);
+    let out = drain(&mut a, now);
+    assert_eq!(out[0].body, SegmentBody::ReportAck { report_serial: 6 });
+    assert_eq!(
+        out[1].body,
+        SegmentBody::CancelFromSender(CancelReason::SystemCancelled)
+    );
+    assert_eq!(
+        events(&mut a),
+        vec![Event::ExportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false
+        }]
+    );
+}
+
 /// Retransmits the data of the block's second segment, which a report with serial
 /// `report_serial` claims missing, and returns what goes out after the report-ack.
 fn resend_second_segment(report_serial: u64) -> (Vec<Bytes>, (u64, u64)) {
