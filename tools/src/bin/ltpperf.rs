@@ -189,6 +189,11 @@ enum Cmd {
         /// round trip below it, and back off toward it when retransmissions go unanswered.
         #[arg(long, default_value_t = 200)]
         timer_margin: u64,
+        /// With adaptive timers, the smallest margin over the measured round trip, µs (the
+        /// span's `min_timer_margin`): a lost checkpoint waits at least this long beyond the
+        /// round trip; a shorter one also fires on answers merely delayed by scheduling.
+        #[arg(long, default_value_t = 250)]
+        min_timer_margin_us: u64,
         /// Fixed retransmission timers: every timer lasts 2 × --delay + --timer-margin, as
         /// RFC 5326 §6.1 describes (no round-trip measurement).
         #[arg(long)]
@@ -311,6 +316,7 @@ fn main() -> Result<()> {
             loss,
             delay,
             timer_margin,
+            min_timer_margin_us,
             fixed_timers,
             raw,
             raw_header,
@@ -359,6 +365,7 @@ fn main() -> Result<()> {
                     loss,
                     delay: Duration::from_millis(delay),
                     timer_margin: Duration::from_millis(timer_margin),
+                    min_timer_margin: Duration::from_micros(min_timer_margin_us),
                     adaptive_timers: !fixed_timers,
                     seed,
                     timeout: Duration::from_secs_f64(timeout.max(0.01)),
@@ -406,6 +413,7 @@ struct SendParams {
     loss: f64,
     delay: Duration,
     timer_margin: Duration,
+    min_timer_margin: Duration,
     adaptive_timers: bool,
     seed: u64,
     timeout: Duration,
@@ -431,6 +439,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         owlt_outbound: p.delay,
         owlt_inbound: Duration::ZERO,
         timer_margin: p.timer_margin,
+        min_timer_margin: p.min_timer_margin,
         adaptive_timers: p.adaptive_timers,
         rate_limit: (p.rate_bytes > 0).then_some(p.rate_bytes),
         rate_burst: p.rate_burst,
@@ -535,6 +544,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "window": p.window,
                 "loss": p.loss,
                 "timer_margin_ms": p.timer_margin.as_millis() as u64,
+                "min_timer_margin_us": p.min_timer_margin.as_micros() as u64,
                 "adaptive_timers": p.adaptive_timers,
                 "cpu": cpu_json(),
             })
