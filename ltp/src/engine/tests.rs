@@ -37,6 +37,13 @@ fn engine(id: EngineId, peer: EngineId) -> Engine {
     e
 }
 
+/// Engine B with `config` and a span to A.
+fn b_with(config: EngineConfig) -> Engine {
+    let mut b = Engine::new(B, config);
+    b.add_span(A, span());
+    b
+}
+
 fn drain(e: &mut Engine, now: Instant) -> Vec<Segment> {
     let mut v = Vec::new();
     while let Some((_, b)) = e.poll_transmit(now) {
@@ -459,14 +466,10 @@ fn checkpoint_before_the_data_it_covers() {
 fn report_split_across_several_segments() {
     let now = t0();
     let (_a, sid, raw) = segments_of(3000, 3000);
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_claims_per_report: 2,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = b_with(EngineConfig {
+        max_claims_per_report: 2,
+        ..EngineConfig::default()
+    });
     // Every other segment, then the EORP checkpoint: many separate claims.
     let n = raw.len();
     for (i, s) in raw.iter().enumerate() {
@@ -659,15 +662,11 @@ fn export_window_and_queue_limits() {
 #[test]
 fn import_limits_cancel_with_a_reason() {
     let now = t0();
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_import_sessions_per_peer: 1,
-            max_block_size: 1000,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = b_with(EngineConfig {
+        max_import_sessions_per_peer: 1,
+        max_block_size: 1000,
+        ..EngineConfig::default()
+    });
     let (_a1, _s1, raw1) = segments_of(500, 500);
     let mut a2 = Engine::new(
         A,
@@ -704,14 +703,10 @@ fn import_limits_cancel_with_a_reason() {
             checkpoint: None,
         }),
     };
-    let mut c = Engine::new(
-        B,
-        EngineConfig {
-            max_block_size: 1000,
-            ..EngineConfig::default()
-        },
-    );
-    c.add_span(A, span());
+    let mut c = b_with(EngineConfig {
+        max_block_size: 1000,
+        ..EngineConfig::default()
+    });
     c.handle_datagram(big.to_bytes(), now);
     assert_eq!(
         drain(&mut c, now)[0].body,
@@ -723,15 +718,10 @@ fn import_limits_cancel_with_a_reason() {
 fn a_block_for_a_client_service_we_do_not_serve_is_cancelled_at_its_first_segment() {
     let now = t0();
     let serving = |services: Vec<u64>| {
-        let mut b = Engine::new(
-            B,
-            EngineConfig {
-                client_services: Some(services),
-                ..EngineConfig::default()
-            },
-        );
-        b.add_span(A, span());
-        b
+        b_with(EngineConfig {
+            client_services: Some(services),
+            ..EngineConfig::default()
+        })
     };
     // segments_of sends to client service 9: a receiver serving only 1 refuses the session
     // at its first segment, with UNREACH, and holds none of its data.
@@ -1033,12 +1023,41 @@ fn red_octet(sid: SessionId, offset: u64, checkpoint: Option<u64>) -> Bytes {
     )
 }
 
-fn cancelled_for_memory(b: &mut Engine, sid: SessionId) -> bool {
-    events(b).contains(&Event::ImportCancelled {
-        session: sid,
-        reason: CancelReason::SystemCancelled,
-        by_peer: false,
+/// A receiver of engine A's sessions with 10 000 octets of reassembly memory.
+fn receiver_with_little_memory() -> Engine {
+    b_with(EngineConfig {
+        max_reassembly_memory: 10_000,
+        ..EngineConfig::default()
     })
+}
+
+/// Feeds `datagrams` of import `sid` to `b` until it cancels the import for lack of memory;
+/// returns how many it took, once it has checked that all the memory came back.
+fn datagrams_until_out_of_memory(
+    b: &mut Engine,
+    sid: SessionId,
+    datagrams: impl IntoIterator<Item = Bytes>,
+    now: Instant,
+) -> usize {
+    let mut sent = 0;
+    for d in datagrams {
+        b.handle_datagram(d, now);
+        sent += 1;
+        let cancelled = events(b).contains(&Event::ImportCancelled {
+            session: sid,
+            reason: CancelReason::SystemCancelled,
+            by_peer: false,
+        });
+        if cancelled {
+            assert_eq!(
+                b.stats().reassembly_bytes,
+                0,
+                "all of it released on cancel"
+            );
+            return sent;
+        }
+    }
+    panic!("not cancelled after {sent} datagrams");
 }
 
 #[test]
@@ -1048,30 +1067,12 @@ fn gaps_in_the_reception_record_count_against_reassembly_memory() {
         originator: A,
         number: 77,
     };
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_reassembly_memory: 10_000,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = receiver_with_little_memory();
     // One octet every other octet: each leaves a gap, so each is an interval of its own. The
     // data alone (up to the furthest octet) would reach the limit only at the 5000th.
-    let mut sent = 0;
-    for i in 0..5000u64 {
-        b.handle_datagram(red_octet(sid, 2 * i, None), now);
-        sent += 1;
-        if cancelled_for_memory(&mut b, sid) {
-            break;
-        }
-    }
+    let fragments = (0..5000u64).map(|i| red_octet(sid, 2 * i, None));
+    let sent = datagrams_until_out_of_memory(&mut b, sid, fragments, now);
     assert!(sent < 400, "cancelled only after {sent} fragments");
-    assert_eq!(
-        b.stats().reassembly_bytes,
-        0,
-        "all of it released on cancel"
-    );
 }
 
 #[test]
@@ -1081,14 +1082,7 @@ fn unacknowledged_reports_count_against_reassembly_memory() {
         originator: A,
         number: 78,
     };
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_reassembly_memory: 10_000,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = receiver_with_little_memory();
     // An acknowledged report is released at once.
     b.handle_datagram(red_octet(sid, 0, Some(1)), now);
     let held = b.stats().reassembly_bytes;
@@ -1096,46 +1090,26 @@ fn unacknowledged_reports_count_against_reassembly_memory() {
     let SegmentBody::Report(r) = &out[0].body else {
         panic!("expected a report, got {out:?}")
     };
-    b.handle_datagram(
-        control_segment(
-            sid,
-            SegmentBody::ReportAck {
-                report_serial: r.report_serial,
-            },
-        ),
-        now,
-    );
+    let ack = SegmentBody::ReportAck {
+        report_serial: r.report_serial,
+    };
+    b.handle_datagram(control_segment(sid, ack), now);
     assert!(b.stats().reassembly_bytes < held);
     // Checkpoint after checkpoint, each with a new serial and its report never acknowledged,
     // on one octet of data: the reports held are what reaches the limit.
-    let mut sent = 0;
-    for serial in 2..10_000u64 {
-        b.handle_datagram(red_octet(sid, 0, Some(serial)), now);
-        sent += 1;
-        if cancelled_for_memory(&mut b, sid) {
-            break;
-        }
-    }
+    let checkpoints = (2..10_000u64).map(|serial| red_octet(sid, 0, Some(serial)));
+    let sent = datagrams_until_out_of_memory(&mut b, sid, checkpoints, now);
     assert!(sent < 200, "cancelled only after {sent} checkpoints");
-    assert_eq!(
-        b.stats().reassembly_bytes,
-        0,
-        "all of it released on cancel"
-    );
 }
 
 #[test]
 fn reassembly_memory_limit_cancels_the_import() {
     let now = t0();
     let (_a, sid, raw) = segments_of(3000, 3000);
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_reassembly_memory: 1000,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = b_with(EngineConfig {
+        max_reassembly_memory: 1000,
+        ..EngineConfig::default()
+    });
     for s in &raw {
         b.handle_datagram(s.clone(), now);
     }
@@ -1198,14 +1172,10 @@ fn discretionary_checkpoint_reports_scope_and_serials() {
 #[test]
 fn control_queue_overflow_does_not_stall_a_session() {
     let mut now = t0();
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            max_control_queue: 1,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
+    let mut b = b_with(EngineConfig {
+        max_control_queue: 1,
+        ..EngineConfig::default()
+    });
     let (_a1, s1, raw1) = segments_of(500, 500);
     let mut a2 = Engine::new(
         A,
@@ -1625,14 +1595,10 @@ fn a_restarted_receiver_cancels_rather_than_let_stale_claims_complete_the_sessio
     let retransmission = drain_raw(&mut a, now);
     assert!(!retransmission.is_empty());
     // Restarted: no memory of the session, a new seed (new report serials).
-    let mut b2 = Engine::new(
-        B,
-        EngineConfig {
-            seed: 777,
-            ..EngineConfig::default()
-        },
-    );
-    b2.add_span(A, span());
+    let mut b2 = b_with(EngineConfig {
+        seed: 777,
+        ..EngineConfig::default()
+    });
     for d in retransmission {
         b2.handle_datagram(d, now);
     }
@@ -1868,15 +1834,10 @@ fn first_half_to_b(now: Instant) -> (Engine, SessionId, Vec<Bytes>, usize, Engin
 
 /// B after a restart: all its import state lost (a fresh engine, with a seed of its own).
 fn restarted_b() -> Engine {
-    let mut b = Engine::new(
-        B,
-        EngineConfig {
-            seed: 777,
-            ..EngineConfig::default()
-        },
-    );
-    b.add_span(A, span());
-    b
+    b_with(EngineConfig {
+        seed: 777,
+        ..EngineConfig::default()
+    })
 }
 
 /// Hands `to_b` to B, then moves segments both ways until A completes the export `sid`;
