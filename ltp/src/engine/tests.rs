@@ -2295,3 +2295,150 @@ proptest::proptest! {
         );
     }
 }
+
+/// What a hostile or broken sender may send an import: anything that decodes.
+#[derive(Clone, Debug)]
+enum FromSender {
+    Data {
+        session: u64,
+        red: bool,
+        offset: u64,
+        len: usize,
+        /// Checkpoint serial, report serial, and whether it ends the red part.
+        checkpoint: Option<(u64, u64, bool)>,
+    },
+    ReportAck {
+        session: u64,
+        serial: u64,
+    },
+    Cancel {
+        session: u64,
+    },
+    /// Time passes (ms), and due timers fire.
+    Wait(u64),
+}
+
+fn from_sender() -> impl proptest::strategy::Strategy<Value = FromSender> {
+    use proptest::prelude::*;
+    let session = 1u64..5;
+    prop_oneof![
+        6 => (
+            session.clone(),
+            any::<bool>(),
+            0u64..60_000,
+            1usize..3000,
+            proptest::option::of((1u64..40, 0u64..4, any::<bool>())),
+        )
+            .prop_map(|(session, red, offset, len, checkpoint)| FromSender::Data {
+                session,
+                red,
+                offset,
+                len,
+                checkpoint,
+            }),
+        1 => (session.clone(), any::<u64>())
+            .prop_map(|(session, serial)| FromSender::ReportAck { session, serial }),
+        1 => session.prop_map(|session| FromSender::Cancel { session }),
+        1 => (0u64..20_000).prop_map(FromSender::Wait),
+    ]
+}
+
+impl FromSender {
+    fn datagram(&self) -> Option<Bytes> {
+        let sid = |number| SessionId {
+            originator: A,
+            number,
+        };
+        Some(match *self {
+            FromSender::Data {
+                session,
+                red,
+                offset,
+                len,
+                checkpoint,
+            } => {
+                let kind = match (red, checkpoint) {
+                    (false, _) => DataKind::Green,
+                    (true, None) => DataKind::Red,
+                    (true, Some((_, _, false))) => DataKind::RedCheckpoint,
+                    (true, Some((_, _, true))) => DataKind::RedCheckpointEorp,
+                };
+                let checkpoint =
+                    checkpoint
+                        .filter(|_| red)
+                        .map(|(checkpoint_serial, report_serial, _)| CheckpointInfo {
+                            checkpoint_serial,
+                            report_serial,
+                        });
+                control_segment(
+                    sid(session),
+                    SegmentBody::Data(DataSegment {
+                        kind,
+                        client_service_id: 1,
+                        offset,
+                        data: Bytes::from(vec![7u8; len]),
+                        checkpoint,
+                    }),
+                )
+            }
+            FromSender::ReportAck { session, serial } => control_segment(
+                sid(session),
+                SegmentBody::ReportAck {
+                    report_serial: serial,
+                },
+            ),
+            FromSender::Cancel { session } => control_segment(
+                sid(session),
+                SegmentBody::CancelFromSender(CancelReason::UserCancelled),
+            ),
+            FromSender::Wait(_) => return None,
+        })
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Whatever a sender sends, an import never holds more than the reassembly limit (data
+    /// and bookkeeping), and once every import has ended (timers run out) nothing is left
+    /// charged and no timer runs.
+    #[test]
+    fn imports_stay_within_reassembly_memory_whatever_the_sender_sends(
+        ops in proptest::collection::vec(from_sender(), 1..300),
+    ) {
+        const LIMIT: usize = 20_000;
+        let mut b = b_with(EngineConfig {
+            max_reassembly_memory: LIMIT,
+            max_block_size: 100_000,
+            max_import_sessions_per_peer: 3,
+            ..EngineConfig::default()
+        });
+        let mut now = t0();
+        for op in &ops {
+            match op.datagram() {
+                Some(d) => b.handle_datagram(d, now),
+                None => {
+                    if let FromSender::Wait(ms) = op {
+                        now += Duration::from_millis(*ms);
+                    }
+                    b.handle_timeout(now);
+                }
+            }
+            drain_raw(&mut b, now);
+            events(&mut b);
+            let held = b.stats().reassembly_bytes;
+            proptest::prop_assert!(held <= LIMIT as u64, "{held} octets held");
+        }
+        // Nobody answers from now on: inactivity, report and cancel timers end every import.
+        for _ in 0..10_000 {
+            let Some(t) = b.poll_timeout() else { break };
+            now = now.max(t);
+            b.handle_timeout(now);
+            drain_raw(&mut b, now);
+            events(&mut b);
+        }
+        proptest::prop_assert_eq!(b.open_sessions(), 0);
+        proptest::prop_assert_eq!(b.session_timers(), 0);
+        proptest::prop_assert_eq!(b.stats().reassembly_bytes, 0);
+    }
+}
