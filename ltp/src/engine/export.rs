@@ -130,7 +130,22 @@ impl Engine {
             self.check_export_complete(number, now);
             return;
         }
-        let gaps = ex.acked.gaps(lower, upper);
+        let mut gaps = ex.acked.gaps(lower, upper);
+        if !ex.retx.is_empty() {
+            // Data an earlier report asked for and still queued is not queued twice: that
+            // retransmission ends with its own checkpoint, whose report covers this one's
+            // scope again. (A receiver repeating its gaps in report after report, each
+            // acknowledging an octet more, would otherwise have the block queued once per
+            // report.)
+            let mut queued = IntervalSet::default();
+            for r in &ex.retx {
+                queued.insert(r.start, r.end, |_, _| {});
+            }
+            gaps = gaps
+                .into_iter()
+                .flat_map(|(s, e)| queued.gaps(s, e))
+                .collect();
+        }
         if gaps.is_empty() {
             if !ex.checkpoints.is_empty()
                 || !ex.retx.is_empty()

@@ -2442,3 +2442,143 @@ proptest::proptest! {
         proptest::prop_assert_eq!(b.stats().reassembly_bytes, 0);
     }
 }
+
+/// What a hostile or broken receiver may send an export.
+#[derive(Clone, Debug)]
+enum FromReceiver {
+    Report {
+        serial: u64,
+        checkpoint: u64,
+        lower: u64,
+        upper: u64,
+        claims: Vec<(u64, u64)>,
+    },
+    /// A report on the whole block claiming its first `upto` octets: the rest missing.
+    Prefix {
+        serial: u64,
+        upto: u64,
+    },
+    Cancel,
+    /// Time passes (ms), and due timers fire.
+    Wait(u64),
+}
+
+fn from_receiver() -> impl proptest::strategy::Strategy<Value = FromReceiver> {
+    use proptest::prelude::*;
+    prop_oneof![
+        8 => (
+            1u64..100_000,
+            0u64..4,
+            0u64..6000,
+            0u64..6000,
+            proptest::collection::vec((0u64..6000, 0u64..1000), 0..8),
+        )
+            .prop_map(|(serial, checkpoint, lower, upper, claims)| FromReceiver::Report {
+                serial,
+                checkpoint,
+                lower: lower.min(upper),
+                upper: lower.max(upper),
+                claims,
+            }),
+        8 => (1u64..100_000, 0u64..5000)
+            .prop_map(|(serial, upto)| FromReceiver::Prefix { serial, upto }),
+        1 => Just(FromReceiver::Cancel),
+        2 => (0u64..3000).prop_map(FromReceiver::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Whatever a receiver reports, however many reports come before the sender's turn to
+    /// send, what it queues stays within about the block (gaps already queued are not queued
+    /// again), and once nobody answers any more every export ends and no timer runs.
+    #[test]
+    fn exports_end_whatever_the_receiver_reports(
+        ops in proptest::collection::vec(from_receiver(), 1..200),
+    ) {
+        const BLOCK: usize = 5000;
+        let mut a = engine(A, B);
+        let sid = a.send_block(B, 1, block(BLOCK), BLOCK, t0()).unwrap();
+        let mut now = t0();
+        let first = drain_raw(&mut a, now).len();
+        for op in &ops {
+            let datagram = match op {
+                FromReceiver::Report {
+                    serial,
+                    checkpoint,
+                    lower,
+                    upper,
+                    claims,
+                } => Some(report(sid, *serial, *checkpoint, *lower, *upper, claims)),
+                FromReceiver::Prefix { serial, upto } => Some(report(
+                    sid,
+                    *serial,
+                    0,
+                    0,
+                    BLOCK as u64,
+                    &[(0, *upto)],
+                )),
+                FromReceiver::Cancel => Some(control_segment(
+                    sid,
+                    SegmentBody::CancelFromReceiver(CancelReason::UserCancelled),
+                )),
+                FromReceiver::Wait(ms) => {
+                    now += Duration::from_millis(*ms);
+                    a.handle_timeout(now);
+                    None
+                }
+            };
+            if let Some(d) = datagram {
+                a.handle_datagram(d, now);
+            } else {
+                // Each report's ack, a block's worth of data, and checkpoints re-sent.
+                let out = drain(&mut a, now)
+                    .iter()
+                    .filter(|s| matches!(s.body, SegmentBody::Data(_)))
+                    .count();
+                proptest::prop_assert!(out <= 2 * first + 10, "{out} data segments queued");
+            }
+            events(&mut a);
+        }
+        for _ in 0..10_000 {
+            let Some(t) = a.poll_timeout() else { break };
+            now = now.max(t);
+            a.handle_timeout(now);
+            drain_raw(&mut a, now);
+            events(&mut a);
+        }
+        proptest::prop_assert_eq!(a.open_sessions(), 0);
+        proptest::prop_assert_eq!(a.session_timers(), 0);
+    }
+}
+
+#[test]
+fn gaps_already_queued_for_retransmission_are_not_queued_again() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(5000), 5000, now).unwrap();
+    let first = drain_raw(&mut a, now).len();
+    // Report after report before any retransmission leaves, each claiming one octet more
+    // and the rest missing: the rest is queued once.
+    for k in 1..200u64 {
+        a.handle_datagram(report(sid, 1000 + k, 0, 0, 5000, &[(0, k)]), now);
+    }
+    let out: Vec<Segment> = drain(&mut a, now);
+    let acks = out
+        .iter()
+        .filter(|s| matches!(s.body, SegmentBody::ReportAck { .. }))
+        .count();
+    assert_eq!(acks, 199, "every report acknowledged");
+    let mut resent = IntervalSet::default();
+    let mut octets = 0;
+    for s in &out {
+        if let SegmentBody::Data(d) = &s.body {
+            octets += d.data.len() as u64;
+            resent.insert(d.offset, d.offset + d.data.len() as u64, |_, _| {});
+        }
+    }
+    assert_eq!(resent.clipped(0, 5000), vec![(1, 5000)]);
+    assert_eq!(octets, 4999, "each missing octet sent once");
+    assert!(out.len() - acks <= first);
+}
