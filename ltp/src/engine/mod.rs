@@ -15,8 +15,9 @@
 //!   report with that report's bounds (§6.8).
 //! - Data from an engine without a span is dropped and counted unless
 //!   `accept_unknown_peers` (and then beyond `max_unknown_peers` such engines): we do not
-//!   know where to send a cancel, and answering unknown sources would make us an amplifier. Cancels for unknown sessions are acknowledged without
-//!   side effects (HDTN's keep-alive ping).
+//!   know where to send a cancel, and answering unknown sources would make us an amplifier.
+//!   Cancels for unknown sessions are acknowledged without side effects (HDTN's keep-alive
+//!   ping).
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
 //!   the red part cancels with `Miscolored`.
