@@ -1321,6 +1321,24 @@ fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
         &[],
         e.segments_malformed,
     );
+    push(
+        stats,
+        "dtn_ltp_segments_dropped_total",
+        "LTP segments dropped: from engines without a span, for closed or unknown sessions, \
+         or beyond a limit.",
+        Counter,
+        &[],
+        e.segments_dropped,
+    );
+    push(
+        stats,
+        "dtn_ltp_reassembly_bytes",
+        "Octets LTP holds for blocks being received (data and bookkeeping), within the \
+         engine's reassembly limit.",
+        Gauge,
+        &[],
+        e.reassembly_bytes,
+    );
     for (engine, rtt) in &s.round_trips {
         push(
             stats,

@@ -300,6 +300,19 @@ async fn ltp_line_of_three() {
     .unwrap();
     assert!(s.total("dtn_ltp_sessions_open").is_some());
     assert!(s.total("dtn_ltp_retransmissions_total").is_some());
+    assert!(s.total("dtn_ltp_segments_dropped_total").is_some());
+    assert!(s.total("dtn_ltp_reassembly_bytes").is_some());
+    // Every block was delivered: once the last imports close (their final reports
+    // acknowledged), nothing is held for reassembly.
+    let mut held = f64::NAN;
+    for _ in 0..100 {
+        held = stats_total(&b.handle(), "dtn_ltp_reassembly_bytes").await;
+        if held == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held, 0.0, "octets held for reassembly after all blocks");
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
     for n in [a, b, c] {
