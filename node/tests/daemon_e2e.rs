@@ -324,6 +324,66 @@ async fn ltp_line_of_three() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
+    let _watchdog = watchdog(
+        "ltp_blocks_for_another_client_service_are_refused_at_once",
+        Duration::from_secs(120),
+    );
+    use ltp::driver::{DriverConfig, LtpDriver};
+    use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
+    let (pa, pb) = (free_udp(), free_udp());
+    let mut bc = config(2);
+    bc.ltp = Some(LtpSection {
+        engine_id: 2,
+        listen: pb,
+    });
+    bc.neighbours.push(neighbour("a", 1, ltp_link(1, pa)));
+    let b = Node::start(bc).await.unwrap();
+    // Engine 1 is a bare LTP engine, not a node: it sends a block to client service 2, which
+    // dtnd does not serve (bundles are client service 1).
+    let mut engine = Engine::new(1, EngineConfig::default());
+    engine.add_span(2, SpanConfig::default());
+    let mut dc = DriverConfig::new(pa);
+    dc.spans = vec![(2, pb)];
+    let (h, mut events) = LtpDriver::spawn(dc, engine).unwrap();
+    let session = h
+        .send_block(2, 2, Bytes::from(vec![0x5a; 100_000]), 100_000)
+        .await
+        .unwrap();
+    let cancelled = timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("driver events") {
+                Event::ExportCancelled {
+                    session: s,
+                    reason,
+                    by_peer,
+                } if s == session => return (reason, by_peer),
+                Event::TransmissionCompleted { .. } => panic!("the block was taken"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the block refused in time");
+    assert_eq!(cancelled, (CancelReason::UnreachableClient, true));
+    // Refused at its first segment, not once reassembled: the rest of its segments were
+    // dropped, for a session never opened, and nothing is held.
+    let stats = h.stats().await.unwrap();
+    assert_eq!(stats.engine.export_sessions_cancelled, 1);
+    let dropped = stats_total(&b.handle(), "dtn_ltp_segments_dropped_total").await;
+    assert!(dropped >= 1.0, "{dropped} segments dropped");
+    assert_eq!(stats_total(&b.handle(), "dtn_ltp_sessions_open").await, 0.0);
+    assert_eq!(
+        stats_total(&b.handle(), "dtn_ltp_reassembly_bytes").await,
+        0.0
+    );
+    timeout(WAIT, b.shutdown())
+        .await
+        .expect("node stopped in time")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_wait_while_the_neighbour_is_down() {
     let b_addr = free_tcp();
     let mut ac = config(1);
