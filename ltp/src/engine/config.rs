@@ -112,6 +112,13 @@ pub struct SpanConfig {
     /// the export is cancelled (RXMTCYCEXC). A report that acknowledges new data starts the
     /// count again, so a block that progresses is never cancelled for its size.
     pub max_retransmission_cycles: u32,
+    /// Most red data an export may retransmit, as a multiple of its red part (with room for
+    /// at least this many segments, for small blocks); beyond it the export is cancelled
+    /// (RXMTCYCEXC). The cycle limit above stops reports that gain nothing; this one stops a
+    /// receiver that acknowledges a little more in each report and asks for the rest again
+    /// (each round would cost a block, n rounds n blocks). 16 by default: a link that loses
+    /// half of what is sent needs about 1. 0: no limit.
+    pub max_retransmission_factor: u32,
     /// One-way light time from us to the peer.
     pub owlt_outbound: Duration,
     /// One-way light time from the peer to us.
@@ -166,6 +173,7 @@ impl Default for SpanConfig {
             max_report_retransmissions: 10,
             max_cancel_retransmissions: 10,
             max_retransmission_cycles: 100,
+            max_retransmission_factor: 16,
             owlt_outbound: Duration::from_millis(1),
             owlt_inbound: Duration::from_millis(1),
             timer_margin: Duration::from_millis(200),

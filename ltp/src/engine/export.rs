@@ -170,11 +170,17 @@ impl Engine {
         // progress: with discretionary checkpoints each report of a 64 MiB block at 5 % loss
         // starts a cycle, well over a hundred of them.
         ex.cycles += 1;
-        let max_cycles = self
-            .spans
-            .get(&peer)
-            .map_or(u32::MAX, |s| s.cfg.max_retransmission_cycles);
-        if ex.cycles > max_cycles {
+        let (max_cycles, factor, mss) = self.spans.get(&peer).map_or((u32::MAX, 0, 0), |s| {
+            (
+                s.cfg.max_retransmission_cycles,
+                s.cfg.max_retransmission_factor,
+                s.cfg.max_segment_size,
+            )
+        });
+        // The retransmission budget: `factor` times the red part, or `factor` segments.
+        let budget = u64::from(factor).saturating_mul(ex.red_len.max(mss as u64));
+        ex.resent_octets += gaps.iter().map(|(s, e)| e - s).sum::<u64>();
+        if ex.cycles > max_cycles || (factor > 0 && ex.resent_octets > budget) {
             self.cancel_export(number, CancelReason::RetransmissionCyclesExceeded, now);
             return;
         }

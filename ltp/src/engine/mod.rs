@@ -459,6 +459,8 @@ struct Export {
     red_segments: u64,
     /// Red data segments retransmitted (§6.13).
     resent_segments: u64,
+    /// Red octets queued for retransmission so far (`SpanConfig::max_retransmission_factor`).
+    resent_octets: u64,
     /// Red data the receiver's reports claim. An honest receiver's claims leave at most as
     /// many disjoint intervals as red segments were sent: more cancels the export
     /// (`SystemCancelled`), so a receiver claiming one octet in two cannot make us hold many
@@ -928,6 +930,7 @@ impl Engine {
             cursor: 0,
             red_segments: 0,
             resent_segments: 0,
+            resent_octets: 0,
             acked: IntervalSet::default(),
             checkpoints: Map::default(),
             cp_resend: VecDeque::new(),

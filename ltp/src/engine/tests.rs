@@ -2554,6 +2554,49 @@ proptest::proptest! {
 }
 
 #[test]
+fn a_receiver_that_asks_for_the_block_again_and_again_exhausts_the_retransmission_budget() {
+    let now = t0();
+    let mut a = engine(A, B);
+    let sid = a.send_block(B, 1, block(5000), 5000, now).unwrap();
+    let mut sent_octets = 0u64;
+    let mut count = |segs: Vec<Segment>| {
+        for s in segs {
+            if let SegmentBody::Data(d) = &s.body {
+                sent_octets += d.data.len() as u64;
+            }
+        }
+    };
+    count(drain(&mut a, now));
+    // Each report acknowledges one octet more (so the cycle limit never trips) and asks for
+    // the rest again once the last retransmission has left.
+    let mut reports = 0;
+    for k in 1..1000u64 {
+        a.handle_datagram(report(sid, k, 0, 0, 5000, &[(0, k)]), now);
+        count(drain(&mut a, now));
+        reports += 1;
+        if let Some(e) = events(&mut a).first() {
+            assert_eq!(
+                *e,
+                Event::ExportCancelled {
+                    session: sid,
+                    reason: CancelReason::RetransmissionCyclesExceeded,
+                    by_peer: false,
+                }
+            );
+            break;
+        }
+    }
+    assert_eq!(
+        a.stats().export_sessions_cancelled,
+        1,
+        "cancelled after {reports} reports"
+    );
+    // Cancelled once 16 times the red part went again (the default factor), not 999.
+    assert!(reports <= 17, "{reports} reports");
+    assert!(sent_octets <= 17 * 5000, "{sent_octets} octets sent");
+}
+
+#[test]
 fn gaps_already_queued_for_retransmission_are_not_queued_again() {
     let now = t0();
     let mut a = engine(A, B);
