@@ -21,6 +21,12 @@
 //! - Limits breached by an import (block size, concurrent imports, reassembly memory,
 //!   inactivity) cancel it with `SystemCancelled`; red data beyond the green part or the end of
 //!   the red part cancels with `Miscolored`.
+//! - An export is cancelled with `RetransmissionCyclesExceeded` after
+//!   `max_retransmission_cycles` reports in a row that acknowledge nothing new, or once it has
+//!   queued `max_retransmission_factor` times its red part for retransmission (a receiver
+//!   acknowledging an octet more per report and asking for the rest again); with
+//!   `SystemCancelled` when reports claim more disjoint pieces than segments were sent. Gaps
+//!   already queued for retransmission are not queued again for a later report.
 //! - With `EngineConfig::client_services` set, a session whose first data segment names
 //!   another client service is cancelled at once with `UnreachableClient`, as ION does, and
 //!   none of its data is held (`dtnd` serves client service 1, bundles); unset, every client
