@@ -315,10 +315,12 @@ async fn ltp_line_of_three() {
     assert_eq!(held, 0.0, "octets held for reassembly after all blocks");
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
-    for n in [a, b, c] {
+    // Named, so that a node that does not stop says which one it is (seen once in CI,
+    // 2026-12-04: a shutdown here waited out WAIT, not reproduced since).
+    for (name, n) in [("a", a), ("b", b), ("c", c)] {
         timeout(WAIT, n.shutdown())
             .await
-            .expect("node stopped in time")
+            .unwrap_or_else(|_| panic!("node {name} did not stop within {WAIT:?}"))
             .unwrap();
     }
 }
