@@ -688,26 +688,19 @@ fn import_limits_cancel_with_a_reason() {
         SegmentBody::CancelFromReceiver(CancelReason::SystemCancelled)
     );
     // A data segment beyond the maximum block size cancels that import.
-    let big = Segment {
-        session: SessionId {
+    let big = red_octet(
+        SessionId {
             originator: A,
             number: 4242,
         },
-        header_extensions: Vec::new(),
-        trailer_extensions: Vec::new(),
-        body: SegmentBody::Data(DataSegment {
-            kind: DataKind::Red,
-            client_service_id: 1,
-            offset: 2000,
-            data: Bytes::from_static(b"x"),
-            checkpoint: None,
-        }),
-    };
+        2000,
+        None,
+    );
     let mut c = b_with(EngineConfig {
         max_block_size: 1000,
         ..EngineConfig::default()
     });
-    c.handle_datagram(big.to_bytes(), now);
+    c.handle_datagram(big, now);
     assert_eq!(
         drain(&mut c, now)[0].body,
         SegmentBody::CancelFromReceiver(CancelReason::SystemCancelled)
