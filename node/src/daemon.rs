@@ -662,34 +662,63 @@ impl Node {
         self.stop().await
     }
 
+    /// Each stage is timed ([`stop_stage`]): one that runs long is named in a warning, so
+    /// that a shutdown that hangs says where.
     async fn stop(&mut self) -> anyhow::Result<()> {
         let _ = self.shutdown_tx.send(true);
         self.adapters.shutdown();
         if let Some(core) = self.core.take() {
-            if let Err(e) = core.await {
+            if let Err(e) = stop_stage("core task", core).await {
                 warn!("core task ended abnormally: {e}");
             }
         }
-        for s in self.servers.drain(..) {
-            match tokio::time::timeout(Duration::from_secs(5), s).await {
-                Ok(_) => {}
-                Err(_) => debug!("a server did not stop in time"),
+        let servers = std::mem::take(&mut self.servers);
+        stop_stage("agent and metrics servers", async move {
+            for s in servers {
+                match tokio::time::timeout(Duration::from_secs(5), s).await {
+                    Ok(_) => {}
+                    Err(_) => debug!("a server did not stop in time"),
+                }
             }
-        }
+        })
+        .await;
         if let Some(l) = &self.adapters.ltp {
-            l.ltp().shutdown().await;
+            stop_stage("LTP driver", l.ltp().shutdown()).await;
         }
         if let Some(path) = &self.addresses.unix {
             let _ = std::fs::remove_file(path);
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .context("store flush task")?
-            .context("flushing the store")?;
+        stop_stage(
+            "store flush",
+            tokio::task::spawn_blocking(move || store.flush()),
+        )
+        .await
+        .context("store flush task")?
+        .context("flushing the store")?;
         info!(node_id = %self.addresses.node_id, "node stopped");
         Ok(())
     }
+}
+
+/// A stage of [`Node::stop`] taking longer than this is named in a warning (it goes on
+/// waiting: what it waits for, the store's flush above all, must not be cut short).
+const SLOW_STOP_STAGE: Duration = Duration::from_secs(5);
+
+/// Runs one stage of [`Node::stop`], with a warning naming it if it takes longer than
+/// [`SLOW_STOP_STAGE`] and a debug line with its duration.
+async fn stop_stage<F: std::future::Future>(stage: &str, f: F) -> F::Output {
+    let started = std::time::Instant::now();
+    let mut f = std::pin::pin!(f);
+    let out = match tokio::time::timeout(SLOW_STOP_STAGE, f.as_mut()).await {
+        Ok(out) => out,
+        Err(_) => {
+            warn!("stopping: the {stage} has not stopped after {SLOW_STOP_STAGE:?}; waiting on");
+            f.await
+        }
+    };
+    debug!(elapsed = ?started.elapsed(), "stopping: {stage} done");
+    out
 }
 
 impl Drop for Node {

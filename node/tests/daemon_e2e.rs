@@ -16,6 +16,19 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The nodes' log, captured with each test's output (shown when it fails): warnings, and
+/// `node::daemon`'s debug lines, which time each stage of a node's shutdown. `RUST_LOG`
+/// overrides the filter.
+fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,node::daemon=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Ends the whole test process, with a message naming the test, if the test is still running
 /// (or hangs after a panic, e.g. in the runtime's shutdown) after `limit`: a hang fails the
 /// suite at once instead of holding CI until its time limit. Disarmed when the test ends
@@ -23,6 +36,7 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
+    capture_logs();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = done.clone();
     std::thread::spawn(move || {
