@@ -47,6 +47,10 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 # [ltp]
 # engine_id = 1
 # listen = "127.0.0.1:1113"
+# max_reassembly_memory = 1073741824   # octets held for reassembly, all imports (then SYS_CNCLD)
+# max_import_sessions = 1024           # concurrent imports per peer engine
+# accept_unknown_peers = false         # take blocks from engines no neighbour names
+# max_unknown_peers = 1024             # ... from at most this many of them
 
 # [[neighbour]]
 # name = "n2"
@@ -59,7 +63,9 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # pacing without one); max_bytes_in_flight = 4194304
 #                                  # caps red data unacknowledged (flow control; by default
 #                                  # 4 MiB, ~half the peer's 8 MiB receive buffer, while the
-#                                  # span has no rate, and none while it is paced; 0: none)
+#                                  # span has no rate, and none while it is paced; 0: none);
+#                                  # max_retransmission_factor = 16 cancels a block that
+#                                  # retransmits more than 16 times its red data (0: no limit)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
@@ -191,6 +197,36 @@ pub struct LtpSection {
     pub engine_id: u64,
     /// UDP address of the engine.
     pub listen: SocketAddr,
+    /// Octets held for reassembly over all import sessions, their bookkeeping included
+    /// (`ltp::EngineConfig::max_reassembly_memory`): a block that would cross it is cancelled
+    /// by the receiver (RFC 5326 §3.2.4, `SystemCancelled`).
+    pub max_reassembly_memory: usize,
+    /// Concurrent import sessions per peer engine (`ltp::EngineConfig::
+    /// max_import_sessions_per_peer`); a further one is cancelled.
+    pub max_import_sessions: usize,
+    /// Take blocks from LTP engines that are not a neighbour's (`ltp::EngineConfig::
+    /// accept_unknown_peers`), answering them at the address their segments came from.
+    /// Their bundles are received as from an unknown neighbour; bundles are sent only to
+    /// configured neighbours.
+    pub accept_unknown_peers: bool,
+    /// With `accept_unknown_peers`, how many unknown engines are served; segments from
+    /// further ones are dropped and counted (`ltp::EngineConfig::max_unknown_peers`).
+    pub max_unknown_peers: usize,
+}
+
+impl LtpSection {
+    /// Engine `engine_id` on `listen`, with the engine's default limits.
+    pub fn new(engine_id: u64, listen: SocketAddr) -> LtpSection {
+        let d = ltp::EngineConfig::default();
+        LtpSection {
+            engine_id,
+            listen,
+            max_reassembly_memory: d.max_reassembly_memory,
+            max_import_sessions: d.max_import_sessions_per_peer,
+            accept_unknown_peers: d.accept_unknown_peers,
+            max_unknown_peers: d.max_unknown_peers,
+        }
+    }
 }
 
 /// An LTP span to a neighbour (`ltp = { ... }` in a `[[neighbour]]`).
@@ -223,6 +259,10 @@ pub struct LtpLink {
     /// bundle would otherwise overrun the peer's UDP receive buffer: about half of that buffer,
     /// and no less than the span's bandwidth-delay product.
     pub max_bytes_in_flight: Option<u64>,
+    /// Most red data one block may retransmit, as a multiple of its red part
+    /// (`ltp::SpanConfig::max_retransmission_factor`; beyond it the block is cancelled with
+    /// RXMTCYCEXC, RFC 5326 §3.2.4); 0: no limit.
+    pub max_retransmission_factor: u32,
 }
 
 /// How a neighbour is reached (exactly one per neighbour).
@@ -445,6 +485,10 @@ struct RawUdp {
 struct RawLtp {
     engine_id: u64,
     listen: Option<S<String>>,
+    max_reassembly_memory: Option<S<usize>>,
+    max_import_sessions: Option<S<usize>>,
+    accept_unknown_peers: Option<bool>,
+    max_unknown_peers: Option<S<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -460,6 +504,7 @@ struct RawLtpLink {
     aggregation_size: Option<usize>,
     aggregation_time: Option<S<RawDuration>>,
     max_bytes_in_flight: Option<u64>,
+    max_retransmission_factor: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -708,14 +753,40 @@ impl RawConfig {
             c.udp_listen = listener(Some(&u.listen), None)?;
         }
         if let Some(l) = &self.ltp {
-            let listen = match &l.get_ref().listen {
+            let r = l.get_ref();
+            let listen = match &r.listen {
                 Some(a) => socket(a)?,
                 None => loopback(1113),
             };
-            c.ltp = Some(LtpSection {
-                engine_id: l.get_ref().engine_id,
-                listen,
-            });
+            let mut ltp = LtpSection::new(r.engine_id, listen);
+            // A zero would refuse every block (or every unknown engine): a mistake, not a
+            // setting.
+            for (value, name, field) in [
+                (
+                    &r.max_reassembly_memory,
+                    "max_reassembly_memory",
+                    &mut ltp.max_reassembly_memory,
+                ),
+                (
+                    &r.max_import_sessions,
+                    "max_import_sessions",
+                    &mut ltp.max_import_sessions,
+                ),
+                (
+                    &r.max_unknown_peers,
+                    "max_unknown_peers",
+                    &mut ltp.max_unknown_peers,
+                ),
+            ] {
+                if let Some(v) = value {
+                    if *v.get_ref() == 0 {
+                        return err(v.span(), format!("[ltp] {name} must be positive"));
+                    }
+                    *field = *v.get_ref();
+                }
+            }
+            ltp.accept_unknown_peers = r.accept_unknown_peers.unwrap_or(false);
+            c.ltp = Some(ltp);
         }
         for n in &self.neighbour {
             let span = n.span();
@@ -769,6 +840,9 @@ impl RawConfig {
                     aggregation_size: r.aggregation_size.unwrap_or(65536),
                     aggregation_time: agg.unwrap_or(Duration::from_millis(50)),
                     max_bytes_in_flight: r.max_bytes_in_flight,
+                    max_retransmission_factor: r
+                        .max_retransmission_factor
+                        .unwrap_or(ltp::SpanConfig::default().max_retransmission_factor),
                 };
                 if link.segment_size < 64 || link.window == 0 {
                     return err(
@@ -1061,6 +1135,10 @@ listen = "127.0.0.1:4557"
 [ltp]
 engine_id = 1
 listen = "127.0.0.1:1113"
+max_reassembly_memory = 1000000
+max_import_sessions = 16
+accept_unknown_peers = true
+max_unknown_peers = 4
 [[neighbour]]
 name = "n2"
 node = "ipn:2.0"
@@ -1068,7 +1146,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536 }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4 }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1112,9 +1190,16 @@ echo = 0
                 );
                 assert_eq!(l.aggregation_time, Duration::from_millis(20));
                 assert_eq!(l.max_bytes_in_flight, Some(65536));
+                assert_eq!(l.max_retransmission_factor, 4);
             }
             other => panic!("{other:?}"),
         }
+        let ltp = c.ltp.as_ref().unwrap();
+        assert_eq!(
+            (ltp.max_reassembly_memory, ltp.max_import_sessions),
+            (1_000_000, 16)
+        );
+        assert_eq!((ltp.accept_unknown_peers, ltp.max_unknown_peers), (true, 4));
         assert!(c.neighbours[1].emulation.is_some());
         assert!(c.neighbours[2].accept_primary_without_crc);
         assert_eq!(c.routes[1].via, "n4");
@@ -1239,6 +1324,24 @@ echo = 0
         assert!(msg.contains("[udp]"), "{msg}");
         let (line, _) = error("[ltp]\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!(line, 1, "engine_id is required");
+    }
+
+    #[test]
+    fn ltp_limits_must_be_positive() {
+        for key in [
+            "max_reassembly_memory",
+            "max_import_sessions",
+            "max_unknown_peers",
+        ] {
+            let (line, msg) = error(&format!("[ltp]\nengine_id = 1\n{key} = 0\n"));
+            assert_eq!(line, 3, "{key}");
+            assert!(msg.contains(key) && msg.contains("positive"), "{msg}");
+        }
+        let c = parse("[ltp]\nengine_id = 1\n").unwrap();
+        assert_eq!(
+            c.ltp,
+            Some(LtpSection::new(1, "127.0.0.1:1113".parse().unwrap()))
+        );
     }
 
     #[test]

@@ -589,11 +589,18 @@ impl Node {
                 // Bundles travel as client service 1 (RFC 9171 over LTP, what ION and HDTN
                 // use): a session for any other is refused at its first segment (UNREACH).
                 client_services: Some(vec![BUNDLE_PROTOCOL_CLIENT_SERVICE]),
+                max_reassembly_memory: ltp.max_reassembly_memory,
+                max_import_sessions_per_peer: ltp.max_import_sessions,
+                accept_unknown_peers: ltp.accept_unknown_peers,
+                max_unknown_peers: ltp.max_unknown_peers,
                 ..Default::default()
             };
             ecfg.seed = ltp.engine_id ^ dtn_now();
             let mut engine = ltp::Engine::new(ltp.engine_id, ecfg);
             let mut driver = ltp::driver::DriverConfig::new(ltp.listen);
+            // An unknown engine is answered where its segments come from.
+            driver.learn_peer_addresses = ltp.accept_unknown_peers;
+            driver.max_learned_peers = ltp.max_unknown_peers;
             let mut policies = Vec::new();
             let mut impairment = LtpImpairment::empty();
             for n in &config.neighbours {

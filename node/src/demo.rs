@@ -145,10 +145,7 @@ fn node_config(
     c.metrics = None;
     c.tcpcl_listen = None;
     c.status_reports.enabled = false;
-    c.ltp = Some(LtpSection {
-        engine_id: node,
-        listen: ltp_addrs[index],
-    });
+    c.ltp = Some(LtpSection::new(node, ltp_addrs[index]));
     for (j, &(peer, name)) in NODES.iter().enumerate() {
         if node.abs_diff(peer) != 1 {
             continue;
@@ -171,6 +168,7 @@ fn node_config(
                 aggregation_size: 16 * 1024,
                 aggregation_time: Duration::from_millis(20),
                 max_bytes_in_flight: None,
+                max_retransmission_factor: ltp::SpanConfig::default().max_retransmission_factor,
             }),
             max_bundle_size: 0,
             accept_primary_without_crc: false,

@@ -82,6 +82,7 @@ impl LtpSpanControl {
             base: ltp::SpanConfig {
                 max_segment_size: l.segment_size,
                 max_export_sessions: l.window,
+                max_retransmission_factor: l.max_retransmission_factor,
                 ..ltp::SpanConfig::default()
             },
             owlt: l.owlt,

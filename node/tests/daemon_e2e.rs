@@ -111,6 +111,7 @@ fn ltp_link(engine: u64, addr: SocketAddr) -> Link {
         aggregation_size: 65536,
         aggregation_time: Duration::from_millis(5),
         max_bytes_in_flight: None,
+        max_retransmission_factor: 16,
     })
 }
 
@@ -164,6 +165,20 @@ async fn stats_total(h: &NodeHandle, name: &str) -> f64 {
         .await
         .unwrap();
     s.total(name).unwrap_or(0.0)
+}
+
+/// The node's LTP reassembly gauge once it is zero, or after 2 s (an import closes when
+/// the report-ack for its last report arrives, which may trail the delivery).
+async fn reassembly_settles(h: &NodeHandle) -> f64 {
+    let mut held = f64::NAN;
+    for _ in 0..100 {
+        held = stats_total(h, "dtn_ltp_reassembly_bytes").await;
+        if held == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held
 }
 
 fn payload(i: usize, len: usize) -> Bytes {
@@ -273,12 +288,7 @@ async fn udp_pair() {
 async fn ltp_line_of_three() {
     let _watchdog = watchdog("ltp_line_of_three", Duration::from_secs(240));
     let (pa, pb, pc) = (free_udp(), free_udp(), free_udp());
-    let ltp = |engine, listen| {
-        Some(LtpSection {
-            engine_id: engine,
-            listen,
-        })
-    };
+    let ltp = |engine, listen| Some(LtpSection::new(engine, listen));
     let mut cc = config(3);
     cc.ltp = ltp(3, pc);
     cc.neighbours.push(neighbour("b", 2, ltp_link(2, pb)));
@@ -318,15 +328,11 @@ async fn ltp_line_of_three() {
     assert!(s.total("dtn_ltp_reassembly_bytes").is_some());
     // Every block was delivered: once the last imports close (their final reports
     // acknowledged), nothing is held for reassembly.
-    let mut held = f64::NAN;
-    for _ in 0..100 {
-        held = stats_total(&b.handle(), "dtn_ltp_reassembly_bytes").await;
-        if held == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(held, 0.0, "octets held for reassembly after all blocks");
+    assert_eq!(
+        reassembly_settles(&b.handle()).await,
+        0.0,
+        "octets held for reassembly after all blocks"
+    );
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
     // Named, so that a node that does not stop says which one it is (seen once in CI,
@@ -349,10 +355,7 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
     use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
     let (pa, pb) = (free_udp(), free_udp());
     let mut bc = config(2);
-    bc.ltp = Some(LtpSection {
-        engine_id: 2,
-        listen: pb,
-    });
+    bc.ltp = Some(LtpSection::new(2, pb));
     bc.neighbours.push(neighbour("a", 1, ltp_link(1, pa)));
     let b = Node::start(bc).await.unwrap();
     // Engine 1 is a bare LTP engine, not a node: it sends a block to client service 2, which
@@ -397,6 +400,86 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
         .await
         .expect("node stopped in time")
         .unwrap();
+}
+
+/// A bare LTP engine (7) that is no neighbour of dtnd's sends it a block of one bundle.
+/// Returns how the export ended (`true`: completed).
+async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
+    use ltp::driver::{DriverConfig, LtpDriver};
+    use ltp::{Engine, EngineConfig, Event, SpanConfig};
+    let pa = free_udp();
+    let mut engine = Engine::new(7, EngineConfig::default());
+    // Few checkpoint retransmissions, so that an export nobody answers ends soon.
+    engine.add_span(
+        2,
+        SpanConfig {
+            max_checkpoint_retransmissions: 3,
+            timer_margin: Duration::from_millis(100),
+            ..SpanConfig::default()
+        },
+    );
+    let mut dc = DriverConfig::new(pa);
+    dc.spans = vec![(2, b_ltp)];
+    let (h, mut events) = LtpDriver::spawn(dc, engine).unwrap();
+    let bundle = bpv7::BundleBuilder::new(
+        bpv7::Eid::ipn(7, 1),
+        bpv7::Eid::ipn(2, 1),
+        bpv7::CreationTimestamp::new(node::daemon::dtn_now(), 0),
+        3_600_000,
+    )
+    .payload(payload(7, 5000))
+    .build()
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let len = bundle.len();
+    let session = h.send_block(2, 1, bundle, len).await.unwrap();
+    let completed = timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("driver events") {
+                Event::TransmissionCompleted { session: s } if s == session => return true,
+                Event::ExportCancelled { session: s, .. } if s == session => return false,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the export ended in time");
+    h.shutdown().await;
+    completed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ltp_blocks_from_unknown_engines_are_taken_only_when_configured() {
+    let _watchdog = watchdog(
+        "ltp_blocks_from_unknown_engines_are_taken_only_when_configured",
+        Duration::from_secs(120),
+    );
+    for accept in [false, true] {
+        let pb = free_udp();
+        let mut bc = config(2);
+        let mut ltp = LtpSection::new(2, pb);
+        ltp.accept_unknown_peers = accept;
+        bc.ltp = Some(ltp);
+        let b = Node::start(bc).await.unwrap();
+        let (reg, mut rx) = register(&b.handle(), "ipn:2.1").await;
+        let completed = block_from_an_unknown_engine(pb).await;
+        if accept {
+            // Answered at the address its segments came from, and the bundle delivered.
+            assert!(completed, "the block to an accepting dtnd did not complete");
+            receive_all(&b.handle(), reg, &mut rx, &[payload(7, 5000)]).await;
+        } else {
+            // Dropped unopened and counted: the sender's checkpoints go unanswered.
+            assert!(!completed, "a block from an unknown engine was taken");
+            assert!(stats_total(&b.handle(), "dtn_ltp_segments_dropped_total").await >= 1.0);
+            assert!(rx.try_recv().is_err(), "a bundle was delivered");
+        }
+        assert_eq!(reassembly_settles(&b.handle()).await, 0.0);
+        timeout(WAIT, b.shutdown())
+            .await
+            .expect("node stopped in time")
+            .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
