@@ -537,3 +537,35 @@ async fn a_peer_sending_from_an_ephemeral_port_is_answered_at_its_configured_add
     );
     hb.shutdown().await;
 }
+
+/// Requests and shutdowns racing with the driver's stop all end: a command whose reply never
+/// comes, because the task stopped while the command was on its way, must not leave its
+/// caller waiting (dtnd's node and its LTP adapter both stop the driver, concurrently; one
+/// such stop once waited forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_a_shutdown_all_end() {
+    for round in 0..1000u64 {
+        let (h, _events) = LtpDriver::spawn(
+            DriverConfig::new("127.0.0.1:0".parse().unwrap()),
+            engine(A, B, round),
+        )
+        .unwrap();
+        let mut callers = Vec::new();
+        for k in 0..16 {
+            let h = h.clone();
+            callers.push(tokio::spawn(async move {
+                if k % 2 == 0 {
+                    h.shutdown().await;
+                } else {
+                    let _ = h.stats().await;
+                }
+            }));
+        }
+        for c in callers {
+            tokio::time::timeout(Duration::from_secs(10), c)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a caller still waits"))
+                .unwrap();
+        }
+    }
+}

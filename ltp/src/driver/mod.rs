@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig, Transmit};
@@ -191,13 +191,15 @@ enum Command {
         reply: oneshot::Sender<Vec<SessionId>>,
     },
     Stats(oneshot::Sender<DriverStats>),
-    Shutdown(oneshot::Sender<()>),
+    Shutdown,
 }
 
 /// Handle to a running driver (cheap to clone).
 #[derive(Clone)]
 pub struct LtpHandle {
     tx: mpsc::Sender<Command>,
+    /// Closed when the driver task ends, however it ends ([`LtpHandle::stopped`]).
+    stopped: watch::Receiver<()>,
     local_addr: SocketAddr,
 }
 
@@ -219,7 +221,7 @@ impl LtpHandle {
             reply,
         })
         .await?;
-        Ok(rx.await.map_err(|_| DriverError::Closed)??)
+        self.reply(rx).await?.map_err(DriverError::from)
     }
 
     /// Link-state cue for the span to `peer` (RFC 5326 §6.1, §8).
@@ -282,14 +284,14 @@ impl LtpHandle {
     pub async fn cancel_exports(&self, peer: EngineId) -> Result<Vec<SessionId>, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::CancelExports { peer, reply }).await?;
-        rx.await.map_err(|_| DriverError::Closed)
+        self.reply(rx).await
     }
 
     /// Driver and engine counters.
     pub async fn stats(&self) -> Result<DriverStats, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Stats(tx)).await?;
-        rx.await.map_err(|_| DriverError::Closed)
+        self.reply(rx).await
     }
 
     /// The bound local UDP address.
@@ -297,16 +299,38 @@ impl LtpHandle {
         self.local_addr
     }
 
-    /// Stops the driver task and waits until it has stopped (idempotent).
+    /// Stops the driver task and waits until it has stopped (idempotent; any number of
+    /// handles may call it at once).
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        // Sent or not (the task may be gone already), the wait is for the task's end, not
+        // for an answer to this command: see `reply`.
+        let _ = self.tx.send(Command::Shutdown).await;
+        self.stopped().await;
+    }
+
+    /// Completes once the driver task has ended (shut down, or its last handle dropped).
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        // Nothing is ever sent: `changed` fails when the task drops the sender.
+        while stopped.changed().await.is_ok() {}
     }
 
     async fn command(&self, c: Command) -> Result<(), DriverError> {
         self.tx.send(c).await.map_err(|_| DriverError::Closed)
+    }
+
+    /// The driver's answer to a command just sent, or `Closed` once the task has ended without
+    /// one. The task's end is watched, not only the reply's sender: a command that entered the
+    /// queue just as the task stopped (tokio's bounded channel takes a message whose send
+    /// began before the receiver closed, after that receiver has drained the queue) is never
+    /// dropped while any handle lives, so its reply would be waited for forever. Two callers
+    /// stopping one driver at once (dtnd's node and its LTP adapter) hung that way.
+    async fn reply<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, DriverError> {
+        tokio::select! {
+            biased;
+            r = rx => r.map_err(|_| DriverError::Closed),
+            () = self.stopped() => Err(DriverError::Closed),
+        }
     }
 }
 
@@ -386,8 +410,10 @@ impl LtpDriver {
         let local_addr = io.local_addr();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_queue.max(1));
+        let (stopped_tx, stopped) = watch::channel(());
         let queued = Arc::new(QueuedBytes::default());
         let task = Task {
+            _stopped: stopped_tx,
             engine,
             io,
             spans: config.spans.into_iter().collect(),
@@ -412,6 +438,7 @@ impl LtpDriver {
         Ok((
             LtpHandle {
                 tx: cmd_tx,
+                stopped,
                 local_addr,
             },
             EventReceiver {
@@ -434,6 +461,8 @@ enum Tx {
 }
 
 struct Task {
+    /// Dropped with the task, which tells every handle it has ended ([`LtpHandle::stopped`]).
+    _stopped: watch::Sender<()>,
     engine: Engine,
     io: UdpIo,
     /// Peer engine → UDP address, looked up for every segment sent (a seeded fast hash).
@@ -463,7 +492,6 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
-        let mut shutdown_reply = None;
         let mut timer = DeadlineTimer::new();
         loop {
             // Timers first: a socket that stays readable must not starve them.
@@ -483,12 +511,8 @@ impl Task {
             tokio::select! {
                 biased;
                 cmd = cmd_rx.recv() => match cmd {
-                    Some(Command::Shutdown(reply)) => {
-                        shutdown_reply = Some(reply);
-                        break;
-                    }
+                    Some(Command::Shutdown) | None => break,
                     Some(c) => self.command(c),
-                    None => break,
                 },
                 permit = event_tx.reserve(), if !reading && byte_room => match permit {
                     Ok(p) => {
@@ -519,10 +543,8 @@ impl Task {
         }
         // What is queued goes if the socket takes it now; the rest is dropped with the task.
         self.io.flush();
-        if let Some(reply) = shutdown_reply {
-            let _ = reply.send(());
-        }
         debug!("LTP driver stopped");
+        // Dropping `self` closes `_stopped`: every `LtpHandle::stopped` completes.
     }
 
     /// Runs the engine's due timers, after taking in what has already arrived (one bounded
@@ -571,7 +593,7 @@ impl Task {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
-            Command::Shutdown(_) => unreachable!("handled by the loop"),
+            Command::Shutdown => unreachable!("handled by the loop"),
         }
     }
 
