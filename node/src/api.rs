@@ -301,7 +301,20 @@ impl NodeHandle {
     ) -> Result<T, AgentError> {
         let (reply, rx) = oneshot::channel();
         self.command(make(reply)).await?;
-        rx.await.map_err(|_| AgentError::ShuttingDown)
+        self.reply(rx).await
+    }
+
+    /// The node's answer to a command just sent, or `Err(ShuttingDown)` once the node's core
+    /// has stopped without one. The core's end is watched, not only the reply's sender: a
+    /// command whose send began as the core stopped can enter tokio's queue after the core
+    /// has drained it, and its reply sender then lives as long as any handle does (the LTP
+    /// driver's handle hung a node's shutdown that way; see `ltp::driver::LtpHandle`).
+    pub async fn reply<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, AgentError> {
+        tokio::select! {
+            biased;
+            r = rx => r.map_err(|_| AgentError::ShuttingDown),
+            () = self.tx.closed() => Err(AgentError::ShuttingDown),
+        }
     }
 }
 
@@ -336,5 +349,31 @@ mod tests {
         let h = NodeHandle::new(tx);
         let r = h.request(|reply| AgentCommand::Info { reply }).await;
         assert_eq!(r.unwrap_err(), AgentError::ShuttingDown);
+    }
+
+    /// A command left in the queue when the core stops (neither answered nor dropped, as
+    /// when its send races the core's last drain) does not leave its caller waiting.
+    #[tokio::test]
+    async fn a_request_the_stopped_core_never_answers_ends() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let h = NodeHandle::new(tx);
+        let asking =
+            tokio::spawn(async move { h.request(|reply| AgentCommand::Info { reply }).await });
+        // The command is queued; the core stops without taking it (the queue still holds it,
+        // and with it the reply's sender).
+        for _ in 0..1000 {
+            if !rx.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rx.len(), 1, "the command was not queued");
+        rx.close();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), asking)
+            .await
+            .expect("the request still waits")
+            .unwrap();
+        assert_eq!(r.unwrap_err(), AgentError::ShuttingDown);
+        drop(rx);
     }
 }

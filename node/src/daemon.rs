@@ -656,7 +656,12 @@ impl Node {
             .send(Control::ReloadPlan(tx))
             .await
             .map_err(|_| "the node is stopping".to_string())?;
-        rx.await.map_err(|_| "the node is stopping".to_string())?
+        // Or the core's end, as in `NodeHandle::reply`.
+        tokio::select! {
+            biased;
+            r = rx => r.map_err(|_| "the node is stopping".to_string())?,
+            () = self.control.closed() => Err("the node is stopping".to_string()),
+        }
     }
 
     /// A handle for agent commands (what the agent servers use).

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, EngineStats, Event, SendError, SpanConfig, Transmit};
@@ -198,8 +198,6 @@ enum Command {
 #[derive(Clone)]
 pub struct LtpHandle {
     tx: mpsc::Sender<Command>,
-    /// Closed when the driver task ends, however it ends ([`LtpHandle::stopped`]).
-    stopped: watch::Receiver<()>,
     local_addr: SocketAddr,
 }
 
@@ -308,11 +306,10 @@ impl LtpHandle {
         self.stopped().await;
     }
 
-    /// Completes once the driver task has ended (shut down, or its last handle dropped).
+    /// Completes once the driver task has ended (shut down, or its last handle dropped):
+    /// the task's end drops the command queue's receiver.
     pub async fn stopped(&self) {
-        let mut stopped = self.stopped.clone();
-        // Nothing is ever sent: `changed` fails when the task drops the sender.
-        while stopped.changed().await.is_ok() {}
+        self.tx.closed().await;
     }
 
     async fn command(&self, c: Command) -> Result<(), DriverError> {
@@ -410,10 +407,8 @@ impl LtpDriver {
         let local_addr = io.local_addr();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (event_tx, event_rx) = mpsc::channel(config.event_queue.max(1));
-        let (stopped_tx, stopped) = watch::channel(());
         let queued = Arc::new(QueuedBytes::default());
         let task = Task {
-            _stopped: stopped_tx,
             engine,
             io,
             spans: config.spans.into_iter().collect(),
@@ -438,7 +433,6 @@ impl LtpDriver {
         Ok((
             LtpHandle {
                 tx: cmd_tx,
-                stopped,
                 local_addr,
             },
             EventReceiver {
@@ -461,8 +455,6 @@ enum Tx {
 }
 
 struct Task {
-    /// Dropped with the task, which tells every handle it has ended ([`LtpHandle::stopped`]).
-    _stopped: watch::Sender<()>,
     engine: Engine,
     io: UdpIo,
     /// Peer engine → UDP address, looked up for every segment sent (a seeded fast hash).
@@ -544,7 +536,7 @@ impl Task {
         // What is queued goes if the socket takes it now; the rest is dropped with the task.
         self.io.flush();
         debug!("LTP driver stopped");
-        // Dropping `self` closes `_stopped`: every `LtpHandle::stopped` completes.
+        // Returning drops `cmd_rx`: every `LtpHandle::stopped` completes.
     }
 
     /// Runs the engine's due timers, after taking in what has already arrived (one bounded
@@ -812,5 +804,45 @@ impl Task {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command left in the queue when the task ends (neither answered nor dropped, as when
+    /// its send races the task's last drain of the queue) does not leave its caller waiting;
+    /// nor does a shutdown.
+    #[tokio::test]
+    async fn requests_the_stopped_task_never_answers_end() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let h = LtpHandle {
+            tx,
+            local_addr: "127.0.0.1:1113".parse().unwrap(),
+        };
+        let (h1, h2) = (h.clone(), h.clone());
+        let stats = tokio::spawn(async move { h1.stats().await.map(|_| ()) });
+        let cancel = tokio::spawn(async move { h2.cancel_exports(7).await.map(|_| ()) });
+        for _ in 0..1000 {
+            if rx.len() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rx.len(), 2, "the commands were not queued");
+        // The task stops without taking them: the queue still holds their reply senders.
+        rx.close();
+        let limit = Duration::from_secs(10);
+        for r in [stats, cancel] {
+            let r = tokio::time::timeout(limit, r)
+                .await
+                .expect("a request still waits");
+            assert!(matches!(r.unwrap(), Err(DriverError::Closed)));
+        }
+        tokio::time::timeout(limit, h.shutdown())
+            .await
+            .expect("shutdown still waits");
+        drop(rx);
     }
 }

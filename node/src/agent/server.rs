@@ -369,8 +369,9 @@ impl Connection {
                 if let Err(e) = self.node.command(cmd).await {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
-                    Some(match rx.await {
+                    Some(match node.reply(rx).await {
                         Ok(Ok(reg)) => Completion::Registered(id, reg, drx),
                         Ok(Err(e)) => Completion::Respond(id, error_response(e)),
                         Err(_) => Completion::Respond(id, error_response(AgentError::ShuttingDown)),
@@ -390,8 +391,9 @@ impl Connection {
                 if let Err(e) = self.node.command(cmd).await {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
-                    Some(match rx.await {
+                    Some(match node.reply(rx).await {
                         Ok(Ok(())) => Completion::Unregistered(id, registration),
                         Ok(Err(e)) => Completion::Respond(id, error_response(e)),
                         Err(_) => Completion::Respond(id, error_response(AgentError::ShuttingDown)),
@@ -408,10 +410,11 @@ impl Connection {
                 {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
                     Some(Completion::Respond(
                         id,
-                        match rx.await {
+                        match node.reply(rx).await {
                             Ok(Ok(accepted)) => Response::Sent(accepted),
                             Ok(Err(e)) => error_response(e),
                             Err(_) => error_response(AgentError::ShuttingDown),
@@ -440,10 +443,11 @@ impl Connection {
                 {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
                     Some(Completion::Respond(
                         id,
-                        match rx.await {
+                        match node.reply(rx).await {
                             Ok(Ok(())) => Response::Ok,
                             Ok(Err(e)) => error_response(e),
                             Err(_) => error_response(AgentError::ShuttingDown),
@@ -457,10 +461,11 @@ impl Connection {
                 if let Err(e) = self.node.command(AgentCommand::Info { reply }).await {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
                     Some(Completion::Respond(
                         id,
-                        match rx.await {
+                        match node.reply(rx).await {
                             Ok(info) => Response::Info(info),
                             Err(_) => error_response(AgentError::ShuttingDown),
                         },
@@ -473,10 +478,11 @@ impl Connection {
                 if let Err(e) = self.node.command(AgentCommand::Stats { reply }).await {
                     return refused(e);
                 }
+                let node = self.node.clone();
                 self.inflight.spawn(async move {
                     Some(Completion::Respond(
                         id,
-                        match rx.await {
+                        match node.reply(rx).await {
                             Ok(stats) => Response::Stats(stats),
                             Err(_) => error_response(AgentError::ShuttingDown),
                         },
