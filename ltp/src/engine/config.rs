@@ -119,6 +119,12 @@ pub struct SpanConfig {
     /// (each round would cost a block, n rounds n blocks). 16 by default: a link that loses
     /// half of what is sent needs about 1. 0: no limit.
     pub max_retransmission_factor: u32,
+    /// As the receiver on this span: when a red part is completed by a segment that is not a
+    /// checkpoint (reordering, a retransmission overtaking its checkpoint), report it at once
+    /// in an asynchronous report (RFC 5326 §3.2.2, checkpoint serial number 0) instead of
+    /// waiting for the sender's next checkpoint. On by default; off for a peer that does not
+    /// take asynchronous reports (its retransmission's checkpoint then gets the answer).
+    pub asynchronous_reports: bool,
     /// One-way light time from us to the peer.
     pub owlt_outbound: Duration,
     /// One-way light time from the peer to us.
@@ -174,6 +180,7 @@ impl Default for SpanConfig {
             max_cancel_retransmissions: 10,
             max_retransmission_cycles: 100,
             max_retransmission_factor: 16,
+            asynchronous_reports: true,
             owlt_outbound: Duration::from_millis(1),
             owlt_inbound: Duration::from_millis(1),
             timer_margin: Duration::from_millis(200),

@@ -146,6 +146,26 @@ impl Engine {
                 }
             }
             if red_end_known {
+                // The red part completed by a segment that is not a checkpoint, after a
+                // checkpoint was answered with what was missing: the sender hears it now.
+                let asynchronous = self
+                    .spans
+                    .get(&peer)
+                    .is_none_or(|s| s.cfg.asynchronous_reports);
+                let imp = self.imports.get_mut(&sid).expect("import exists");
+                let completed = asynchronous
+                    && !imp.delivered
+                    && d.checkpoint.is_none()
+                    && !imp.answered.is_empty()
+                    && imp.red_end.is_some_and(|r| imp.received.covers(0, r));
+                if completed {
+                    if imp.accepted {
+                        self.report_red_part_complete(sid, peer);
+                    } else {
+                        // Custody handshake: once the client has taken the red part.
+                        imp.report_when_accepted = true;
+                    }
+                }
                 self.check_import_delivery(sid, now);
             }
         } else {
@@ -227,6 +247,7 @@ impl Engine {
                 delivered: false,
                 accepted: !self.cfg.confirm_red_parts,
                 held: Vec::new(),
+                report_when_accepted: false,
                 reports: Map::default(),
                 bookkeeping: 0,
                 sent_bounds: Map::default(),
@@ -370,7 +391,6 @@ impl Engine {
         cp: CheckpointInfo,
         cp_end: u64,
     ) {
-        let max_claims = self.cfg.max_claims_per_report.max(1);
         let Some(imp) = self.imports.get_mut(&sid) else {
             return;
         };
@@ -393,6 +413,39 @@ impl Engine {
                 (lower, cp_end)
             }
         };
+        self.send_reports(sid, peer, cp.checkpoint_serial, lower, upper);
+    }
+
+    /// §6.8 asynchronous reception report (§3.2.2: checkpoint serial number zero): the red
+    /// part of import `sid` was completed by a segment that is not a checkpoint (data that
+    /// came after the checkpoint covering it, or after the report on that checkpoint), so no
+    /// checkpoint is left to answer with the news. Reported at once, over the whole red part,
+    /// the sender completes a round trip sooner than after its own retransmission's
+    /// checkpoint; without it, two light times sooner on a reordering long-delay link. Like
+    /// every report it is retransmitted until acknowledged.
+    pub(super) fn report_red_part_complete(&mut self, sid: SessionId, peer: EngineId) {
+        let Some(red_end) = self.imports.get(&sid).and_then(|imp| imp.red_end) else {
+            return;
+        };
+        self.stats.asynchronous_reports_sent += 1;
+        self.send_reports(sid, peer, 0, 0, red_end);
+    }
+
+    /// Sends reports answering checkpoint `checkpoint_serial` (0: asynchronous) over the
+    /// scope `lower..upper`: what was received within it, split by the claim limit (§6.3),
+    /// each pending (and charged to reassembly memory) until acknowledged.
+    fn send_reports(
+        &mut self,
+        sid: SessionId,
+        peer: EngineId,
+        checkpoint_serial: u64,
+        lower: u64,
+        upper: u64,
+    ) {
+        let max_claims = self.cfg.max_claims_per_report.max(1);
+        let Some(imp) = self.imports.get_mut(&sid) else {
+            return;
+        };
         let claims = imp.received.clipped(lower, upper);
         let chunks: Vec<&[(u64, u64)]> = if claims.is_empty() {
             vec![&[][..]]
@@ -412,7 +465,7 @@ impl Engine {
             imp.next_report_serial += 1;
             let r = ReportSegment {
                 report_serial: serial,
-                checkpoint_serial: cp.checkpoint_serial,
+                checkpoint_serial,
                 upper_bound: hi,
                 lower_bound: lo,
                 claims: chunks[i]

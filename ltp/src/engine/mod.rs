@@ -13,6 +13,12 @@
 //! - Primary reports cover [upper bound of our previous report, checkpoint end) (or from 0
 //!   when the checkpoint lies below it); a checkpoint answering one of our reports gets a
 //!   report with that report's bounds (§6.8).
+//! - A red part completed by a segment that is not a checkpoint (data overtaken by its
+//!   checkpoint, or by the report on it) is reported at once in an asynchronous report over
+//!   the whole red part (§3.2.2, checkpoint serial 0), as HDTN does, so that the sender
+//!   completes without waiting for its retransmission's checkpoint to be answered
+//!   (`SpanConfig::asynchronous_reports`; with `confirm_red_parts`, once the client took it).
+//!   The sender acts on an asynchronous report like on any other, minus the checkpoint timer.
 //! - Data from an engine without a span is dropped and counted unless
 //!   `accept_unknown_peers` (and then beyond `max_unknown_peers` such engines): we do not
 //!   know where to send a cancel, and answering unknown sources would make us an amplifier.
@@ -234,6 +240,9 @@ pub struct EngineStats {
     pub reports_sent: u64,
     /// Report segments retransmitted on timer (§6.8).
     pub reports_retransmitted: u64,
+    /// Asynchronous reports sent (checkpoint serial 0, §3.2.2): a red part completed by a
+    /// segment that is not a checkpoint.
+    pub asynchronous_reports_sent: u64,
     /// Report segments received.
     pub reports_received: u64,
     /// Report-acknowledgment segments sent.
@@ -571,6 +580,9 @@ struct Import {
     /// Checkpoints that arrived once the red part was complete but not yet accepted: answered
     /// on acceptance (checkpoint, its end offset), a bounded few (see `import.rs`).
     held: Vec<(CheckpointInfo, u64)>,
+    /// The red part was completed by a segment that is not a checkpoint before the client
+    /// took it: the asynchronous report goes on acceptance (see `import.rs`).
+    report_when_accepted: bool,
     reports: Map<u64, PendingReport>,
     /// Octets of bookkeeping charged to `Engine::reassembly` with the red data: the intervals
     /// of `received` and the unacknowledged `reports`. A peer that sends one-octet segments
@@ -1504,8 +1516,12 @@ impl Engine {
         }
         imp.accepted = true;
         let held = std::mem::take(&mut imp.held);
+        let report = std::mem::take(&mut imp.report_when_accepted);
         for (cp, end) in held {
             self.answer_checkpoint(session, session.originator, cp, end);
+        }
+        if report {
+            self.report_red_part_complete(session, session.originator);
         }
         self.maybe_close_import(session, now);
         true

@@ -411,7 +411,7 @@ fn segments_of(n: usize, red: usize) -> (Engine, SessionId, Vec<Bytes>) {
 #[test]
 fn checkpoint_before_the_data_it_covers() {
     let now = t0();
-    let (_a, sid, raw) = segments_of(1000, 1000);
+    let (mut a, sid, raw) = segments_of(1000, 1000);
     let mut b = engine(B, A);
     let (last, rest) = raw.split_last().unwrap();
     b.handle_datagram(last.clone(), now);
@@ -448,18 +448,127 @@ fn checkpoint_before_the_data_it_covers() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    // Still waiting for the report's ack; the ack closes the session.
-    b.handle_datagram(
-        control_segment(
-            sid,
-            SegmentBody::ReportAck {
-                report_serial: r.report_serial,
-            },
-        ),
-        now,
+    // The red part was completed by segments that are not checkpoints: no checkpoint is left
+    // to answer, so the receiver reports asynchronously (checkpoint serial 0, §3.2.2), once,
+    // over the whole red part.
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let SegmentBody::Report(done) = &out[0].body else {
+        panic!("expected the asynchronous report, got {:?}", out[0])
+    };
+    assert_eq!(done.checkpoint_serial, 0);
+    assert_ne!(done.report_serial, r.report_serial);
+    assert_eq!((done.lower_bound, done.upper_bound), (0, 1000));
+    assert_eq!(
+        done.claims,
+        vec![Claim {
+            offset: 0,
+            length: 1000
+        }]
     );
+    assert_eq!(b.stats().asynchronous_reports_sent, 1);
+    // The sender: the first report asks for the rest again; the asynchronous one, arriving
+    // before that retransmission left, completes the block instead.
+    a.handle_datagram(control_segment(sid, SegmentBody::Report(r.clone())), now);
+    a.handle_datagram(control_segment(sid, SegmentBody::Report(done.clone())), now);
+    assert!(events(&mut a)
+        .iter()
+        .any(|e| matches!(e, Event::TransmissionCompleted { session } if *session == sid)));
+    let acks = drain_raw(&mut a, now);
+    for s in &acks {
+        let seg = Segment::decode(s).unwrap();
+        assert!(
+            matches!(seg.body, SegmentBody::ReportAck { .. }),
+            "the sender sent {seg:?} after its block was acknowledged"
+        );
+    }
+    assert_eq!(acks.len(), 2);
+    // Both reports acknowledged: the receiver closes the session.
+    for s in acks {
+        b.handle_datagram(s, now);
+    }
     assert_eq!(b.open_sessions(), 0);
     assert_eq!(b.session_timers(), 0);
+    assert_eq!(a.open_sessions(), 0);
+}
+
+/// A red part completed in order by its checkpoint is answered by that checkpoint's report
+/// alone: no asynchronous report.
+#[test]
+fn no_asynchronous_report_when_a_checkpoint_completes_the_red_part() {
+    let now = t0();
+    let (_a, _sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    for s in &raw {
+        b.handle_datagram(s.clone(), now);
+    }
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    let SegmentBody::Report(r) = &out[0].body else {
+        panic!("expected report")
+    };
+    assert_ne!(r.checkpoint_serial, 0);
+    assert_eq!(b.stats().asynchronous_reports_sent, 0);
+}
+
+/// A span set not to send asynchronous reports leaves the news to the sender's next
+/// checkpoint.
+#[test]
+fn asynchronous_reports_can_be_switched_off_per_span() {
+    let now = t0();
+    let (_a, _sid, raw) = segments_of(1000, 1000);
+    let mut b = Engine::new(B, EngineConfig::default());
+    b.add_span(
+        A,
+        SpanConfig {
+            asynchronous_reports: false,
+            ..span()
+        },
+    );
+    let (last, rest) = raw.split_last().unwrap();
+    b.handle_datagram(last.clone(), now);
+    assert_eq!(drain(&mut b, now).len(), 1, "the checkpoint's report");
+    for s in rest {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert!(events(&mut b)
+        .iter()
+        .any(|e| matches!(e, Event::BlockReceived { .. })));
+    assert!(drain(&mut b, now).is_empty());
+    assert_eq!(b.stats().asynchronous_reports_sent, 0);
+}
+
+/// With the custody handshake, the asynchronous report (like every report acknowledging
+/// the whole red part) waits until the client has taken the block.
+#[test]
+fn the_asynchronous_report_waits_for_the_client_to_take_the_block() {
+    let now = t0();
+    let (_a, sid, raw) = segments_of(1000, 1000);
+    let mut b = b_with(EngineConfig {
+        seed: B,
+        confirm_red_parts: true,
+        ..EngineConfig::default()
+    });
+    let (last, rest) = raw.split_last().unwrap();
+    b.handle_datagram(last.clone(), now);
+    assert_eq!(drain(&mut b, now).len(), 1, "the checkpoint's report");
+    for s in rest {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert!(events(&mut b)
+        .iter()
+        .any(|e| matches!(e, Event::BlockReceived { .. })));
+    assert!(
+        drain(&mut b, now).is_empty(),
+        "reported before the client took it"
+    );
+    assert!(b.accept_block(sid, now));
+    let out = drain(&mut b, now);
+    assert_eq!(out.len(), 1);
+    assert!(
+        matches!(&out[0].body, SegmentBody::Report(r) if r.checkpoint_serial == 0
+        && r.claims == vec![Claim { offset: 0, length: 1000 }])
+    );
 }
 
 #[test]
