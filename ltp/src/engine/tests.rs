@@ -511,6 +511,21 @@ fn no_asynchronous_report_when_a_checkpoint_completes_the_red_part() {
     assert_eq!(b.stats().asynchronous_reports_sent, 0);
 }
 
+/// Feeds `b` a block's last segment (its checkpoint) first, then the rest, which completes
+/// the red part with segments that are not checkpoints; checks the checkpoint's report and
+/// the delivery.
+fn checkpoint_then_the_data_before_it(b: &mut Engine, raw: &[Bytes], now: Instant) {
+    let (last, rest) = raw.split_last().unwrap();
+    b.handle_datagram(last.clone(), now);
+    assert_eq!(drain(b, now).len(), 1, "the checkpoint's report");
+    for s in rest {
+        b.handle_datagram(s.clone(), now);
+    }
+    assert!(events(b)
+        .iter()
+        .any(|e| matches!(e, Event::BlockReceived { .. })));
+}
+
 /// A span set not to send asynchronous reports leaves the news to the sender's next
 /// checkpoint.
 #[test]
@@ -525,15 +540,7 @@ fn asynchronous_reports_can_be_switched_off_per_span() {
             ..span()
         },
     );
-    let (last, rest) = raw.split_last().unwrap();
-    b.handle_datagram(last.clone(), now);
-    assert_eq!(drain(&mut b, now).len(), 1, "the checkpoint's report");
-    for s in rest {
-        b.handle_datagram(s.clone(), now);
-    }
-    assert!(events(&mut b)
-        .iter()
-        .any(|e| matches!(e, Event::BlockReceived { .. })));
+    checkpoint_then_the_data_before_it(&mut b, &raw, now);
     assert!(drain(&mut b, now).is_empty());
     assert_eq!(b.stats().asynchronous_reports_sent, 0);
 }
@@ -549,15 +556,7 @@ fn the_asynchronous_report_waits_for_the_client_to_take_the_block() {
         confirm_red_parts: true,
         ..EngineConfig::default()
     });
-    let (last, rest) = raw.split_last().unwrap();
-    b.handle_datagram(last.clone(), now);
-    assert_eq!(drain(&mut b, now).len(), 1, "the checkpoint's report");
-    for s in rest {
-        b.handle_datagram(s.clone(), now);
-    }
-    assert!(events(&mut b)
-        .iter()
-        .any(|e| matches!(e, Event::BlockReceived { .. })));
+    checkpoint_then_the_data_before_it(&mut b, &raw, now);
     assert!(
         drain(&mut b, now).is_empty(),
         "reported before the client took it"
