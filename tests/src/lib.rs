@@ -135,20 +135,45 @@ impl Drop for TempDir {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read, drop).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+/// Ports handed out by [`free_tcp_port`] and [`free_udp_port`]: below Linux's ephemeral range
+/// (32768-60999 by default), from which the kernel picks both `bind(port 0)` and the local
+/// port of every outgoing connection. A port found free there (bind port 0, read, drop) could
+/// be taken again by any connection a parallel test or daemon opened before the process that
+/// was to listen on it bound it (seen in CI: `bpgen --tcpcl-sink` got `Address already in
+/// use`). Below that range only explicit binds compete, and this process hands out each port
+/// once.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port of [`TEST_PORTS`] that `bind` accepts (each tried once per process, from a
+/// start that differs between processes).
+fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..1000 {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + i as u16;
+        if bind(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?} after 1000 tries");
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago (see [`TEST_PORTS`]).
+pub fn free_tcp_port() -> u16 {
+    free_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (see [`TEST_PORTS`]).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind udp 127.0.0.1:0")
-        .port()
+    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 // ---------------------------------------------------------------------------------------------
