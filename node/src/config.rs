@@ -65,7 +65,10 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # 4 MiB, ~half the peer's 8 MiB receive buffer, while the
 #                                  # span has no rate, and none while it is paced; 0: none);
 #                                  # max_retransmission_factor = 16 cancels a block that
-#                                  # retransmits more than 16 times its red data (0: no limit)
+#                                  # retransmits more than 16 times its red data (0: no limit);
+#                                  # checkpoint_every = 0 adds a checkpoint every N red
+#                                  # segments; asynchronous_reports = true (RFC 5326 §3.2.2:
+#                                  # false for a peer that does not take them)
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
@@ -259,10 +262,37 @@ pub struct LtpLink {
     /// bundle would otherwise overrun the peer's UDP receive buffer: about half of that buffer,
     /// and no less than the span's bandwidth-delay product.
     pub max_bytes_in_flight: Option<u64>,
+    /// The span's protocol settings beyond these (the engine's defaults unless configured).
+    pub tuning: LtpTuning,
+}
+
+/// An LTP neighbour's protocol settings that dtnd passes to the engine's span as they are
+/// (keys of the same names in its `ltp = { ... }`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LtpTuning {
     /// Most red data one block may retransmit, as a multiple of its red part
     /// (`ltp::SpanConfig::max_retransmission_factor`; beyond it the block is cancelled with
     /// RXMTCYCEXC, RFC 5326 §3.2.4); 0: no limit.
     pub max_retransmission_factor: u32,
+    /// A discretionary checkpoint every this many red segments of a block
+    /// (`ltp::SpanConfig::checkpoint_every`; 0: only the one ending the red part, plus flow
+    /// control's own).
+    pub checkpoint_every: u32,
+    /// Report a red part completed by a segment that is not a checkpoint at once
+    /// (`ltp::SpanConfig::asynchronous_reports`, RFC 5326 §3.2.2); off for a peer that does
+    /// not take asynchronous reports.
+    pub asynchronous_reports: bool,
+}
+
+impl Default for LtpTuning {
+    fn default() -> Self {
+        let span = ltp::SpanConfig::default();
+        LtpTuning {
+            max_retransmission_factor: span.max_retransmission_factor,
+            checkpoint_every: span.checkpoint_every,
+            asynchronous_reports: span.asynchronous_reports,
+        }
+    }
 }
 
 /// How a neighbour is reached (exactly one per neighbour).
@@ -505,6 +535,8 @@ struct RawLtpLink {
     aggregation_time: Option<S<RawDuration>>,
     max_bytes_in_flight: Option<u64>,
     max_retransmission_factor: Option<u32>,
+    checkpoint_every: Option<u32>,
+    asynchronous_reports: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -840,9 +872,18 @@ impl RawConfig {
                     aggregation_size: r.aggregation_size.unwrap_or(65536),
                     aggregation_time: agg.unwrap_or(Duration::from_millis(50)),
                     max_bytes_in_flight: r.max_bytes_in_flight,
-                    max_retransmission_factor: r
-                        .max_retransmission_factor
-                        .unwrap_or(ltp::SpanConfig::default().max_retransmission_factor),
+                    tuning: {
+                        let d = LtpTuning::default();
+                        LtpTuning {
+                            max_retransmission_factor: r
+                                .max_retransmission_factor
+                                .unwrap_or(d.max_retransmission_factor),
+                            checkpoint_every: r.checkpoint_every.unwrap_or(d.checkpoint_every),
+                            asynchronous_reports: r
+                                .asynchronous_reports
+                                .unwrap_or(d.asynchronous_reports),
+                        }
+                    },
                 };
                 if link.segment_size < 64 || link.window == 0 {
                     return err(
@@ -1146,7 +1187,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4 }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1190,7 +1231,14 @@ echo = 0
                 );
                 assert_eq!(l.aggregation_time, Duration::from_millis(20));
                 assert_eq!(l.max_bytes_in_flight, Some(65536));
-                assert_eq!(l.max_retransmission_factor, 4);
+                assert_eq!(
+                    l.tuning,
+                    LtpTuning {
+                        max_retransmission_factor: 4,
+                        checkpoint_every: 32,
+                        asynchronous_reports: false,
+                    }
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::api::{AgentCommand, Delivery, NodeStats, Priority, SendRequest, StatusRequests};
 use crate::config::{
-    Config, ContactEndPolicy, ContactPlanSection, Link, LtpLink, LtpSection, NeighbourConfig,
-    PlanSource,
+    Config, ContactEndPolicy, ContactPlanSection, Link, LtpLink, LtpSection, LtpTuning,
+    NeighbourConfig, PlanSource,
 };
 use crate::daemon::{dtn_now, Node};
 use crate::routing::contact_plan::format_utc_time;
@@ -168,7 +168,7 @@ fn node_config(
                 aggregation_size: 16 * 1024,
                 aggregation_time: Duration::from_millis(20),
                 max_bytes_in_flight: None,
-                max_retransmission_factor: ltp::SpanConfig::default().max_retransmission_factor,
+                tuning: LtpTuning::default(),
             }),
             max_bundle_size: 0,
             accept_primary_without_crc: false,

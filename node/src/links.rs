@@ -82,7 +82,9 @@ impl LtpSpanControl {
             base: ltp::SpanConfig {
                 max_segment_size: l.segment_size,
                 max_export_sessions: l.window,
-                max_retransmission_factor: l.max_retransmission_factor,
+                max_retransmission_factor: l.tuning.max_retransmission_factor,
+                checkpoint_every: l.tuning.checkpoint_every,
+                asynchronous_reports: l.tuning.asynchronous_reports,
                 ..ltp::SpanConfig::default()
             },
             owlt: l.owlt,
@@ -263,5 +265,46 @@ mod tests {
             ..c
         };
         assert_eq!(off.span_for(None).max_bytes_in_flight, None);
+    }
+
+    #[test]
+    fn a_neighbours_tuning_reaches_its_span_whatever_the_plan_says() {
+        use crate::config::{LtpLink, LtpTuning};
+        let tuning = LtpTuning {
+            max_retransmission_factor: 3,
+            checkpoint_every: 12,
+            asynchronous_reports: false,
+        };
+        let link = LtpLink {
+            engine: 2,
+            addr: "127.0.0.1:1114".parse().unwrap(),
+            owlt: None,
+            rate: None,
+            green: false,
+            segment_size: 1000,
+            window: 4,
+            aggregation_size: 65536,
+            aggregation_time: Duration::from_millis(50),
+            max_bytes_in_flight: None,
+            tuning,
+        };
+        let contact = PlannedLink {
+            up: true,
+            rate: Some(5000),
+            owlt_ms: Some(1500),
+            next_contact: None,
+        };
+        let c = LtpSpanControl::for_link(&link);
+        for s in [c.span_for(None), c.span_for(Some(&contact))] {
+            assert_eq!((s.max_segment_size, s.max_export_sessions), (1000, 4));
+            assert_eq!(
+                (
+                    s.max_retransmission_factor,
+                    s.checkpoint_every,
+                    s.asynchronous_reports
+                ),
+                (3, 12, false)
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use node::api::{AgentCommand, Delivery, NodeHandle, Priority, SendRequest, StatusRequests};
-use node::config::{Config, DurabilityMode, Link, LtpLink, LtpSection, NeighbourConfig};
+use node::config::{Config, DurabilityMode, Link, LtpLink, LtpSection, LtpTuning, NeighbourConfig};
 use node::daemon::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -111,7 +111,7 @@ fn ltp_link(engine: u64, addr: SocketAddr) -> Link {
         aggregation_size: 65536,
         aggregation_time: Duration::from_millis(5),
         max_bytes_in_flight: None,
-        max_retransmission_factor: 16,
+        tuning: LtpTuning::default(),
     })
 }
 
