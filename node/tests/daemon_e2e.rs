@@ -335,8 +335,10 @@ async fn ltp_line_of_three() {
     );
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
-    // Named, so that a node that does not stop says which one it is (seen once in CI,
-    // 2026-12-04: a shutdown here waited out WAIT, not reproduced since).
+    // Named, so that a node that does not stop says which one it is. A shutdown here once
+    // waited out WAIT: the node and its LTP adapter stopped the driver at the same moment, and
+    // one stop's command entered the queue after the driver's last drain (fixed by waiting
+    // for the queue's end too, `LtpHandle::reply`).
     for (name, n) in [("a", a), ("b", b), ("c", c)] {
         timeout(WAIT, n.shutdown())
             .await
