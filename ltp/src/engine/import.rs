@@ -160,6 +160,10 @@ impl Engine {
                     && imp.red_end.is_some_and(|r| imp.received.covers(0, r));
                 if completed {
                     if imp.accepted {
+                        // Before the delivery below, which could otherwise close the import
+                        // (no report pending) before the sender hears of it. The report's
+                        // small charge (one claim) is taken before the red part's memory is
+                        // released, in this same call: no limit check holds it back.
                         self.report_red_part_complete(sid, peer);
                     } else {
                         // Custody handshake: once the client has taken the red part.
