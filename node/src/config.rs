@@ -68,7 +68,9 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # retransmits more than 16 times its red data (0: no limit);
 #                                  # checkpoint_every = 0 adds a checkpoint every N red
 #                                  # segments; asynchronous_reports = true (RFC 5326 §3.2.2:
-#                                  # false for a peer that does not take them)
+#                                  # false for a peer that does not take them);
+#                                  # max_checkpoint_retransmissions = 10 (then RLEXC) and
+#                                  # max_report_retransmissions = 10 per segment
 # max_bundle_size = 0              # 0 = no limit
 # accept_primary_without_crc = false
 # emulation = "delay=100ms,loss=2%"   # ltp/udp: any impairment; tcpcl: delay and rate only
@@ -282,6 +284,12 @@ pub struct LtpTuning {
     /// (`ltp::SpanConfig::asynchronous_reports`, RFC 5326 §3.2.2); off for a peer that does
     /// not take asynchronous reports.
     pub asynchronous_reports: bool,
+    /// Retransmissions of one checkpoint before the block is cancelled (RLEXC, RFC 5326
+    /// §6.7; `ltp::SpanConfig::max_checkpoint_retransmissions`).
+    pub max_checkpoint_retransmissions: u32,
+    /// Retransmissions of one report before the receiver gives up on the session (§6.8;
+    /// `ltp::SpanConfig::max_report_retransmissions`).
+    pub max_report_retransmissions: u32,
 }
 
 impl Default for LtpTuning {
@@ -291,6 +299,8 @@ impl Default for LtpTuning {
             max_retransmission_factor: span.max_retransmission_factor,
             checkpoint_every: span.checkpoint_every,
             asynchronous_reports: span.asynchronous_reports,
+            max_checkpoint_retransmissions: span.max_checkpoint_retransmissions,
+            max_report_retransmissions: span.max_report_retransmissions,
         }
     }
 }
@@ -537,6 +547,8 @@ struct RawLtpLink {
     max_retransmission_factor: Option<u32>,
     checkpoint_every: Option<u32>,
     asynchronous_reports: Option<bool>,
+    max_checkpoint_retransmissions: Option<u32>,
+    max_report_retransmissions: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -882,6 +894,12 @@ impl RawConfig {
                             asynchronous_reports: r
                                 .asynchronous_reports
                                 .unwrap_or(d.asynchronous_reports),
+                            max_checkpoint_retransmissions: r
+                                .max_checkpoint_retransmissions
+                                .unwrap_or(d.max_checkpoint_retransmissions),
+                            max_report_retransmissions: r
+                                .max_report_retransmissions
+                                .unwrap_or(d.max_report_retransmissions),
                         }
                     },
                 };
@@ -1187,7 +1205,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false, max_checkpoint_retransmissions = 3, max_report_retransmissions = 5 }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1237,6 +1255,8 @@ echo = 0
                         max_retransmission_factor: 4,
                         checkpoint_every: 32,
                         asynchronous_reports: false,
+                        max_checkpoint_retransmissions: 3,
+                        max_report_retransmissions: 5,
                     }
                 );
             }

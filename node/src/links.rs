@@ -85,6 +85,8 @@ impl LtpSpanControl {
                 max_retransmission_factor: l.tuning.max_retransmission_factor,
                 checkpoint_every: l.tuning.checkpoint_every,
                 asynchronous_reports: l.tuning.asynchronous_reports,
+                max_checkpoint_retransmissions: l.tuning.max_checkpoint_retransmissions,
+                max_report_retransmissions: l.tuning.max_report_retransmissions,
                 ..ltp::SpanConfig::default()
             },
             owlt: l.owlt,
@@ -274,6 +276,8 @@ mod tests {
             max_retransmission_factor: 3,
             checkpoint_every: 12,
             asynchronous_reports: false,
+            max_checkpoint_retransmissions: 2,
+            max_report_retransmissions: 7,
         };
         let link = LtpLink {
             engine: 2,
@@ -301,9 +305,11 @@ mod tests {
                 (
                     s.max_retransmission_factor,
                     s.checkpoint_every,
-                    s.asynchronous_reports
+                    s.asynchronous_reports,
+                    s.max_checkpoint_retransmissions,
+                    s.max_report_retransmissions,
                 ),
-                (3, 12, false)
+                (3, 12, false, 2, 7)
             );
         }
     }
