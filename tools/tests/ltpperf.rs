@@ -18,15 +18,6 @@ impl Drop for Guard {
     }
 }
 
-/// Picks a free loopback UDP port (bound then released; the receiver binds it right after).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn last_json(out: &[u8]) -> Value {
     let text = String::from_utf8_lossy(out);
     let line = text.lines().last().unwrap_or_else(|| panic!("no output"));
@@ -34,7 +25,9 @@ fn last_json(out: &[u8]) -> Value {
 }
 
 fn run(raw: bool, extra: &[&str]) -> (Value, Value) {
-    let port = free_port();
+    // Below the ephemeral range, so that no connection takes it before the receiver binds
+    // it (see `conformance::free_udp_port`).
+    let port = conformance::free_udp_port();
     let addr = format!("127.0.0.1:{port}");
     let mut recv_args = vec!["recv", "--bind", &addr, "--json", "--idle-exit", "1"];
     if raw {
