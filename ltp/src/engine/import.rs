@@ -146,31 +146,7 @@ impl Engine {
                 }
             }
             if red_end_known {
-                // The red part completed by a segment that is not a checkpoint, after a
-                // checkpoint was answered with what was missing: the sender hears it now.
-                let asynchronous = self
-                    .spans
-                    .get(&peer)
-                    .is_none_or(|s| s.cfg.asynchronous_reports);
-                let imp = self.imports.get_mut(&sid).expect("import exists");
-                let completed = asynchronous
-                    && !imp.delivered
-                    && d.checkpoint.is_none()
-                    && !imp.answered.is_empty()
-                    && imp.red_end.is_some_and(|r| imp.received.covers(0, r));
-                if completed {
-                    if imp.accepted {
-                        // Before the delivery below, which could otherwise close the import
-                        // (no report pending) before the sender hears of it. The report's
-                        // small charge (one claim) is taken before the red part's memory is
-                        // released, in this same call: no limit check holds it back.
-                        self.report_red_part_complete(sid, peer);
-                    } else {
-                        // Custody handshake: once the client has taken the red part.
-                        imp.report_when_accepted = true;
-                    }
-                }
-                self.check_import_delivery(sid, now);
+                self.check_import_delivery(sid, d.checkpoint.is_some(), now);
             }
         } else {
             // §6.21 miscolored: green data below the red part.
@@ -503,7 +479,11 @@ impl Engine {
         }
     }
 
-    fn check_import_delivery(&mut self, sid: SessionId, now: Instant) {
+    /// Delivers the red part of import `sid` once it is complete. `by_checkpoint`: the segment
+    /// just received was a checkpoint (its report tells the sender); otherwise, once a
+    /// checkpoint has been answered with what was missing, the sender hears of the completion
+    /// in an asynchronous report (§3.2.2), unless the span is set not to send them.
+    fn check_import_delivery(&mut self, sid: SessionId, by_checkpoint: bool, now: Instant) {
         let Some(imp) = self.imports.get_mut(&sid) else {
             return;
         };
@@ -513,6 +493,22 @@ impl Engine {
         if imp.delivered || !imp.received.covers(0, red_end) {
             return;
         }
+        let asynchronous = !by_checkpoint
+            && !imp.answered.is_empty()
+            && (self.spans.get(&sid.originator)).is_none_or(|s| s.cfg.asynchronous_reports);
+        if asynchronous {
+            if imp.accepted {
+                // Before the delivery below, which could otherwise close the import (no
+                // report pending) before the sender hears of it. The report's small charge
+                // (one claim) is taken before the red part's memory is released, in this
+                // same call: no limit check holds it back.
+                self.report_red_part_complete(sid, sid.originator);
+            } else {
+                // Custody handshake: once the client has taken the red part.
+                imp.report_when_accepted = true;
+            }
+        }
+        let imp = self.imports.get_mut(&sid).expect("import exists");
         imp.delivered = true;
         self.reassembly -= imp.red.held();
         let red = imp.red.take(red_end, &self.buffers);
