@@ -466,9 +466,7 @@ impl Engine {
                 timer: None,
                 sent: None,
             };
-            imp.bookkeeping += pending.charge();
-            self.reassembly += pending.charge();
-            imp.reports.insert(serial, pending);
+            imp.keep_report(serial, pending, &mut self.reassembly);
         }
         for (serial, bytes) in out {
             let kind = TimerKind::Report {
@@ -596,9 +594,7 @@ impl Engine {
             self.stats.segments_dropped += 1;
             return;
         };
-        if let Some(r) = imp.reports.remove(&serial) {
-            imp.bookkeeping -= r.charge();
-            self.reassembly -= r.charge();
+        if let Some(r) = imp.forget_report(serial, &mut self.reassembly) {
             if let Some(t) = r.timer {
                 self.timers.stop(t);
             }

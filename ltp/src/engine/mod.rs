@@ -617,6 +617,22 @@ impl Import {
         matches!(self.state, ImportState::Open) && self.delivered && !self.accepted
     }
 
+    /// Keeps report `serial` until it is acknowledged, charging it to the import's
+    /// bookkeeping and to `reassembly` (the engine's total).
+    fn keep_report(&mut self, serial: u64, report: PendingReport, reassembly: &mut usize) {
+        self.bookkeeping += report.charge();
+        *reassembly += report.charge();
+        self.reports.insert(serial, report);
+    }
+
+    /// Forgets report `serial` (acknowledged, or no longer needed), releasing its charge.
+    fn forget_report(&mut self, serial: u64, reassembly: &mut usize) -> Option<PendingReport> {
+        let report = self.reports.remove(&serial)?;
+        self.bookkeeping -= report.charge();
+        *reassembly -= report.charge();
+        Some(report)
+    }
+
     fn timers(&self) -> Vec<TimerId> {
         let mut v: Vec<TimerId> = self.reports.values().filter_map(|r| r.timer).collect();
         if let ImportState::Cancelling { timer: Some(t), .. } = self.state {
@@ -1379,10 +1395,7 @@ impl Engine {
                     } else if imp.delivered {
                         // A partial report no longer matters: the red part is complete and
                         // its acceptance will be answered with a full report.
-                        if let Some(r) = imp.reports.remove(&serial) {
-                            imp.bookkeeping -= r.charge();
-                            self.reassembly -= r.charge();
-                        }
+                        imp.forget_report(serial, &mut self.reassembly);
                     } else {
                         self.cancel_import(session, CancelReason::RetransmissionLimitExceeded, now);
                     }
