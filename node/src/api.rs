@@ -310,11 +310,22 @@ impl NodeHandle {
     /// has drained it, and its reply sender then lives as long as any handle does (the LTP
     /// driver's handle hung a node's shutdown that way; see `ltp::driver::LtpHandle`).
     pub async fn reply<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, AgentError> {
-        tokio::select! {
-            biased;
-            r = rx => r.map_err(|_| AgentError::ShuttingDown),
-            () = self.tx.closed() => Err(AgentError::ShuttingDown),
-        }
+        answer_or_closed(rx, &self.tx)
+            .await
+            .ok_or(AgentError::ShuttingDown)
+    }
+}
+
+/// The answer on `rx` to a command sent on `queue`, or `None` once the answer's sender is
+/// dropped or the queue's receiver has closed (see [`NodeHandle::reply`] for why both).
+pub(crate) async fn answer_or_closed<T, C>(
+    rx: oneshot::Receiver<T>,
+    queue: &mpsc::Sender<C>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = rx => r.ok(),
+        () = queue.closed() => None,
     }
 }
 

@@ -657,11 +657,9 @@ impl Node {
             .await
             .map_err(|_| "the node is stopping".to_string())?;
         // Or the core's end, as in `NodeHandle::reply`.
-        tokio::select! {
-            biased;
-            r = rx => r.map_err(|_| "the node is stopping".to_string())?,
-            () = self.control.closed() => Err("the node is stopping".to_string()),
-        }
+        crate::api::answer_or_closed(rx, &self.control)
+            .await
+            .ok_or_else(|| "the node is stopping".to_string())?
     }
 
     /// A handle for agent commands (what the agent servers use).
