@@ -829,7 +829,9 @@ impl RawConfig {
                     *field = *v.get_ref();
                 }
             }
-            ltp.accept_unknown_peers = r.accept_unknown_peers.unwrap_or(false);
+            if let Some(accept) = r.accept_unknown_peers {
+                ltp.accept_unknown_peers = accept;
+            }
             c.ltp = Some(ltp);
         }
         for n in &self.neighbour {
