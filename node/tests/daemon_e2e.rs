@@ -353,8 +353,6 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
         "ltp_blocks_for_another_client_service_are_refused_at_once",
         Duration::from_secs(120),
     );
-    use ltp::driver::{DriverConfig, LtpDriver};
-    use ltp::{CancelReason, Engine, EngineConfig, Event, SpanConfig};
     let (pa, pb) = (free_udp(), free_udp());
     let mut bc = config(2);
     bc.ltp = Some(LtpSection::new(2, pb));
@@ -362,31 +360,9 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
     let b = Node::start(bc).await.unwrap();
     // Engine 1 is a bare LTP engine, not a node: it sends a block to client service 2, which
     // dtnd does not serve (bundles are client service 1).
-    let mut engine = Engine::new(1, EngineConfig::default());
-    engine.add_span(2, SpanConfig::default());
-    let mut dc = DriverConfig::new(pa);
-    dc.spans = vec![(2, pb)];
-    let (h, mut events) = LtpDriver::spawn(dc, engine).unwrap();
-    let session = h
-        .send_block(2, 2, Bytes::from(vec![0x5a; 100_000]), 100_000)
-        .await
-        .unwrap();
-    let cancelled = timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("driver events") {
-                Event::ExportCancelled {
-                    session: s,
-                    reason,
-                    by_peer,
-                } if s == session => return (reason, by_peer),
-                Event::TransmissionCompleted { .. } => panic!("the block was taken"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the block refused in time");
-    assert_eq!(cancelled, (CancelReason::UnreachableClient, true));
+    let block = Bytes::from(vec![0x5a; 100_000]);
+    let (h, end) = bare_ltp_export(1, pa, ltp::SpanConfig::default(), pb, 2, block).await;
+    assert_eq!(end, Err((ltp::CancelReason::UnreachableClient, true)));
     // Refused at its first segment, not once reassembled: the rest of its segments were
     // dropped, for a session never opened, and nothing is held.
     let stats = h.stats().await.unwrap();
@@ -404,25 +380,56 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
         .unwrap();
 }
 
-/// A bare LTP engine (7) that is no neighbour of dtnd's sends it a block of one bundle.
-/// Returns how the export ended (`true`: completed).
-async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
+/// How a bare LTP engine's export ended: `Ok` completed, `Err((reason, by_peer))` cancelled.
+type ExportEnd = Result<(), (ltp::CancelReason, bool)>;
+
+/// A bare LTP engine (`id`, on `bind`, not a node) sends `block` for `client_service` to
+/// dtnd's engine 2 at `to`, over a span with `span`; returns its driver and how the export
+/// ended.
+async fn bare_ltp_export(
+    id: u64,
+    bind: SocketAddr,
+    span: ltp::SpanConfig,
+    to: SocketAddr,
+    client_service: u64,
+    block: Bytes,
+) -> (ltp::driver::LtpHandle, ExportEnd) {
     use ltp::driver::{DriverConfig, LtpDriver};
-    use ltp::{Engine, EngineConfig, Event, SpanConfig};
-    let pa = free_udp();
-    let mut engine = Engine::new(7, EngineConfig::default());
-    // Few checkpoint retransmissions, so that an export nobody answers ends soon.
-    engine.add_span(
-        2,
-        SpanConfig {
-            max_checkpoint_retransmissions: 3,
-            timer_margin: Duration::from_millis(100),
-            ..SpanConfig::default()
-        },
-    );
-    let mut dc = DriverConfig::new(pa);
-    dc.spans = vec![(2, b_ltp)];
+    use ltp::{Engine, EngineConfig, Event};
+    let mut engine = Engine::new(id, EngineConfig::default());
+    engine.add_span(2, span);
+    let mut dc = DriverConfig::new(bind);
+    dc.spans = vec![(2, to)];
     let (h, mut events) = LtpDriver::spawn(dc, engine).unwrap();
+    let len = block.len();
+    let session = h.send_block(2, client_service, block, len).await.unwrap();
+    let end = timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("driver events") {
+                Event::TransmissionCompleted { session: s } if s == session => return Ok(()),
+                Event::ExportCancelled {
+                    session: s,
+                    reason,
+                    by_peer,
+                } if s == session => return Err((reason, by_peer)),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the export ended in time");
+    (h, end)
+}
+
+/// A bare LTP engine (7) that is no neighbour of dtnd's sends it a block of one bundle.
+/// Returns whether the export completed.
+async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
+    // Few checkpoint retransmissions, so that an export nobody answers ends soon.
+    let span = ltp::SpanConfig {
+        max_checkpoint_retransmissions: 3,
+        timer_margin: Duration::from_millis(100),
+        ..ltp::SpanConfig::default()
+    };
     let bundle = bpv7::BundleBuilder::new(
         bpv7::Eid::ipn(7, 1),
         bpv7::Eid::ipn(2, 1),
@@ -434,21 +441,9 @@ async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
     .unwrap()
     .to_bytes()
     .unwrap();
-    let len = bundle.len();
-    let session = h.send_block(2, 1, bundle, len).await.unwrap();
-    let completed = timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("driver events") {
-                Event::TransmissionCompleted { session: s } if s == session => return true,
-                Event::ExportCancelled { session: s, .. } if s == session => return false,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the export ended in time");
+    let (h, end) = bare_ltp_export(7, free_udp(), span, b_ltp, 1, bundle).await;
     h.shutdown().await;
-    completed
+    end.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
