@@ -46,14 +46,6 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
@@ -114,8 +106,8 @@ async fn dtn7_interop_both_ways() {
 
     let dir = std::env::temp_dir().join(format!("tcpcl-dtn7-{}-{}", std::process::id(), our_port));
     std::fs::create_dir_all(&dir).unwrap();
-    let tcp_port = free_port();
-    let web_port = free_port();
+    let tcp_port = test_ports::free_tcp_port();
+    let web_port = test_ports::free_tcp_port();
     let child = Command::new(&dtnd_bin)
         .args(["-n", "dtn://d7/", "-W"])
         .arg(&dir)

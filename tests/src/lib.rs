@@ -4,12 +4,12 @@
 //! kills them on drop, and reads their Prometheus metrics.
 //!
 //! Rules the harness keeps (see `/work/shared/DESIGN.md`): every wait is bounded, nothing sleeps to
-//! synchronise (polling with a deadline only), sockets are on 127.0.0.1 with OS-assigned ports,
-//! and every temporary directory is removed when its guard drops.
+//! synchronise (polling with a deadline only), sockets are on 127.0.0.1 with ports from the
+//! `test-ports` crate, and every temporary directory is removed when its guard drops.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -135,46 +135,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Ports handed out by [`free_tcp_port`] and [`free_udp_port`]: below Linux's ephemeral range
-/// (32768-60999 by default), from which the kernel picks both `bind(port 0)` and the local
-/// port of every outgoing connection. A port found free there (bind port 0, read, drop) could
-/// be taken again by any connection a parallel test or daemon opened before the process that
-/// was to listen on it bound it (seen in CI: `bpgen --tcpcl-sink` got `Address already in
-/// use`). Below that range only explicit binds compete, and this process hands out each port
-/// once.
-const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
-
-/// The next port of [`TEST_PORTS`] that `bind` accepts (each tried once per process, from a
-/// start that differs between processes).
-fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % span,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    for _ in 0..1000 {
-        let i = NEXT.fetch_add(1, Ordering::Relaxed) % span;
-        let port = TEST_PORTS.start + i as u16;
-        if bind(port) {
-            return port;
-        }
-    }
-    panic!("no free port in {TEST_PORTS:?} after 1000 tries");
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago (see [`TEST_PORTS`]).
-pub fn free_tcp_port() -> u16 {
-    free_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-}
-
-/// A UDP port on 127.0.0.1 that was free a moment ago (see [`TEST_PORTS`]).
-pub fn free_udp_port() -> u16 {
-    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
-}
+/// Loopback ports for servers a test starts, from below the kernel's ephemeral range (see the
+/// `test-ports` crate for why not port 0).
+pub use test_ports::{free_tcp_port, free_udp_port};
 
 // ---------------------------------------------------------------------------------------------
 // Node configuration
