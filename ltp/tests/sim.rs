@@ -384,6 +384,7 @@ impl Sim {
                 ));
             }
             st.asynchronous_reports += e.stats().asynchronous_reports_sent;
+            st.checkpoint_copies += e.stats().checkpoint_copies_sent;
             let held = e.stats().reassembly_bytes;
             if held != 0 {
                 return Err(format!(
@@ -477,6 +478,8 @@ struct Stats {
     /// Asynchronous reports the engines sent (red parts completed by a segment that is not
     /// a checkpoint: reordering, duplication).
     asynchronous_reports: u64,
+    /// Checkpoint copies the engines sent (`SpanConfig::checkpoint_copies`).
+    checkpoint_copies: u64,
 }
 
 /// The seeds `SEED` (one) or `SEEDS` (a range) name, if either is set.
@@ -525,13 +528,14 @@ fn run_scenario(name: &str, n: u64, build: impl Fn(u64) -> (Sim, u64, u64)) -> S
                 total.completed += st.completed;
                 total.cancelled += st.cancelled;
                 total.asynchronous_reports += st.asynchronous_reports;
+                total.checkpoint_copies += st.checkpoint_copies;
             }
             Err(e) => panic!("{name}: SEED={seed} failed: {e}"),
         }
     }
     eprintln!(
-        "{name}: {} completed, {} cancelled, {} asynchronous reports",
-        total.completed, total.cancelled, total.asynchronous_reports
+        "{name}: {} completed, {} cancelled, {} asynchronous reports, {} checkpoint copies",
+        total.completed, total.cancelled, total.asynchronous_reports, total.checkpoint_copies
     );
     total
 }
@@ -553,6 +557,7 @@ fn two_engines_random_loss_reorder_duplication() {
         completed: done,
         cancelled,
         asynchronous_reports: st_async,
+        checkpoint_copies,
     } = run_scenario("loss", 150, |seed| {
         let mut sim = Sim::new(seed);
         let mut rng = SmallRng::seed_from_u64(seed);
@@ -565,6 +570,8 @@ fn two_engines_random_loss_reorder_duplication() {
         // One seed in four without asynchronous reports (chosen by the seed, so that the
         // scenario's other draws stay as they were).
         sp.asynchronous_reports = seed % 4 != 0;
+        // One seed in three sends a copy of each checkpoint that ends a transmission.
+        sp.checkpoint_copies = u32::from(seed % 3 == 1);
         // Adaptive timers (the default) against the fixed §6.1 interval.
         sp.adaptive_timers = rng.gen_bool(0.5);
         if rng.gen_bool(0.3) {
@@ -600,6 +607,10 @@ fn two_engines_random_loss_reorder_duplication() {
     // Jitter reorders: some red parts are completed by data that overtook no checkpoint.
     if chosen_seeds().is_none() {
         assert!(st_async > 0, "no asynchronous report in the whole scenario");
+        assert!(
+            checkpoint_copies > 0,
+            "no checkpoint copy in the whole scenario"
+        );
     }
 }
 
@@ -653,6 +664,8 @@ fn custody_handshake_under_loss_and_slow_clients() {
         sp.checkpoint_every = rng.gen_range(0..4);
         sp.max_export_sessions = rng.gen_range(1..4);
         sp.asynchronous_reports = seed % 4 != 0;
+        // One seed in three sends a copy of each checkpoint that ends a transmission.
+        sp.checkpoint_copies = u32::from(seed % 3 == 1);
         let mut ch = Channel::clean(delay);
         ch.loss = rng.gen_range(0.0..0.2);
         ch.dup = rng.gen_range(0.0..0.05);
@@ -791,6 +804,8 @@ fn harsh_loss_with_small_limits_ends_every_session() {
         let delay = Duration::from_millis(rng.gen_range(1..200));
         let mut sp = span(delay);
         sp.asynchronous_reports = seed % 4 != 0;
+        // One seed in three sends a copy of each checkpoint that ends a transmission.
+        sp.checkpoint_copies = u32::from(seed % 3 == 1);
         sp.max_checkpoint_retransmissions = rng.gen_range(1..4);
         sp.max_report_retransmissions = rng.gen_range(1..4);
         sp.max_cancel_retransmissions = rng.gen_range(0..4);
@@ -943,5 +958,63 @@ fn asynchronous_reports_complete_reordered_blocks_sooner() {
     assert!(
         with + 0.5 < without,
         "asynchronous reports did not shorten sessions: {with:.2} s against {without:.2} s"
+    );
+}
+
+/// What checkpoint copies buy on a lossy long-delay link: blocks over a 1 s light time losing
+/// 10 % of the segments each way. A lost checkpoint that ends a transmission (the end of the red
+/// part, or of a retransmission) costs a whole retransmission timer; with one copy of each
+/// (`SpanConfig::checkpoint_copies`) that happens only when both are lost. Fails if the copies
+/// stop being sent or stop shortening sessions.
+#[test]
+fn checkpoint_copies_complete_blocks_sooner_on_a_lossy_link() {
+    let delay = Duration::from_secs(1);
+    let mean_completion = |copies: u32| {
+        let (mut total_ns, mut blocks, mut sent_copies) = (0u64, 0u64, 0u64);
+        for seed in 1..=30u64 {
+            let mut sim = Sim::new(seed);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            sim.add_node(1, seed);
+            sim.add_node(2, seed);
+            let mut sp = span(delay);
+            sp.checkpoint_copies = copies;
+            let mut ch = Channel::clean(delay);
+            ch.loss = 0.1;
+            sim.connect(1, 2, sp, ch);
+            let sent: Vec<SessionId> = (0..4)
+                .map(|_| {
+                    let len = rng.gen_range(2_000..20_000);
+                    let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    sim.send(1, 2, Bytes::from(data), len)
+                })
+                .collect();
+            let finished = sim.run(2_000_000, secs(3600));
+            sim.check(finished)
+                .unwrap_or_else(|e| panic!("SEED={seed} copies={copies}: {e}"));
+            for sid in sent {
+                total_ns += sim.outcomes[&sid]
+                    .completed_at
+                    .expect("every block completes");
+                blocks += 1;
+            }
+            sent_copies += sim
+                .nodes
+                .iter()
+                .map(|(_, e)| e.stats().checkpoint_copies_sent)
+                .sum::<u64>();
+        }
+        (total_ns as f64 / blocks as f64 / 1e9, sent_copies)
+    };
+    let (with, sent) = mean_completion(1);
+    let (without, none) = mean_completion(0);
+    eprintln!(
+        "10 % loss, 1 s link: blocks complete after {with:.2} s on average with checkpoint \
+         copies ({sent} sent), {without:.2} s without"
+    );
+    assert_eq!(none, 0);
+    assert!(sent > 0, "no checkpoint copy sent");
+    assert!(
+        with + 0.2 < without,
+        "checkpoint copies did not shorten sessions: {with:.2} s against {without:.2} s"
     );
 }

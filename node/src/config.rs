@@ -69,6 +69,8 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # checkpoint_every = 0 adds a checkpoint every N red
 #                                  # segments; asynchronous_reports = true (RFC 5326 §3.2.2:
 #                                  # false for a peer that does not take them);
+#                                  # checkpoint_copies = 0 (1 on a lossy link: each checkpoint
+#                                  # ending a transmission goes twice);
 #                                  # max_checkpoint_retransmissions = 10 (then RLEXC) and
 #                                  # max_report_retransmissions = 10 per segment
 # max_bundle_size = 0              # 0 = no limit
@@ -284,6 +286,9 @@ pub struct LtpTuning {
     /// (`ltp::SpanConfig::asynchronous_reports`, RFC 5326 §3.2.2); off for a peer that does
     /// not take asynchronous reports.
     pub asynchronous_reports: bool,
+    /// Copies of each checkpoint that ends a transmission (`ltp::SpanConfig::checkpoint_copies`):
+    /// on a lossy link, a lost one otherwise idles its block for a retransmission timer.
+    pub checkpoint_copies: u32,
     /// Retransmissions of one checkpoint before the block is cancelled (RLEXC, RFC 5326
     /// §6.7; `ltp::SpanConfig::max_checkpoint_retransmissions`).
     pub max_checkpoint_retransmissions: u32,
@@ -299,6 +304,7 @@ impl Default for LtpTuning {
             max_retransmission_factor: span.max_retransmission_factor,
             checkpoint_every: span.checkpoint_every,
             asynchronous_reports: span.asynchronous_reports,
+            checkpoint_copies: span.checkpoint_copies,
             max_checkpoint_retransmissions: span.max_checkpoint_retransmissions,
             max_report_retransmissions: span.max_report_retransmissions,
         }
@@ -547,6 +553,7 @@ struct RawLtpLink {
     max_retransmission_factor: Option<u32>,
     checkpoint_every: Option<u32>,
     asynchronous_reports: Option<bool>,
+    checkpoint_copies: Option<u32>,
     max_checkpoint_retransmissions: Option<u32>,
     max_report_retransmissions: Option<u32>,
 }
@@ -896,6 +903,7 @@ impl RawConfig {
                             asynchronous_reports: r
                                 .asynchronous_reports
                                 .unwrap_or(d.asynchronous_reports),
+                            checkpoint_copies: r.checkpoint_copies.unwrap_or(d.checkpoint_copies),
                             max_checkpoint_retransmissions: r
                                 .max_checkpoint_retransmissions
                                 .unwrap_or(d.max_checkpoint_retransmissions),
@@ -1207,7 +1215,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false, max_checkpoint_retransmissions = 3, max_report_retransmissions = 5 }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false, checkpoint_copies = 1, max_checkpoint_retransmissions = 3, max_report_retransmissions = 5 }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1257,6 +1265,7 @@ echo = 0
                         max_retransmission_factor: 4,
                         checkpoint_every: 32,
                         asynchronous_reports: false,
+                        checkpoint_copies: 1,
                         max_checkpoint_retransmissions: 3,
                         max_report_retransmissions: 5,
                     }

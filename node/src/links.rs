@@ -85,6 +85,7 @@ impl LtpSpanControl {
                 max_retransmission_factor: l.tuning.max_retransmission_factor,
                 checkpoint_every: l.tuning.checkpoint_every,
                 asynchronous_reports: l.tuning.asynchronous_reports,
+                checkpoint_copies: l.tuning.checkpoint_copies,
                 max_checkpoint_retransmissions: l.tuning.max_checkpoint_retransmissions,
                 max_report_retransmissions: l.tuning.max_report_retransmissions,
                 ..ltp::SpanConfig::default()
@@ -276,6 +277,7 @@ mod tests {
             max_retransmission_factor: 3,
             checkpoint_every: 12,
             asynchronous_reports: false,
+            checkpoint_copies: 2,
             max_checkpoint_retransmissions: 2,
             max_report_retransmissions: 7,
         };
@@ -306,10 +308,11 @@ mod tests {
                     s.max_retransmission_factor,
                     s.checkpoint_every,
                     s.asynchronous_reports,
+                    s.checkpoint_copies,
                     s.max_checkpoint_retransmissions,
                     s.max_report_retransmissions,
                 ),
-                (3, 12, false, 2, 7)
+                (3, 12, false, 2, 2, 7)
             );
         }
     }

@@ -102,6 +102,15 @@ pub struct SpanConfig {
     pub max_queued_blocks: usize,
     /// A discretionary checkpoint every this many red data segments (0: only the EORP one).
     pub checkpoint_every: u32,
+    /// Copies of each checkpoint that ends a transmission (the end-of-red-part checkpoint,
+    /// the last segment of a retransmission, a checkpoint retransmitted after its timer), sent
+    /// right behind it. On a lossy link the loss of such a checkpoint idles the session for a
+    /// whole retransmission timer (a round trip and a margin); a copy makes that loss as
+    /// unlikely as losing both. A copy that arrives after the original makes the receiver send
+    /// its report again (§6.8, as for a retransmitted checkpoint; the sender acts on a report
+    /// once), so each costs a data segment, a report segment and a report-ack. 0 (the default):
+    /// no copies, as RFC 5326 describes.
+    pub checkpoint_copies: u32,
     /// Retransmissions of one checkpoint before the export is cancelled (§6.7, RLEXC).
     pub max_checkpoint_retransmissions: u32,
     /// Retransmissions of one report segment before the import gives up (§6.8).
@@ -175,6 +184,7 @@ impl Default for SpanConfig {
             max_export_sessions: 64,
             max_queued_blocks: 1024,
             checkpoint_every: 0,
+            checkpoint_copies: 0,
             max_checkpoint_retransmissions: 10,
             max_report_retransmissions: 10,
             max_cancel_retransmissions: 10,

@@ -62,7 +62,7 @@ impl Engine {
                 if let Some(span) = self.spans.get_mut(&peer) {
                     span.sample_round_trip(cp.sent, now);
                 }
-                ex.cp_resend.retain(|&s| s != r.checkpoint_serial);
+                ex.cp_resend.retain(|q| q.serial != r.checkpoint_serial);
             }
         }
         if ex.seen_reports.len() >= MAX_SEEN_REPORTS {
@@ -366,6 +366,7 @@ impl Engine {
         ex: &mut Export,
         mss: usize,
         every: u32,
+        copies: u32,
         stats: &mut EngineStats,
         headers: &mut BytesMut,
     ) -> Option<(Segmented, OnSent)> {
@@ -373,8 +374,8 @@ impl Engine {
             return None;
         }
         let number = ex.id.number;
-        // §6.7: checkpoint retransmission, same serial number.
-        while let Some(serial) = ex.cp_resend.pop_front() {
+        // §6.7: checkpoint retransmission, same serial number (and its copies).
+        while let Some(Resend { serial, copy }) = ex.cp_resend.pop_front() {
             let Some(cp) = ex.checkpoints.get(&serial) else {
                 continue;
             };
@@ -389,7 +390,14 @@ impl Engine {
                     report_serial: cp.report_serial,
                 }),
             );
+            if copy {
+                stats.checkpoint_copies_sent += 1;
+                return Some((seg, OnSent::Nothing));
+            }
             stats.checkpoints_retransmitted += 1;
+            if cp.ends_transmission() {
+                queue_copies(ex, serial, copies);
+            }
             return Some((seg, OnSent::Timer(TimerKind::Checkpoint { number, serial })));
         }
         // Plain red segments leave room for checkpoint serials, so that the data of any one of
@@ -433,7 +441,7 @@ impl Engine {
                     } else {
                         DataKind::RedCheckpoint
                     };
-                    new_checkpoint(ex, headers, kind, s, e, report_serial)
+                    new_checkpoint(ex, headers, kind, s, e, report_serial, copies)
                 }
                 None => (
                     build_data(ex, headers, DataKind::Red, s, e, None),
@@ -484,7 +492,14 @@ impl Engine {
             } else {
                 DataKind::RedCheckpointEorp
             };
-            return Some(new_checkpoint(ex, headers, kind, s, e, 0));
+            // Copies only of the checkpoint ending the red part: a discretionary one's loss is
+            // made good by the next checkpoint's report.
+            let copies = if kind == DataKind::RedCheckpoint {
+                0
+            } else {
+                copies
+            };
+            return Some(new_checkpoint(ex, headers, kind, s, e, 0, copies));
         }
         let kind = |e| {
             if e == len {
@@ -593,7 +608,18 @@ fn retracts_claims(acked: &IntervalSet, claimed: &IntervalSet, lower: u64, upper
         .any(|(s, e)| !claimed.covers(s, e))
 }
 
-/// Registers a new checkpoint (fresh serial) for `[s, e)` and encodes it.
+/// Queues `copies` copies of checkpoint `serial`, to leave right behind it
+/// (`SpanConfig::checkpoint_copies`): for a checkpoint that ends what the export has to send
+/// (the end of the red part, the end of a retransmission, or a retransmission after a timeout),
+/// whose loss would otherwise idle the session for a whole retransmission timer.
+fn queue_copies(ex: &mut Export, serial: u64, copies: u32) {
+    for _ in 0..copies {
+        ex.cp_resend.push_front(Resend { serial, copy: true });
+    }
+}
+
+/// Registers a new checkpoint (fresh serial) for `[s, e)`, queues `copies` copies of it and
+/// encodes it.
 fn new_checkpoint(
     ex: &mut Export,
     headers: &mut BytesMut,
@@ -601,9 +627,11 @@ fn new_checkpoint(
     s: u64,
     e: u64,
     report_serial: u64,
+    copies: u32,
 ) -> (Segmented, OnSent) {
     let serial = ex.next_cp_serial;
     ex.next_cp_serial += 1;
+    queue_copies(ex, serial, copies);
     ex.checkpoints.insert(
         serial,
         Checkpoint {

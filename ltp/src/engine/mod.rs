@@ -236,6 +236,8 @@ pub struct EngineStats {
     pub data_segments_retransmitted: u64,
     /// Checkpoints retransmitted on timer (§6.7).
     pub checkpoints_retransmitted: u64,
+    /// Copies of checkpoints sent right behind them (`SpanConfig::checkpoint_copies`).
+    pub checkpoint_copies_sent: u64,
     /// Report segments sent (including retransmissions).
     pub reports_sent: u64,
     /// Report segments retransmitted on timer (§6.8).
@@ -447,6 +449,24 @@ struct Checkpoint {
     sent: Option<SentAt>,
 }
 
+/// A checkpoint queued to go again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Resend {
+    serial: u64,
+    /// A copy sent right behind the checkpoint (`SpanConfig::checkpoint_copies`), not a
+    /// retransmission: its timer is the original's.
+    copy: bool,
+}
+
+impl Checkpoint {
+    /// It ends what its export had to send when it left: the end of the red part, or the end
+    /// of a retransmission (not a discretionary checkpoint, whose loss the next checkpoint's
+    /// report makes good). Such checkpoints get copies (`SpanConfig::checkpoint_copies`).
+    fn ends_transmission(&self) -> bool {
+        self.kind != DataKind::RedCheckpoint || self.report_serial != 0
+    }
+}
+
 struct RetxRange {
     start: u64,
     end: u64,
@@ -482,7 +502,9 @@ struct Export {
     /// times the block in intervals.
     acked: IntervalSet,
     checkpoints: Map<u64, Checkpoint>,
-    cp_resend: VecDeque<u64>,
+    /// Checkpoints to send again, oldest first: retransmissions (§6.7) and copies
+    /// (`SpanConfig::checkpoint_copies`).
+    cp_resend: VecDeque<Resend>,
     retx: VecDeque<RetxRange>,
     next_cp_serial: u64,
     seen_reports: Set<u64>,
@@ -1141,7 +1163,11 @@ impl Engine {
             }
             return Some((o.bytes, Bytes::new()));
         }
-        let (mss, every) = (span.cfg.max_segment_size, span.cfg.checkpoint_every);
+        let (mss, every, copies) = (
+            span.cfg.max_segment_size,
+            span.cfg.checkpoint_every,
+            span.cfg.checkpoint_copies,
+        );
         // Flow control slides only as reports come, and the peer reports only on checkpoints:
         // with no spacing of its own, the span checkpoints once per quarter of its limit of new
         // data, whichever export sends it.
@@ -1198,7 +1224,7 @@ impl Engine {
             }
             let red_before = ex.cursor.min(ex.red_len);
             let Some((segment, on_sent)) =
-                Self::next_data_segment(ex, mss, every, &mut self.stats, &mut self.headers)
+                Self::next_data_segment(ex, mss, every, copies, &mut self.stats, &mut self.headers)
             else {
                 leave(span, Some(ex));
                 continue;
@@ -1368,7 +1394,10 @@ impl Engine {
                     return;
                 }
                 cp.retransmissions += 1;
-                ex.cp_resend.push_back(serial);
+                ex.cp_resend.push_back(Resend {
+                    serial,
+                    copy: false,
+                });
                 self.mark_ready(number);
             }
             TimerKind::Report { session, serial } => {

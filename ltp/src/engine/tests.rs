@@ -2726,3 +2726,166 @@ fn gaps_already_queued_for_retransmission_are_not_queued_again() {
     assert_eq!(octets, 4999, "each missing octet sent once");
     assert!(out.len() - acks <= first);
 }
+
+/// Engine A with `checkpoint_copies = 1` (and `checkpoint_every`) on its span to B.
+fn copying_sender(every: u32) -> Engine {
+    let mut a = engine(A, B);
+    a.add_span(
+        B,
+        SpanConfig {
+            checkpoint_copies: 1,
+            checkpoint_every: every,
+            ..span()
+        },
+    );
+    a
+}
+
+/// The checkpoint serial of each checkpoint among `segs`, in order (copies included).
+fn checkpoint_serials(segs: &[Segment]) -> Vec<u64> {
+    segs.iter()
+        .filter_map(|s| match &s.body {
+            SegmentBody::Data(d) => d.checkpoint.map(|c| c.checkpoint_serial),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn checkpoint_copies_follow_each_checkpoint_that_ends_a_transmission() {
+    let mut now = t0();
+    let mut a = copying_sender(3);
+    let sid = a.send_block(B, 1, block(4000), 4000, now).unwrap();
+    let first = drain(&mut a, now);
+    // Discretionary checkpoints go once; the end-of-red-part one twice, back to back, with
+    // the same serial, data and flags.
+    let serials = checkpoint_serials(&first);
+    let eorp = *serials.last().unwrap();
+    assert_eq!(serials.iter().filter(|&&s| s == eorp).count(), 2);
+    let mut distinct = serials.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), serials.len() - 1, "only the EORP is copied");
+    let n = first.len();
+    assert_eq!(
+        first[n - 1],
+        first[n - 2],
+        "the copy is the checkpoint itself"
+    );
+    assert_eq!(data(&first[n - 1]).kind, DataKind::RedCheckpointEorpEob);
+    assert_eq!(a.stats().checkpoint_copies_sent, 1);
+    assert_eq!(a.stats().checkpoints_retransmitted, 0);
+
+    // A report with a gap: the retransmission's checkpoint goes twice as well.
+    a.handle_datagram(
+        report(sid, 77, eorp, 0, 4000, &[(0, 1000), (1500, 2500)]),
+        now,
+    );
+    let retx = drain(&mut a, now);
+    assert_eq!(retx[0].body, SegmentBody::ReportAck { report_serial: 77 });
+    let cps = checkpoint_serials(&retx);
+    assert_eq!(cps.len(), 2, "{retx:?}");
+    assert_eq!(cps[0], cps[1]);
+    assert_eq!(retx[retx.len() - 1], retx[retx.len() - 2]);
+    assert_eq!(a.stats().checkpoint_copies_sent, 2);
+
+    // The timers (a copy starts none of its own): every unanswered checkpoint goes again, and
+    // the retransmission's checkpoint with a copy; the discretionary ones without.
+    now = a.poll_timeout().expect("checkpoint timers");
+    a.handle_timeout(now);
+    let again = checkpoint_serials(&drain(&mut a, now));
+    let discretionary = distinct.len() - 1;
+    assert_eq!(again.len(), discretionary + 2, "{again:?}");
+    assert_eq!(again.iter().filter(|&&s| s == cps[0]).count(), 2);
+    assert_eq!(
+        a.stats().checkpoints_retransmitted,
+        discretionary as u64 + 1
+    );
+    assert_eq!(a.stats().checkpoint_copies_sent, 3);
+
+    // The report answering it completes the session; nothing is left to send or time.
+    a.handle_datagram(report(sid, 78, cps[0], 0, 4000, &[(0, 4000)]), now);
+    let last = drain(&mut a, now);
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].body, SegmentBody::ReportAck { report_serial: 78 });
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+    assert_eq!(a.session_timers(), 0);
+}
+
+#[test]
+fn a_report_before_the_copy_leaves_cancels_the_copy() {
+    let now = t0();
+    let mut a = copying_sender(0);
+    let sid = a.send_block(B, 1, block(1000), 1000, now).unwrap();
+    // Send up to and including the end-of-red-part checkpoint, not its copy.
+    let mut serial = None;
+    while serial.is_none() {
+        let (_, b) = a.poll_transmit(now).expect("the block's segments");
+        serial = data(&Segment::decode(&b).unwrap())
+            .checkpoint
+            .map(|c| c.checkpoint_serial);
+    }
+    a.handle_datagram(report(sid, 5, serial.unwrap(), 0, 1000, &[(0, 1000)]), now);
+    let rest = drain(&mut a, now);
+    assert!(checkpoint_serials(&rest).is_empty(), "{rest:?}");
+    assert_eq!(a.stats().checkpoint_copies_sent, 0);
+    assert_eq!(
+        events(&mut a),
+        vec![Event::TransmissionCompleted { session: sid }]
+    );
+}
+
+#[test]
+fn a_copy_is_answered_with_the_same_report_and_acted_on_once() {
+    let now = t0();
+    let mut a = copying_sender(0);
+    let mut b = engine(B, A);
+    let sid = a.send_block(B, 1, block(2000), 2000, now).unwrap();
+    let raw = drain_raw(&mut a, now);
+    // Lose the first segment; the checkpoint and its copy both arrive.
+    for s in &raw[1..] {
+        b.handle_datagram(s.clone(), now);
+    }
+    let reports = drain_raw(&mut b, now);
+    assert_eq!(
+        reports.len(),
+        2,
+        "the copy is answered like a retransmission"
+    );
+    assert_eq!(reports[0], reports[1], "with the same report (§6.8)");
+    // The sender acknowledges both, and retransmits the gap once (§6.13).
+    for r in &reports {
+        a.handle_datagram(r.clone(), now);
+    }
+    let out = drain_raw(&mut a, now);
+    let decoded: Vec<Segment> = out.iter().map(|b| Segment::decode(b).unwrap()).collect();
+    let acks = decoded
+        .iter()
+        .filter(|s| matches!(s.body, SegmentBody::ReportAck { .. }))
+        .count();
+    assert_eq!(acks, 2);
+    let first_len = data(&Segment::decode(&raw[0]).unwrap()).data.len();
+    let offsets: Vec<(u64, usize)> = decoded
+        .iter()
+        .filter_map(|s| match &s.body {
+            SegmentBody::Data(d) => Some((d.offset, d.data.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![(0, first_len), (0, first_len)],
+        "the gap (as the retransmission's checkpoint) and its copy"
+    );
+    // B takes the block once.
+    for s in out {
+        b.handle_datagram(s, now);
+    }
+    let delivered = events(&mut b)
+        .into_iter()
+        .filter(|e| matches!(e, Event::BlockReceived { session, .. } if *session == sid))
+        .count();
+    assert_eq!(delivered, 1);
+}

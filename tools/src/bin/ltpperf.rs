@@ -233,6 +233,11 @@ enum Cmd {
         /// own, one per quarter of --max-in-flight).
         #[arg(long, default_value_t = 0)]
         checkpoint_every: u32,
+        /// Copies of each checkpoint that ends a transmission (the span's `checkpoint_copies`):
+        /// on a lossy link a lost end-of-red-part or retransmission checkpoint otherwise idles
+        /// the session for a retransmission timer. 0: none, as RFC 5326 describes.
+        #[arg(long, default_value_t = 0)]
+        checkpoint_copies: u32,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -324,6 +329,7 @@ fn main() -> Result<()> {
             rate_burst,
             max_in_flight,
             checkpoint_every,
+            checkpoint_copies,
             json,
             seed,
             timeout,
@@ -375,6 +381,7 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|| ((rate * 1e6 / 8.0 * 0.002) as u64).max(64 * 1024)),
                     max_in_flight: (max_in_flight > 0).then_some(max_in_flight),
                     checkpoint_every,
+                    checkpoint_copies,
                     io,
                     busy_poll: flags.busy_poll(),
                 };
@@ -426,6 +433,8 @@ struct SendParams {
     max_in_flight: Option<u64>,
     /// Discretionary checkpoint spacing, red segments.
     checkpoint_every: u32,
+    /// Copies of each checkpoint ending a transmission.
+    checkpoint_copies: u32,
     io: IoConfig,
     /// The driver's busy polling.
     busy_poll: Duration,
@@ -445,6 +454,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         rate_burst: p.rate_burst,
         max_bytes_in_flight: p.max_in_flight,
         checkpoint_every: p.checkpoint_every,
+        checkpoint_copies: p.checkpoint_copies,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -526,6 +536,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "segments_sent": e.segments_sent,
                 "segments_retransmitted": e.data_segments_retransmitted,
                 "checkpoints_retransmitted": e.checkpoints_retransmitted,
+                "checkpoint_copies_sent": e.checkpoint_copies_sent,
                 "bytes_sent": e.bytes_sent,
                 "datagrams_sent": st.datagrams_sent,
                 "impaired_drops": st.impaired_drops,
@@ -536,6 +547,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "rate_burst": p.rate_burst,
                 "max_in_flight": p.max_in_flight,
                 "checkpoint_every": p.checkpoint_every,
+                "checkpoint_copies": p.checkpoint_copies,
                 "busy_poll_us": p.busy_poll.as_micros() as u64,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
