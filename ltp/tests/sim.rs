@@ -895,6 +895,50 @@ fn clean_links_retransmit_nothing() {
     }
 }
 
+/// Sends 4 blocks of 2 000–20 000 random octets (all red) from engine 1 to engine 2 over a
+/// span of `delay` that `configure` adjusts and the channel `channel` gives, for seeds 1..=30.
+/// Returns the mean time, in seconds, from the start to the sender's completion of a block
+/// (every block must complete), and the sum over seeds of `count` of each engine's stats.
+fn mean_completion(
+    delay: Duration,
+    configure: impl Fn(&mut SpanConfig),
+    channel: Channel,
+    count: impl Fn(&ltp::EngineStats) -> u64,
+) -> (f64, u64) {
+    let (mut total_ns, mut blocks, mut counted) = (0u64, 0u64, 0u64);
+    for seed in 1..=30u64 {
+        let mut sim = Sim::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        sim.add_node(1, seed);
+        sim.add_node(2, seed);
+        let mut sp = span(delay);
+        configure(&mut sp);
+        sim.connect(1, 2, sp, channel.clone());
+        let sent: Vec<SessionId> = (0..4)
+            .map(|_| {
+                let len = rng.gen_range(2_000..20_000);
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                sim.send(1, 2, Bytes::from(data), len)
+            })
+            .collect();
+        let finished = sim.run(2_000_000, secs(3600));
+        sim.check(finished)
+            .unwrap_or_else(|e| panic!("SEED={seed}: {e}"));
+        for sid in sent {
+            total_ns += sim.outcomes[&sid]
+                .completed_at
+                .expect("every block completes");
+            blocks += 1;
+        }
+        counted += sim
+            .nodes
+            .iter()
+            .map(|(_, e)| count(&e.stats()))
+            .sum::<u64>();
+    }
+    (total_ns as f64 / blocks as f64 / 1e9, counted)
+}
+
 /// What asynchronous reports buy on a link that reorders: blocks over a 1 s light time with
 /// up to 400 ms of jitter and no loss, so that checkpoints overtake the data they cover. With
 /// asynchronous reports the sender hears of a red part completed by late data one light time
@@ -904,51 +948,20 @@ fn clean_links_retransmit_nothing() {
 #[test]
 fn asynchronous_reports_complete_reordered_blocks_sooner() {
     let delay = Duration::from_secs(1);
-    let mean_completion = |asynchronous: bool| {
-        let (mut total_ns, mut blocks, mut reports) = (0u64, 0u64, 0u64);
-        for seed in 1..=30u64 {
-            let mut sim = Sim::new(seed);
-            let mut rng = SmallRng::seed_from_u64(seed);
-            sim.add_node(1, seed);
-            sim.add_node(2, seed);
-            let mut sp = span(delay);
-            sp.asynchronous_reports = asynchronous;
-            sim.connect(
-                1,
-                2,
-                sp,
-                Channel {
-                    jitter: Duration::from_millis(400),
-                    ..Channel::clean(delay)
-                },
-            );
-            let sent: Vec<SessionId> = (0..4)
-                .map(|_| {
-                    let len = rng.gen_range(2_000..20_000);
-                    let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                    sim.send(1, 2, Bytes::from(data), len)
-                })
-                .collect();
-            let finished = sim.run(2_000_000, secs(3600));
-            sim.check(finished)
-                .unwrap_or_else(|e| panic!("SEED={seed} asynchronous={asynchronous}: {e}"));
-            for sid in sent {
-                let at = sim.outcomes[&sid]
-                    .completed_at
-                    .expect("every block completes");
-                total_ns += at;
-                blocks += 1;
-            }
-            reports += sim
-                .nodes
-                .iter()
-                .map(|(_, e)| e.stats().asynchronous_reports_sent)
-                .sum::<u64>();
-        }
-        (total_ns as f64 / blocks as f64 / 1e9, reports)
+    let reordering = Channel {
+        jitter: Duration::from_millis(400),
+        ..Channel::clean(delay)
     };
-    let (with, sent) = mean_completion(true);
-    let (without, none) = mean_completion(false);
+    let run = |asynchronous: bool| {
+        mean_completion(
+            delay,
+            |sp| sp.asynchronous_reports = asynchronous,
+            reordering.clone(),
+            |st| st.asynchronous_reports_sent,
+        )
+    };
+    let (with, sent) = run(true);
+    let (without, none) = run(false);
     eprintln!(
         "reordering 1 s link: blocks complete after {with:.2} s on average with asynchronous \
          reports ({sent} sent), {without:.2} s without"
@@ -969,44 +982,20 @@ fn asynchronous_reports_complete_reordered_blocks_sooner() {
 #[test]
 fn checkpoint_copies_complete_blocks_sooner_on_a_lossy_link() {
     let delay = Duration::from_secs(1);
-    let mean_completion = |copies: u32| {
-        let (mut total_ns, mut blocks, mut sent_copies) = (0u64, 0u64, 0u64);
-        for seed in 1..=30u64 {
-            let mut sim = Sim::new(seed);
-            let mut rng = SmallRng::seed_from_u64(seed);
-            sim.add_node(1, seed);
-            sim.add_node(2, seed);
-            let mut sp = span(delay);
-            sp.checkpoint_copies = copies;
-            let mut ch = Channel::clean(delay);
-            ch.loss = 0.1;
-            sim.connect(1, 2, sp, ch);
-            let sent: Vec<SessionId> = (0..4)
-                .map(|_| {
-                    let len = rng.gen_range(2_000..20_000);
-                    let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                    sim.send(1, 2, Bytes::from(data), len)
-                })
-                .collect();
-            let finished = sim.run(2_000_000, secs(3600));
-            sim.check(finished)
-                .unwrap_or_else(|e| panic!("SEED={seed} copies={copies}: {e}"));
-            for sid in sent {
-                total_ns += sim.outcomes[&sid]
-                    .completed_at
-                    .expect("every block completes");
-                blocks += 1;
-            }
-            sent_copies += sim
-                .nodes
-                .iter()
-                .map(|(_, e)| e.stats().checkpoint_copies_sent)
-                .sum::<u64>();
-        }
-        (total_ns as f64 / blocks as f64 / 1e9, sent_copies)
+    let lossy = Channel {
+        loss: 0.1,
+        ..Channel::clean(delay)
     };
-    let (with, sent) = mean_completion(1);
-    let (without, none) = mean_completion(0);
+    let run = |copies: u32| {
+        mean_completion(
+            delay,
+            |sp| sp.checkpoint_copies = copies,
+            lossy.clone(),
+            |st| st.checkpoint_copies_sent,
+        )
+    };
+    let (with, sent) = run(1);
+    let (without, none) = run(0);
     eprintln!(
         "10 % loss, 1 s link: blocks complete after {with:.2} s on average with checkpoint \
          copies ({sent} sent), {without:.2} s without"
