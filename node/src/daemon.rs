@@ -1322,6 +1322,22 @@ fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
     );
     push(
         stats,
+        "dtn_ltp_checkpoint_copies_total",
+        "LTP checkpoints sent again right behind themselves (a neighbour's checkpoint_copies).",
+        Counter,
+        &[],
+        e.checkpoint_copies_sent,
+    );
+    push(
+        stats,
+        "dtn_ltp_asynchronous_reports_total",
+        "LTP asynchronous reception reports sent (RFC 5326 section 3.2.2).",
+        Counter,
+        &[],
+        e.asynchronous_reports_sent,
+    );
+    push(
+        stats,
         "dtn_ltp_sessions_cancelled_total",
         "LTP sessions cancelled.",
         Counter,

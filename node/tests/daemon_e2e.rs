@@ -286,7 +286,12 @@ async fn ltp_line_of_three() {
     bc.neighbours.push(neighbour("c", 3, ltp_link(3, pc)));
     let mut ac = config(1);
     ac.ltp = ltp(1, pa);
-    ac.neighbours.push(neighbour("b", 2, ltp_link(2, pb)));
+    // The first hop copies the checkpoints that end its transmissions.
+    let mut a_to_b = ltp_link(2, pb);
+    if let Link::Ltp(l) = &mut a_to_b {
+        l.tuning.checkpoint_copies = 1;
+    }
+    ac.neighbours.push(neighbour("b", 2, a_to_b));
     ac.routes.push(node::config::RouteConfig {
         dest: "ipn:3.*".into(),
         via: "b".into(),
@@ -323,6 +328,21 @@ async fn ltp_line_of_three() {
     );
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
+    // a copied its checkpoints (configured on its link to b); b, not configured so, did not.
+    assert_eq!(s.total("dtn_ltp_checkpoint_copies_total"), Some(0.0));
+    let a_stats = timeout(
+        WAIT,
+        a.handle().request(|reply| AgentCommand::Stats { reply }),
+    )
+    .await
+    .expect("stats answered in time")
+    .unwrap();
+    assert!(
+        a_stats
+            .total("dtn_ltp_checkpoint_copies_total")
+            .is_some_and(|n| n >= 1.0),
+        "no checkpoint copy from a"
+    );
     // Named, so that a node that does not stop says which one it is. A shutdown here once
     // waited out WAIT: the node and its LTP adapter stopped the driver at the same moment, and
     // one stop's command entered the queue after the driver's last drain (fixed by waiting
