@@ -170,6 +170,20 @@ fn ltp_mode_paces_with_rate() {
 }
 
 #[test]
+fn ltp_mode_copies_checkpoints_when_asked() {
+    // Each end-of-red-part checkpoint goes twice, whatever the loss (unless the report
+    // answering it came before the copy left: the engine's scripted tests pin that down).
+    let (s, r) = run(false, &["--checkpoint-copies", "1", "--loss", "0.05"]);
+    assert_eq!(s["blocks_completed"], 4, "{s}");
+    assert_eq!(s["checkpoint_copies"], 1, "{s}");
+    assert!(s["checkpoint_copies_sent"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(r["blocks_received"], 4, "{r}");
+    // Off by default.
+    let (s, _) = run(false, &[]);
+    assert_eq!(s["checkpoint_copies_sent"], 0, "{s}");
+}
+
+#[test]
 fn ltp_mode_flow_control_and_pinning() {
     // The default flow control (4 MiB in flight) and one without it; the sender pinned to a
     // CPU on Linux (--cpu). Both report what they ran with.

@@ -568,8 +568,13 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
             elapsed.as_secs_f64()
         );
         println!(
-            "segments sent {} ({} octets), data segments retransmitted {}, checkpoints retransmitted {}",
-            e.segments_sent, e.bytes_sent, e.data_segments_retransmitted, e.checkpoints_retransmitted
+            "segments sent {} ({} octets), data segments retransmitted {}, checkpoints retransmitted {}, \
+             checkpoint copies {}",
+            e.segments_sent,
+            e.bytes_sent,
+            e.data_segments_retransmitted,
+            e.checkpoints_retransmitted,
+            e.checkpoint_copies_sent
         );
         if let Some(rtt) = st.round_trips.get(&p.peer_engine_id) {
             println!(
