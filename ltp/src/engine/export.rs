@@ -492,13 +492,6 @@ impl Engine {
             } else {
                 DataKind::RedCheckpointEorp
             };
-            // Copies only of the checkpoint ending the red part: a discretionary one's loss is
-            // made good by the next checkpoint's report.
-            let copies = if kind == DataKind::RedCheckpoint {
-                0
-            } else {
-                copies
-            };
             return Some(new_checkpoint(ex, headers, kind, s, e, 0, copies));
         }
         let kind = |e| {
@@ -608,18 +601,18 @@ fn retracts_claims(acked: &IntervalSet, claimed: &IntervalSet, lower: u64, upper
         .any(|(s, e)| !claimed.covers(s, e))
 }
 
-/// Queues `copies` copies of checkpoint `serial`, to leave right behind it
-/// (`SpanConfig::checkpoint_copies`): for a checkpoint that ends what the export has to send
-/// (the end of the red part, the end of a retransmission, or a retransmission after a timeout),
-/// whose loss would otherwise idle the session for a whole retransmission timer.
+/// Queues `copies` copies of checkpoint `serial`, to leave right behind it, ahead of anything
+/// else the export has to send again (`SpanConfig::checkpoint_copies`). Only for a checkpoint
+/// that ends a transmission ([`Checkpoint::ends_transmission`]), whose loss would otherwise
+/// idle the session for a whole retransmission timer.
 fn queue_copies(ex: &mut Export, serial: u64, copies: u32) {
     for _ in 0..copies {
         ex.cp_resend.push_front(Resend { serial, copy: true });
     }
 }
 
-/// Registers a new checkpoint (fresh serial) for `[s, e)`, queues `copies` copies of it and
-/// encodes it.
+/// Registers a new checkpoint (fresh serial) for `[s, e)`, queues `copies` copies of it if it
+/// ends a transmission ([`Checkpoint::ends_transmission`]) and encodes it.
 fn new_checkpoint(
     ex: &mut Export,
     headers: &mut BytesMut,
@@ -631,19 +624,19 @@ fn new_checkpoint(
 ) -> (Segmented, OnSent) {
     let serial = ex.next_cp_serial;
     ex.next_cp_serial += 1;
-    queue_copies(ex, serial, copies);
-    ex.checkpoints.insert(
-        serial,
-        Checkpoint {
-            offset: s,
-            end: e,
-            kind,
-            report_serial,
-            retransmissions: 0,
-            timer: None,
-            sent: None,
-        },
-    );
+    let checkpoint = Checkpoint {
+        offset: s,
+        end: e,
+        kind,
+        report_serial,
+        retransmissions: 0,
+        timer: None,
+        sent: None,
+    };
+    if checkpoint.ends_transmission() {
+        queue_copies(ex, serial, copies);
+    }
+    ex.checkpoints.insert(serial, checkpoint);
     let cp = CheckpointInfo {
         checkpoint_serial: serial,
         report_serial,

@@ -502,8 +502,9 @@ struct Export {
     /// times the block in intervals.
     acked: IntervalSet,
     checkpoints: Map<u64, Checkpoint>,
-    /// Checkpoints to send again, oldest first: retransmissions (§6.7) and copies
-    /// (`SpanConfig::checkpoint_copies`).
+    /// Checkpoints to send again: copies first (`SpanConfig::checkpoint_copies`, queued at
+    /// the front to leave right behind their checkpoint), then retransmissions (§6.7) in the
+    /// order their timers fired.
     cp_resend: VecDeque<Resend>,
     retx: VecDeque<RetxRange>,
     next_cp_serial: u64,
