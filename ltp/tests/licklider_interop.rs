@@ -1,0 +1,336 @@
+//! Interop on the wire with an independent LTP implementation: licklider 0.1.1 (Rust, its own
+//! codec and engine; `licklider-cli` on crates.io, whose UDP service follows ION's
+//! `udplso`/`udplsi`: one segment per datagram). Its `licklider send` and `licklider recv`
+//! move one file as one block, red, client service 1, and exit once the block is complete.
+//!
+//! Both ways, on loopback: a clean block, and a block over a lossy link, so that reports with
+//! claims, gap retransmissions and their checkpoints cross between the two implementations.
+//! When we send over the lossy link we also copy our checkpoints (`checkpoint_copies`), which
+//! licklider sees as retransmitted checkpoints.
+//!
+//! The binary is found in `LICKLIDER_BIN_DIR` (default `$HOME/.cache/dtn-stack/licklider/bin`,
+//! installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to skip when it is not installed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ltp::driver::{DriverConfig, EventReceiver, LtpDriver, LtpHandle, SimpleImpairment};
+use ltp::{Engine, EngineConfig, Event, SpanConfig};
+
+/// Our engine ID, and licklider's.
+const OURS: u64 = 1;
+const THEIRS: u64 = 2;
+
+/// How long one transfer may take (the lossy ones take a few seconds here).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The `licklider` binary, or `None` when it is missing and `DTN_SKIP_INTEROP=1` says to skip.
+fn licklider() -> Option<PathBuf> {
+    let dir = std::env::var_os("LICKLIDER_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/dtn-stack/licklider/bin")
+        });
+    let bin = dir.join("licklider");
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var("DTN_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("skipping: {} not installed", bin.display());
+        return None;
+    }
+    panic!(
+        "{} not found: run `bash .ci/run` (it installs licklider-cli 0.1.1) or set \
+         DTN_SKIP_INTEROP=1",
+        bin.display()
+    );
+}
+
+/// A `licklider` process, killed and reaped when dropped (also when the test fails). Its log
+/// (standard output) is read as it comes, copied to ours and passed on for
+/// [`Licklider::wait_for_line`].
+struct Licklider {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Licklider {
+    fn spawn(bin: &Path, args: &[&str]) -> Licklider {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let out = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("licklider: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Licklider { child, lines }
+    }
+
+    /// Waits (bounded) for a line of its log containing `text`, so that it is known to be
+    /// listening before we send.
+    fn wait_for_line(&mut self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no licklider log line with {text:?} ({e})"),
+            }
+        }
+    }
+
+    /// Waits (bounded) for it to exit, and returns how.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("licklider did not exit within {WAIT:?}");
+    }
+}
+
+impl Drop for Licklider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ltp-licklider-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn block(len: usize, salt: u8) -> Bytes {
+    (0..len)
+        .map(|i| {
+            ((i * 7) as u8)
+                .wrapping_add((i >> 11) as u8)
+                .wrapping_add(salt)
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Our driver on a loopback port, with a span to licklider's engine at `theirs`, and `loss`
+/// on our sends.
+fn our_driver(theirs: SocketAddr, copies: u32, loss: f64) -> (LtpHandle, EventReceiver) {
+    let mut engine = Engine::new(
+        OURS,
+        EngineConfig {
+            seed: 11,
+            ..EngineConfig::default()
+        },
+    );
+    engine.add_span(
+        THEIRS,
+        SpanConfig {
+            max_segment_size: 1400,
+            owlt_outbound: Duration::from_millis(1),
+            owlt_inbound: Duration::from_millis(1),
+            timer_margin: Duration::from_millis(50),
+            max_checkpoint_retransmissions: 50,
+            max_report_retransmissions: 50,
+            checkpoint_copies: copies,
+            ..SpanConfig::default()
+        },
+    );
+    let mut cfg = DriverConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.spans = vec![(THEIRS, theirs)];
+    if loss > 0.0 {
+        cfg.impairment = Some(Box::new(SimpleImpairment::new(loss, Duration::ZERO, 5)));
+    }
+    LtpDriver::spawn(cfg, engine).expect("our driver starts")
+}
+
+/// licklider sends a block of `len` octets (its own link impairment `impair`, if any); our
+/// engine must deliver it intact, and licklider must see the transmission complete.
+async fn they_send(bin: &Path, name: &str, len: usize, impair: Option<&str>) {
+    let dir = TempDir::new(name);
+    let data = block(len, 3);
+    let file = dir.0.join("block.bin");
+    std::fs::write(&file, &data).unwrap();
+    let theirs = SocketAddr::from(([127, 0, 0, 1], test_ports::free_udp_port()));
+    let (ours, mut events) = our_driver(theirs, 0, 0.0);
+    let (to, listen, engine) = (
+        format!("{OURS}@{}", ours.local_addr()),
+        theirs.to_string(),
+        THEIRS.to_string(),
+    );
+    let mut args = vec![
+        "send",
+        file.to_str().unwrap(),
+        "--to",
+        &to,
+        "--engine",
+        &engine,
+        "--listen",
+        &listen,
+        "--owlt-ms",
+        "1",
+        "--red",
+        "all",
+    ];
+    if let Some(i) = impair {
+        args.extend(["--impair", i]);
+    }
+    let mut peer = Licklider::spawn(bin, &args);
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("our driver's events") {
+                Event::BlockReceived {
+                    red,
+                    client_service_id,
+                    ..
+                } => return (red, client_service_id),
+                Event::ImportCancelled { reason, .. } => {
+                    panic!("{name}: our import was cancelled: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: no block from licklider within {WAIT:?}"));
+    assert_eq!(got.1, 1, "{name}: client service 1 (bundles)");
+    assert_eq!(got.0.len(), data.len(), "{name}: red part length");
+    assert!(got.0 == data, "{name}: red part differs from the file");
+    // licklider exits 0 once our report acknowledged the whole red part.
+    let status = tokio::task::block_in_place(|| peer.wait_exit());
+    assert!(
+        status.success(),
+        "{name}: licklider send ended with {status}"
+    );
+    let stats = ours.stats().await.unwrap().engine;
+    eprintln!(
+        "{name}: received {len} octets; reports sent {}, retransmitted {}, asynchronous {}",
+        stats.reports_sent, stats.reports_retransmitted, stats.asynchronous_reports_sent
+    );
+    ours.shutdown().await;
+}
+
+/// Our engine sends a block of `len` octets (with `loss` on our sends and `copies` checkpoint
+/// copies); licklider must write it intact, and our export must complete.
+async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
+    let dir = TempDir::new(name);
+    let data = block(len, 9);
+    let file = dir.0.join("received.bin");
+    let theirs = SocketAddr::from(([127, 0, 0, 1], test_ports::free_udp_port()));
+    let (ours, mut events) = our_driver(theirs, copies, loss);
+    let (listen, peer_arg, engine) = (
+        theirs.to_string(),
+        format!("{OURS}@{}", ours.local_addr()),
+        THEIRS.to_string(),
+    );
+    let mut peer = Licklider::spawn(
+        bin,
+        &[
+            "recv",
+            "--listen",
+            &listen,
+            "--engine",
+            &engine,
+            "--peer",
+            &peer_arg,
+            "--owlt-ms",
+            "1",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    tokio::task::block_in_place(|| peer.wait_for_line("listening"));
+    let session = ours.send_block(THEIRS, 1, data.clone(), len).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("our driver's events") {
+                Event::TransmissionCompleted { session: s } if s == session => return,
+                Event::ExportCancelled { reason, .. } => {
+                    panic!("{name}: our export was cancelled: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: the block did not complete within {WAIT:?}"));
+    let status = tokio::task::block_in_place(|| peer.wait_exit());
+    assert!(
+        status.success(),
+        "{name}: licklider recv ended with {status}"
+    );
+    let written = std::fs::read(&file).expect("licklider wrote the block");
+    assert_eq!(written.len(), data.len(), "{name}: length written");
+    assert!(written == data, "{name}: licklider wrote other octets");
+    let stats = ours.stats().await.unwrap().engine;
+    eprintln!(
+        "{name}: sent {len} octets; data segments retransmitted {}, checkpoints retransmitted \
+         {}, checkpoint copies {}",
+        stats.data_segments_retransmitted,
+        stats.checkpoints_retransmitted,
+        stats.checkpoint_copies_sent
+    );
+    if loss > 0.0 {
+        assert!(
+            stats.data_segments_retransmitted > 0,
+            "{name}: no loss to repair"
+        );
+    }
+    if copies > 0 {
+        assert!(
+            stats.checkpoint_copies_sent > 0,
+            "{name}: no checkpoint copy sent"
+        );
+    }
+    ours.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licklider_sends_and_we_receive() {
+    let Some(bin) = licklider() else { return };
+    they_send(&bin, "from-licklider-clean", 200_000, None).await;
+    they_send(
+        &bin,
+        "from-licklider-lossy",
+        1 << 20,
+        Some("loss=0.1,dup=0.05,seed=7"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_send_and_licklider_receives() {
+    let Some(bin) = licklider() else { return };
+    we_send(&bin, "to-licklider-clean", 200_000, 0.0, 0).await;
+    we_send(&bin, "to-licklider-lossy", 1 << 20, 0.1, 1).await;
+}
