@@ -17,15 +17,6 @@ use convergence::{ConvergenceLayer, Outcome, PeerAddr};
 /// How long one transfer, or one delivery by `dtnd`, may take.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn bin_dir() -> PathBuf {
-    std::env::var_os("DTN7_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/dtn-stack/dtn7/bin")
-        })
-}
-
 /// Kills and reaps `dtnd` when dropped, even if the test fails.
 struct Dtnd {
     child: Child,
@@ -59,11 +50,18 @@ fn now_dtn_ms() -> u64 {
     unix.as_millis() as u64 - DtnTime::UNIX_OFFSET_SECS * 1000
 }
 
-/// Fetches the next bundle payload for `endpoint` with `dtnrecv`, polling for a bounded time.
-fn dtnrecv(web: u16, endpoint: &str, out: &std::path::Path, deadline: Instant) -> Vec<u8> {
+/// Fetches the next bundle payload for `endpoint` with `dtnrecv` (installed beside `dtnd`),
+/// polling for a bounded time.
+fn dtnrecv(
+    dtnd: &std::path::Path,
+    web: u16,
+    endpoint: &str,
+    out: &std::path::Path,
+    deadline: Instant,
+) -> Vec<u8> {
     while Instant::now() < deadline {
         let _ = std::fs::remove_file(out);
-        let st = Command::new(bin_dir().join("dtnrecv"))
+        let st = Command::new(dtnd.with_file_name("dtnrecv"))
             .args(["-p", &web.to_string(), "-e", endpoint, "-o"])
             .arg(out)
             .stdout(Stdio::null())
@@ -84,17 +82,9 @@ fn dtnrecv(web: u16, endpoint: &str, out: &std::path::Path, deadline: Instant) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtn7_interop_both_ways() {
-    let dtnd_bin = bin_dir().join("dtnd");
-    if !dtnd_bin.exists() {
-        if std::env::var("DTN_SKIP_INTEROP").as_deref() == Ok("1") {
-            eprintln!("skipping: {} not installed", dtnd_bin.display());
-            return;
-        }
-        panic!(
-            "{} not found: run `bash .ci/run` (it installs dtn7-rs 0.21) or set DTN_SKIP_INTEROP=1",
-            dtnd_bin.display()
-        );
-    }
+    let Some(dtnd_bin) = test_support::interop_peer(test_support::peers::DTN7) else {
+        return;
+    };
     let mut ours = tcpcl_node("ours", |cfg| {
         cfg.transfer_mru = 16 << 20;
         // dtn7-rs 0.21 advertises a transfer MRU of 64,000 but accepts larger transfers
@@ -106,8 +96,8 @@ async fn dtn7_interop_both_ways() {
 
     let dir = std::env::temp_dir().join(format!("tcpcl-dtn7-{}-{}", std::process::id(), our_port));
     std::fs::create_dir_all(&dir).unwrap();
-    let tcp_port = test_ports::free_tcp_port();
-    let web_port = test_ports::free_tcp_port();
+    let tcp_port = test_support::free_tcp_port();
+    let web_port = test_support::free_tcp_port();
     let child = Command::new(&dtnd_bin)
         .args(["-n", "dtn://d7/", "-W"])
         .arg(&dir)
@@ -183,10 +173,12 @@ async fn dtn7_interop_both_ways() {
         );
         let out = dir.join(format!("recv{i}"));
         let deadline = Instant::now() + WAIT;
-        let got =
-            tokio::task::spawn_blocking(move || dtnrecv(web_port, "incoming", &out, deadline))
-                .await
-                .unwrap();
+        let dtnd = dtnd_bin.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            dtnrecv(&dtnd, web_port, "incoming", &out, deadline)
+        })
+        .await
+        .unwrap();
         assert_eq!(got.len(), len);
         assert!(got == payload, "payload {i} differs");
     }
@@ -197,7 +189,7 @@ async fn dtn7_interop_both_ways() {
         if len <= 1 << 20 {
             let file = dir.join(format!("send{i}"));
             std::fs::write(&file, &payload).unwrap();
-            let st = Command::new(bin_dir().join("dtnsend"))
+            let st = Command::new(dtnd_bin.with_file_name("dtnsend"))
                 .args(["-p", &web_port.to_string(), "-r", "dtn://ours/in"])
                 .arg(&file)
                 .stdout(Stdio::null())

@@ -28,29 +28,6 @@ const THEIRS: u64 = 2;
 /// How long one transfer may take (the lossy ones take a few seconds here).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The `licklider` binary, or `None` when it is missing and `DTN_SKIP_INTEROP=1` says to skip.
-fn licklider() -> Option<PathBuf> {
-    let dir = std::env::var_os("LICKLIDER_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/dtn-stack/licklider/bin")
-        });
-    let bin = dir.join("licklider");
-    if bin.exists() {
-        return Some(bin);
-    }
-    if std::env::var("DTN_SKIP_INTEROP").as_deref() == Ok("1") {
-        eprintln!("skipping: {} not installed", bin.display());
-        return None;
-    }
-    panic!(
-        "{} not found: run `bash .ci/run` (it installs licklider-cli 0.1.1) or set \
-         DTN_SKIP_INTEROP=1",
-        bin.display()
-    );
-}
-
 /// A `licklider` process, killed and reaped when dropped (also when the test fails). Its log
 /// (standard output) is read as it comes, copied to ours and passed on for
 /// [`Licklider::wait_for_line`].
@@ -182,7 +159,7 @@ async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Optio
     let data = block(len, 3);
     let file = dir.0.join("block.bin");
     std::fs::write(&file, &data).unwrap();
-    let theirs = SocketAddr::from(([127, 0, 0, 1], test_ports::free_udp_port()));
+    let theirs = SocketAddr::from(([127, 0, 0, 1], test_support::free_udp_port()));
     let (ours, mut events) = our_driver(theirs, 0, 0.0);
     let (to, listen, engine, red_arg) = (
         format!("{OURS}@{}", ours.local_addr()),
@@ -289,7 +266,7 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
     let dir = TempDir::new(name);
     let data = block(len, 9);
     let file = dir.0.join("received.bin");
-    let theirs = SocketAddr::from(([127, 0, 0, 1], test_ports::free_udp_port()));
+    let theirs = SocketAddr::from(([127, 0, 0, 1], test_support::free_udp_port()));
     let (ours, mut events) = our_driver(theirs, copies, loss);
     let (listen, peer_arg, engine) = (
         theirs.to_string(),
@@ -360,7 +337,9 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn licklider_sends_and_we_receive() {
-    let Some(bin) = licklider() else { return };
+    let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
+        return;
+    };
     they_send(&bin, "from-licklider-clean", 200_000, 200_000, None).await;
     they_send(&bin, "from-licklider-red-and-green", 200_000, 120_000, None).await;
     they_send(
@@ -375,7 +354,9 @@ async fn licklider_sends_and_we_receive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn we_send_and_licklider_receives() {
-    let Some(bin) = licklider() else { return };
+    let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
+        return;
+    };
     we_send(&bin, "to-licklider-clean", 200_000, 0.0, 0).await;
     we_send(&bin, "to-licklider-lossy", 1 << 20, 0.1, 1).await;
 }

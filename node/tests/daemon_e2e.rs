@@ -272,9 +272,9 @@ async fn udp_pair() {
 async fn ltp_line_of_three() {
     let _watchdog = watchdog("ltp_line_of_three", Duration::from_secs(240));
     let (pa, pb, pc) = (
-        test_ports::free_udp_addr(),
-        test_ports::free_udp_addr(),
-        test_ports::free_udp_addr(),
+        test_support::free_udp_addr(),
+        test_support::free_udp_addr(),
+        test_support::free_udp_addr(),
     );
     let ltp = |engine, listen| Some(LtpSection::new(engine, listen));
     let mut cc = config(3);
@@ -361,7 +361,7 @@ async fn ltp_blocks_for_another_client_service_are_refused_at_once() {
         "ltp_blocks_for_another_client_service_are_refused_at_once",
         Duration::from_secs(120),
     );
-    let (pa, pb) = (test_ports::free_udp_addr(), test_ports::free_udp_addr());
+    let (pa, pb) = (test_support::free_udp_addr(), test_support::free_udp_addr());
     let mut bc = config(2);
     bc.ltp = Some(LtpSection::new(2, pb));
     bc.neighbours.push(neighbour("a", 1, ltp_link(1, pa)));
@@ -449,7 +449,7 @@ async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
     .unwrap()
     .to_bytes()
     .unwrap();
-    let (h, end) = bare_ltp_export(7, test_ports::free_udp_addr(), span, b_ltp, 1, bundle).await;
+    let (h, end) = bare_ltp_export(7, test_support::free_udp_addr(), span, b_ltp, 1, bundle).await;
     h.shutdown().await;
     end.is_ok()
 }
@@ -461,7 +461,7 @@ async fn ltp_blocks_from_unknown_engines_are_taken_only_when_configured() {
         Duration::from_secs(120),
     );
     for accept in [false, true] {
-        let pb = test_ports::free_udp_addr();
+        let pb = test_support::free_udp_addr();
         let mut bc = config(2);
         let mut ltp = LtpSection::new(2, pb);
         ltp.accept_unknown_peers = accept;
@@ -489,7 +489,7 @@ async fn ltp_blocks_from_unknown_engines_are_taken_only_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_wait_while_the_neighbour_is_down() {
-    let b_addr = test_ports::free_tcp_addr();
+    let b_addr = test_support::free_tcp_addr();
     let mut ac = config(1);
     ac.neighbours.push(neighbour("b", 2, Link::Tcpcl(b_addr)));
     let a = Node::start(ac).await.unwrap();

@@ -5,7 +5,7 @@
 //!
 //! Rules the harness keeps (see `/work/shared/DESIGN.md`): every wait is bounded, nothing sleeps to
 //! synchronise (polling with a deadline only), sockets are on 127.0.0.1 with ports from the
-//! `test-ports` crate, and every temporary directory is removed when its guard drops.
+//! `test-support` crate, and every temporary directory is removed when its guard drops.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -136,8 +136,8 @@ impl Drop for TempDir {
 }
 
 /// Loopback ports for servers a test starts, from below the kernel's ephemeral range (see the
-/// `test-ports` crate for why not port 0).
-pub use test_ports::{free_tcp_port, free_udp_port};
+/// `test-support` crate for why not port 0).
+pub use test_support::{free_tcp_port, free_udp_port};
 
 // ---------------------------------------------------------------------------------------------
 // Node configuration

@@ -26,8 +26,8 @@ fn last_json(out: &[u8]) -> Value {
 
 fn run(raw: bool, extra: &[&str]) -> (Value, Value) {
     // Below the ephemeral range, so that no connection takes it before the receiver binds
-    // it (see `test_ports::free_udp_port`).
-    let port = test_ports::free_udp_port();
+    // it (see `test_support::free_udp_port`).
+    let port = test_support::free_udp_port();
     let addr = format!("127.0.0.1:{port}");
     let mut recv_args = vec!["recv", "--bind", &addr, "--json", "--idle-exit", "1"];
     if raw {

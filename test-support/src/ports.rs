@@ -1,9 +1,6 @@
 //! Loopback ports for tests that must name a server's address before the server binds it (a
 //! daemon's configuration, a peer's span, a child process's `--bind`).
 //!
-//! Every crate's integration tests use this one helper; it sits below all of them (it depends on
-//! nothing) so that `convergence` and `node` can use it as well as the cross-crate tests.
-//!
 //! # Why not bind port 0
 //!
 //! A port found free by binding port 0 (bind, read the port, drop the socket) comes from Linux's
@@ -16,7 +13,7 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Ports handed out: below Linux's default ephemeral range (see the crate docs).
+/// Ports handed out: below Linux's default ephemeral range (see the module docs).
 pub const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// How many ports of [`TEST_PORTS`] one call tries before it gives up.

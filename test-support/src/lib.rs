@@ -1,0 +1,12 @@
+//! Support for the tests of every crate of the workspace: loopback ports ([`ports`]) and the
+//! independent implementations that interoperability tests start ([`peers`]).
+//!
+//! It sits below all the crates (it depends on none of them) so that `ltp`, `convergence` and
+//! `node` can use it as well as the cross-crate tests. Test support only: no crate depends on
+//! it outside `[dev-dependencies]`.
+
+pub mod peers;
+pub mod ports;
+
+pub use peers::{interop_peer, InteropPeer};
+pub use ports::{free_tcp_addr, free_tcp_port, free_udp_addr, free_udp_port, TEST_PORTS};
