@@ -11,15 +11,14 @@
 //! The binary is found in `LICKLIDER_BIN_DIR` (default `$HOME/.cache/dtn-stack/licklider/bin`,
 //! installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to skip when it is not installed.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ltp::driver::{DriverConfig, EventReceiver, LtpDriver, LtpHandle, SimpleImpairment};
 use ltp::{Engine, EngineConfig, Event, SpanConfig};
+use test_support::PeerProcess;
 
 /// Our engine ID (beyond 32 bits: a 5-octet SDNV on the wire), and licklider's (one octet).
 const OURS: u64 = (1 << 32) + 5;
@@ -28,67 +27,9 @@ const THEIRS: u64 = 2;
 /// How long one transfer may take (the lossy ones take a few seconds here).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A `licklider` process, killed and reaped when dropped (also when the test fails). Its log
-/// (standard output) is read as it comes, copied to ours and passed on for
-/// [`Licklider::wait_for_line`].
-struct Licklider {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Licklider {
-    fn spawn(bin: &Path, args: &[&str]) -> Licklider {
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let out = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                println!("licklider: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Licklider { child, lines }
-    }
-
-    /// Waits (bounded) for a line of its log containing `text`, so that it is known to be
-    /// listening before we send.
-    fn wait_for_line(&mut self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no licklider log line with {text:?} ({e})"),
-            }
-        }
-    }
-
-    /// Waits (bounded) for it to exit, and returns how.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("licklider did not exit within {WAIT:?}");
-    }
-}
-
-impl Drop for Licklider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `licklider` with `args`, its log at info level.
+fn licklider(bin: &Path, args: &[&str]) -> PeerProcess {
+    PeerProcess::spawn(bin, args, &[("RUST_LOG", "info")])
 }
 
 /// A scratch directory removed when dropped.
@@ -184,7 +125,7 @@ async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Optio
     if let Some(i) = impair {
         args.extend(["--impair", i]);
     }
-    let mut peer = Licklider::spawn(bin, &args);
+    let mut peer = licklider(bin, &args);
     // The red part in one piece, the green part's segments one by one (§6.10, §6.11).
     let mut green = vec![None::<u8>; len - red];
     let mut end_of_block = false;
@@ -243,7 +184,7 @@ async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Optio
         assert!(arrived > 0, "{name}: no green data");
     }
     // licklider exits 0 once our report acknowledged the whole red part.
-    let status = tokio::task::block_in_place(|| peer.wait_exit());
+    let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
     assert!(
         status.success(),
         "{name}: licklider send ended with {status}"
@@ -273,7 +214,7 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
         format!("{OURS}@{}", ours.local_addr()),
         THEIRS.to_string(),
     );
-    let mut peer = Licklider::spawn(
+    let mut peer = licklider(
         bin,
         &[
             "recv",
@@ -289,7 +230,7 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
             file.to_str().unwrap(),
         ],
     );
-    tokio::task::block_in_place(|| peer.wait_for_line("listening"));
+    tokio::task::block_in_place(|| peer.wait_for_line("listening", WAIT));
     let session = ours.send_block(THEIRS, 1, data.clone(), len).await.unwrap();
     tokio::time::timeout(WAIT, async {
         loop {
@@ -304,7 +245,7 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
     })
     .await
     .unwrap_or_else(|_| panic!("{name}: the block did not complete within {WAIT:?}"));
-    let status = tokio::task::block_in_place(|| peer.wait_exit());
+    let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
     assert!(
         status.success(),
         "{name}: licklider recv ended with {status}"

@@ -487,6 +487,99 @@ async fn ltp_blocks_from_unknown_engines_are_taken_only_when_configured() {
     }
 }
 
+/// dtnd and licklider 0.1.1 (an independent LTP implementation, installed by `.ci/run`) over
+/// LTP: licklider sends dtnd a block holding one bundle, which dtnd delivers; dtnd sends a
+/// bundle to licklider's engine, and the block licklider writes out is that bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtnd_and_licklider_exchange_bundles_over_ltp() {
+    let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
+        return;
+    };
+    let _watchdog = watchdog(
+        "dtnd_and_licklider_exchange_bundles_over_ltp",
+        Duration::from_secs(180),
+    );
+    let dir = temp_dir("licklider");
+    let (ours, theirs) = (test_support::free_udp_addr(), test_support::free_udp_addr());
+    let mut bc = config(2);
+    bc.ltp = Some(LtpSection::new(2, ours));
+    bc.neighbours.push(neighbour("l", 7, ltp_link(7, theirs)));
+    let b = Node::start(bc).await.unwrap();
+    let (reg, mut rx) = register(&b.handle(), "ipn:2.1").await;
+    let (ours_arg, theirs_arg) = (format!("2@{ours}"), theirs.to_string());
+
+    // licklider -> dtnd: one bundle, as the red part of one block for client service 1.
+    let bundle = bpv7::BundleBuilder::new(
+        bpv7::Eid::ipn(7, 1),
+        bpv7::Eid::ipn(2, 1),
+        bpv7::CreationTimestamp::new(node::daemon::dtn_now(), 0),
+        3_600_000,
+    )
+    .payload(payload(7, 5000))
+    .build()
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let file = dir.join("to-dtnd.bundle");
+    std::fs::write(&file, &bundle).unwrap();
+    let log = [("RUST_LOG", "info")];
+    let mut sender = test_support::PeerProcess::spawn(
+        &bin,
+        &[
+            "send",
+            file.to_str().unwrap(),
+            "--to",
+            &ours_arg,
+            "--engine",
+            "7",
+            "--listen",
+            &theirs_arg,
+            "--owlt-ms",
+            "1",
+            "--red",
+            "all",
+        ],
+        &log,
+    );
+    receive_all(&b.handle(), reg, &mut rx, &[payload(7, 5000)]).await;
+    let status = tokio::task::block_in_place(|| sender.wait_exit(WAIT));
+    assert!(status.success(), "licklider send ended with {status}");
+    drop(sender);
+
+    // dtnd -> licklider: a bundle for node 7 leaves as a block that licklider writes out.
+    let out = dir.join("from-dtnd.bundle");
+    let mut receiver = test_support::PeerProcess::spawn(
+        &bin,
+        &[
+            "recv",
+            "--listen",
+            &theirs_arg,
+            "--engine",
+            "7",
+            "--peer",
+            &ours_arg,
+            "--owlt-ms",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &log,
+    );
+    tokio::task::block_in_place(|| receiver.wait_for_line("listening", WAIT));
+    send(&b.handle(), "ipn:7.1", payload(8, 3000)).await;
+    let status = tokio::task::block_in_place(|| receiver.wait_exit(WAIT));
+    assert!(status.success(), "licklider recv ended with {status}");
+    let block = Bytes::from(std::fs::read(&out).expect("licklider wrote the block"));
+    let got = bpv7::Bundle::decode(block).expect("the block is one bundle");
+    assert_eq!(got.primary.destination, bpv7::Eid::ipn(7, 1));
+    assert_eq!(got.payload(), &payload(8, 3000));
+    timeout(WAIT, b.shutdown())
+        .await
+        .expect("node stopped in time")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_wait_while_the_neighbour_is_down() {
     let b_addr = test_support::free_tcp_addr();

@@ -8,5 +8,5 @@
 pub mod peers;
 pub mod ports;
 
-pub use peers::{interop_peer, InteropPeer};
+pub use peers::{interop_peer, InteropPeer, PeerProcess};
 pub use ports::{free_tcp_addr, free_tcp_port, free_udp_addr, free_udp_port, TEST_PORTS};

@@ -1,7 +1,11 @@
 //! The independent implementations that interoperability tests start on loopback, installed
 //! by `bash .ci/run` (once, into `~/.cache/dtn-stack/<name>`) and found here.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// An independent implementation a test runs against.
 #[derive(Clone, Copy, Debug)]
@@ -55,4 +59,72 @@ pub fn interop_peer(peer: InteropPeer) -> Option<PathBuf> {
         bin.display(),
         peer.installed_by
     );
+}
+
+/// A running interop peer process, killed and reaped when dropped (also when the test fails).
+/// Its standard output is read as it comes, copied to the test's output with `tag` before each
+/// line, and kept for [`PeerProcess::wait_for_line`]; its standard error goes to the test's.
+pub struct PeerProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    tag: String,
+}
+
+impl PeerProcess {
+    /// Starts `bin` with `args` and `envs`.
+    pub fn spawn(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> PeerProcess {
+        let mut child = Command::new(bin)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let tag = bin
+            .file_name()
+            .map_or_else(|| "peer".into(), |n| n.to_string_lossy().into_owned());
+        let out = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = mpsc::channel();
+        let prefix = tag.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{prefix}: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        PeerProcess { child, lines, tag }
+    }
+
+    /// Waits at most `wait` for a line of its output containing `text` (a ready line).
+    pub fn wait_for_line(&mut self, text: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no {} output line with {text:?} ({e})", self.tag),
+            }
+        }
+    }
+
+    /// Waits at most `wait` for it to exit, and returns how.
+    pub fn wait_exit(&mut self, wait: Duration) -> ExitStatus {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {wait:?}", self.tag);
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
