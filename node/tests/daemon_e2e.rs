@@ -429,16 +429,9 @@ async fn bare_ltp_export(
     (h, end)
 }
 
-/// A bare LTP engine (7) that is no neighbour of dtnd's sends it a block of one bundle.
-/// Returns whether the export completed.
-async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
-    // Few checkpoint retransmissions, so that an export nobody answers ends soon.
-    let span = ltp::SpanConfig {
-        max_checkpoint_retransmissions: 3,
-        timer_margin: Duration::from_millis(100),
-        ..ltp::SpanConfig::default()
-    };
-    let bundle = bpv7::BundleBuilder::new(
+/// An encoded bundle from `ipn:7.1` to `ipn:2.1` whose payload is `payload(7, 5000)`.
+fn bundle_from_node_7() -> Bytes {
+    bpv7::BundleBuilder::new(
         bpv7::Eid::ipn(7, 1),
         bpv7::Eid::ipn(2, 1),
         bpv7::CreationTimestamp::new(node::daemon::dtn_now(), 0),
@@ -448,7 +441,19 @@ async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
     .build()
     .unwrap()
     .to_bytes()
-    .unwrap();
+    .unwrap()
+}
+
+/// A bare LTP engine (7) that is no neighbour of dtnd's sends it a block of one bundle.
+/// Returns whether the export completed.
+async fn block_from_an_unknown_engine(b_ltp: SocketAddr) -> bool {
+    // Few checkpoint retransmissions, so that an export nobody answers ends soon.
+    let span = ltp::SpanConfig {
+        max_checkpoint_retransmissions: 3,
+        timer_margin: Duration::from_millis(100),
+        ..ltp::SpanConfig::default()
+    };
+    let bundle = bundle_from_node_7();
     let (h, end) = bare_ltp_export(7, test_support::free_udp_addr(), span, b_ltp, 1, bundle).await;
     h.shutdown().await;
     end.is_ok()
@@ -509,17 +514,7 @@ async fn dtnd_and_licklider_exchange_bundles_over_ltp() {
     let (ours_arg, theirs_arg) = (format!("2@{ours}"), theirs.to_string());
 
     // licklider -> dtnd: one bundle, as the red part of one block for client service 1.
-    let bundle = bpv7::BundleBuilder::new(
-        bpv7::Eid::ipn(7, 1),
-        bpv7::Eid::ipn(2, 1),
-        bpv7::CreationTimestamp::new(node::daemon::dtn_now(), 0),
-        3_600_000,
-    )
-    .payload(payload(7, 5000))
-    .build()
-    .unwrap()
-    .to_bytes()
-    .unwrap();
+    let bundle = bundle_from_node_7();
     let file = dir.join("to-dtnd.bundle");
     std::fs::write(&file, &bundle).unwrap();
     let log = [("RUST_LOG", "info")];
