@@ -601,6 +601,23 @@ impl Engine {
             if let Some(span) = self.spans.get_mut(&sid.originator) {
                 span.sample_round_trip(r.sent, now);
             }
+            if imp.red_end.is_some_and(|end| claims_whole(&r.report, end)) {
+                // The sender has acknowledged a report claiming the whole red part: its
+                // transmission is complete (§6.13), and our other reports still unacknowledged
+                // can tell it nothing more. Typically one that answered a retransmission's
+                // checkpoint, which crossed our asynchronous report: a sender that has closed
+                // the session may never acknowledge it, and the import would send it until
+                // its retransmission limit.
+                let rest: Vec<u64> = imp.reports.keys().copied().collect();
+                for other in rest {
+                    if let Some(t) = imp
+                        .forget_report(other, &mut self.reassembly)
+                        .and_then(|r| r.timer)
+                    {
+                        self.timers.stop(t);
+                    }
+                }
+            }
         }
         self.maybe_close_import(sid, now);
     }
@@ -642,4 +659,22 @@ impl Engine {
         };
         self.close_import(sid, Outcome::ImportCancelledByUs(reason), now);
     }
+}
+
+/// The report claims all of `[0, red_end)`: its claims, merged, leave no gap.
+fn claims_whole(report: &ReportSegment, red_end: u64) -> bool {
+    let mut claims: Vec<(u64, u64)> = report
+        .claims
+        .iter()
+        .map(|c| (c.offset, c.offset.saturating_add(c.length)))
+        .collect();
+    claims.sort_unstable();
+    let mut covered = 0;
+    for (start, end) in claims {
+        if start > covered {
+            return false;
+        }
+        covered = covered.max(end);
+    }
+    covered >= red_end
 }

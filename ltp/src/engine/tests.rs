@@ -2889,3 +2889,52 @@ fn a_copy_is_answered_with_the_same_report_and_acted_on_once() {
         .count();
     assert_eq!(delivered, 1);
 }
+
+#[test]
+fn once_a_report_claiming_everything_is_acknowledged_other_reports_are_dropped() {
+    let now = t0();
+    let (mut a, sid, raw) = segments_of(1000, 1000);
+    let mut b = engine(B, A);
+    let ack = |serial| {
+        control_segment(
+            sid,
+            SegmentBody::ReportAck {
+                report_serial: serial,
+            },
+        )
+    };
+    // The checkpoint overtakes the data before it: a report with a gap, then, once that data
+    // arrives, an asynchronous report claiming the whole red part.
+    let (last, rest) = raw.split_last().unwrap();
+    b.handle_datagram(last.clone(), now);
+    let with_gap = reports(&drain(&mut b, now))[0].clone();
+    for s in rest {
+        b.handle_datagram(s.clone(), now);
+    }
+    let asynchronous = reports(&drain(&mut b, now))[0].clone();
+    assert_eq!(asynchronous.checkpoint_serial, 0);
+    // The sender answers the first report with a retransmission, whose checkpoint crosses
+    // the asynchronous report; B answers that checkpoint with a third report.
+    a.handle_datagram(report_bytes(sid, &with_gap), now);
+    for s in drain_raw(&mut a, now) {
+        b.handle_datagram(s, now);
+    }
+    assert_eq!(
+        reports(&drain(&mut b, now)).len(),
+        1,
+        "the checkpoint is answered"
+    );
+    // The sender acknowledges the first report and the asynchronous one, on which it
+    // completed, and then closed the session: the third report is never acknowledged.
+    b.handle_datagram(ack(with_gap.report_serial), now);
+    assert_eq!(
+        b.open_sessions(),
+        1,
+        "the asynchronous report is not acknowledged yet"
+    );
+    b.handle_datagram(ack(asynchronous.report_serial), now);
+    // The import closes at once, instead of sending the third report until its limit.
+    assert_eq!(b.open_sessions(), 0, "{}", b.describe_sessions());
+    assert_eq!(b.session_timers(), 0);
+    assert_eq!(b.stats().reports_retransmitted, 0);
+}
