@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ltp::driver::{DriverConfig, EventReceiver, LtpDriver, LtpHandle, SimpleImpairment};
+use ltp::segment::{Segment, SegmentBody};
 use ltp::{Engine, EngineConfig, Event, SpanConfig};
 use test_support::PeerProcess;
 
@@ -29,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Starts `licklider` with `args`, its log at info level.
 fn licklider(bin: &Path, args: &[&str]) -> PeerProcess {
-    PeerProcess::spawn(bin, args, &[("RUST_LOG", "info")])
+    PeerProcess::spawn(bin, args, &[("RUST_LOG", "debug")])
 }
 
 /// A scratch directory removed when dropped.
@@ -92,18 +93,107 @@ fn our_driver(theirs: SocketAddr, copies: u32, loss: f64) -> (LtpHandle, EventRe
     LtpDriver::spawn(cfg, engine).expect("our driver starts")
 }
 
+/// A UDP relay on loopback between licklider (at `theirs`) and us (at `ours`), bound before
+/// either end is told of it: each sees the other at the relay's address (licklider takes
+/// datagrams only from the address it was given for its peer). From licklider to us it
+/// delivers the first end-of-red-part checkpoint before the data segment sent just before it,
+/// so that the red part is completed by a segment that is not a checkpoint, after the
+/// checkpoint's report claimed that segment missing (our asynchronous report, RFC 5326
+/// §3.2.2); everything else goes through in order (one datagram late until the swap). Runs for
+/// at most [`WAIT`].
+fn run_reordering_relay(sock: tokio::net::UdpSocket, ours: SocketAddr, theirs: SocketAddr) {
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut buf = vec![0u8; 65536];
+        let mut held: Option<Vec<u8>> = None;
+        let mut swapped = false;
+        for _ in 0..1_000_000 {
+            let idle = tokio::time::sleep(Duration::from_millis(20));
+            let got = tokio::select! {
+                r = sock.recv_from(&mut buf) => r.ok().map(|(n, from)| (buf[..n].to_vec(), from)),
+                () = idle => None,
+                () = tokio::time::sleep_until(deadline) => return,
+            };
+            let Some((d, from)) = got else {
+                // Nothing for a while: what is held goes on.
+                if let Some(h) = held.take() {
+                    let _ = sock.send_to(&h, ours).await;
+                }
+                continue;
+            };
+            if from == ours {
+                let _ = sock.send_to(&d, theirs).await;
+                continue;
+            }
+            if swapped {
+                let _ = sock.send_to(&d, ours).await;
+                continue;
+            }
+            let eorp = Segment::decode(&Bytes::copy_from_slice(&d))
+                .is_ok_and(|seg| matches!(&seg.body, SegmentBody::Data(ds) if ds.kind.is_eorp()));
+            if eorp && held.is_some() {
+                let _ = sock.send_to(&d, ours).await;
+                let _ = sock.send_to(&held.take().unwrap(), ours).await;
+                swapped = true;
+            } else if let Some(h) = held.replace(d) {
+                let _ = sock.send_to(&h, ours).await;
+            }
+        }
+    });
+}
+
+/// The relay's socket on loopback, with buffers that hold a whole block's burst (the
+/// default ones would drop part of it, and the block would need retransmissions).
+fn relay_socket() -> tokio::net::UdpSocket {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    sock.set_recv_buffer_size(8 << 20).unwrap();
+    sock.set_send_buffer_size(8 << 20).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.set_nonblocking(true).unwrap();
+    tokio::net::UdpSocket::from_std(sock.into()).unwrap()
+}
+
+/// How licklider's datagrams reach us.
+#[derive(Clone, Copy, PartialEq)]
+enum Path_ {
+    Direct,
+    /// Through [`run_reordering_relay`].
+    Reordered,
+}
+
 /// licklider sends a block of `len` octets, the first `red` of them red (its own link
-/// impairment `impair`, if any); our engine must deliver the red part intact and the green
-/// part's segments as they came, and licklider must see the transmission complete.
-async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Option<&str>) {
+/// impairment `impair`, if any), over `path`; our engine must deliver the red part intact and
+/// the green part's segments as they came, and licklider must see the transmission complete.
+async fn they_send(
+    bin: &Path,
+    name: &str,
+    len: usize,
+    red: usize,
+    impair: Option<&str>,
+    path: Path_,
+) {
     let dir = TempDir::new(name);
     let data = block(len, 3);
     let file = dir.0.join("block.bin");
     std::fs::write(&file, &data).unwrap();
     let theirs = SocketAddr::from(([127, 0, 0, 1], test_support::free_udp_port()));
-    let (ours, mut events) = our_driver(theirs, 0, 0.0);
+    let (ours, mut events, ours_seen_by_them) = match path {
+        Path_::Direct => {
+            let (ours, events) = our_driver(theirs, 0, 0.0);
+            let addr = ours.local_addr();
+            (ours, events, addr)
+        }
+        Path_::Reordered => {
+            let relay = relay_socket();
+            let relay_addr = relay.local_addr().unwrap();
+            let (ours, events) = our_driver(relay_addr, 0, 0.0);
+            run_reordering_relay(relay, ours.local_addr(), theirs);
+            (ours, events, relay_addr)
+        }
+    };
     let (to, listen, engine, red_arg) = (
-        format!("{OURS}@{}", ours.local_addr()),
+        format!("{OURS}@{ours_seen_by_them}"),
         theirs.to_string(),
         THEIRS.to_string(),
         red.to_string(),
@@ -189,7 +279,23 @@ async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Optio
         status.success(),
         "{name}: licklider send ended with {status}"
     );
-    let stats = ours.stats().await.unwrap().engine;
+    // licklider acknowledged our reports (the asynchronous one too), and our import closed.
+    // Not over its lossy link: it exits when it completes, and a lost report-ack of its
+    // then leaves our report unacknowledged.
+    let mut stats = ours.stats().await.unwrap().engine;
+    for _ in 0..100 {
+        if stats.open_import_sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = ours.stats().await.unwrap().engine;
+    }
+    if impair.is_none() {
+        assert_eq!(
+            stats.open_import_sessions, 0,
+            "{name}: our import is still open (a report unacknowledged)"
+        );
+    }
     eprintln!(
         "{name}: received {red} red and {arrived} of {} green octets; reports sent {}, \
          retransmitted {}, asynchronous {}",
@@ -198,6 +304,12 @@ async fn they_send(bin: &Path, name: &str, len: usize, red: usize, impair: Optio
         stats.reports_retransmitted,
         stats.asynchronous_reports_sent
     );
+    if path == Path_::Reordered {
+        assert!(
+            stats.asynchronous_reports_sent >= 1,
+            "{name}: no asynchronous report"
+        );
+    }
     ours.shutdown().await;
 }
 
@@ -281,14 +393,36 @@ async fn licklider_sends_and_we_receive() {
     let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
         return;
     };
-    they_send(&bin, "from-licklider-clean", 200_000, 200_000, None).await;
-    they_send(&bin, "from-licklider-red-and-green", 200_000, 120_000, None).await;
+    let direct = Path_::Direct;
+    they_send(&bin, "from-licklider-clean", 200_000, 200_000, None, direct).await;
+    they_send(
+        &bin,
+        "from-licklider-red-and-green",
+        200_000,
+        120_000,
+        None,
+        direct,
+    )
+    .await;
     they_send(
         &bin,
         "from-licklider-lossy",
         1 << 20,
         1 << 20,
         Some("loss=0.1,dup=0.05,seed=7"),
+        direct,
+    )
+    .await;
+    // The checkpoint overtakes the data before it: we answer it with a report claiming a gap,
+    // then report the completed red part asynchronously, which licklider must take (or at
+    // least survive) as well as our first report.
+    they_send(
+        &bin,
+        "from-licklider-reordered",
+        200_000,
+        200_000,
+        None,
+        Path_::Reordered,
     )
     .await;
 }
