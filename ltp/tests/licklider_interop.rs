@@ -1,12 +1,15 @@
 //! Interop on the wire with an independent LTP implementation: licklider 0.1.1 (Rust, its own
 //! codec and engine; `licklider-cli` on crates.io, whose UDP service follows ION's
 //! `udplso`/`udplsi`: one segment per datagram). Its `licklider send` and `licklider recv`
-//! move one file as one block, red, client service 1, and exit once the block is complete.
+//! move one file as one block for client service 1 (red, or red and green), and exit once the
+//! block is complete.
 //!
 //! Both ways, on loopback: a clean block, and a block over a lossy link, so that reports with
 //! claims, gap retransmissions and their checkpoints cross between the two implementations.
 //! When we send over the lossy link we also copy our checkpoints (`checkpoint_copies`), which
-//! licklider sees as retransmitted checkpoints.
+//! licklider sees as retransmitted checkpoints. From licklider: a block of red and green
+//! parts, and a block through a relay that reorders it so that we send an asynchronous report
+//! (RFC 5326 §3.2.2), which licklider acknowledges and completes on.
 //!
 //! The binary is found in `LICKLIDER_BIN_DIR` (default `$HOME/.cache/dtn-stack/licklider/bin`,
 //! installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to skip when it is not installed.
