@@ -663,18 +663,9 @@ impl Engine {
 
 /// The report claims all of `[0, red_end)`: its claims, merged, leave no gap.
 fn claims_whole(report: &ReportSegment, red_end: u64) -> bool {
-    let mut claims: Vec<(u64, u64)> = report
-        .claims
-        .iter()
-        .map(|c| (c.offset, c.offset.saturating_add(c.length)))
-        .collect();
-    claims.sort_unstable();
-    let mut covered = 0;
-    for (start, end) in claims {
-        if start > covered {
-            return false;
-        }
-        covered = covered.max(end);
+    let mut claimed = IntervalSet::default();
+    for c in &report.claims {
+        claimed.insert(c.offset, c.offset.saturating_add(c.length), |_, _| {});
     }
-    covered >= red_end
+    claimed.covers(0, red_end)
 }
