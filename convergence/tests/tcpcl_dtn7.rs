@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use bpv7::{Bundle, BundleBuilder, CreationTimestamp, DecodeOptions, DtnTime, Eid
 use common::{start_tcpcl, tcpcl_node};
 use convergence::tcpcl::TcpclConfig;
 use convergence::{ConvergenceLayer, Outcome, PeerAddr};
+use test_support::TempDir;
 
 /// How long one transfer, or one delivery by `dtnd`, may take.
 const WAIT: Duration = Duration::from_secs(60);
@@ -27,13 +27,6 @@ impl Drop for Dtnd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -94,8 +87,8 @@ async fn dtn7_interop_both_ways() {
     .await;
     let our_port = ours.cla.local_addr().unwrap().port();
 
-    let dir = std::env::temp_dir().join(format!("tcpcl-dtn7-{}-{}", std::process::id(), our_port));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = TempDir::new("tcpcl-dtn7");
+    let dir = temp.path().to_path_buf();
     let tcp_port = test_support::free_tcp_port();
     let web_port = test_support::free_tcp_port();
     let child = Command::new(&dtnd_bin)
@@ -122,10 +115,7 @@ async fn dtn7_interop_both_ways() {
         ))
         .spawn()
         .unwrap();
-    let dtnd = Dtnd {
-        child,
-        _dir: TempDir(dir.clone()),
-    };
+    let dtnd = Dtnd { child, _dir: temp };
     // Wait (bounded) for dtnd's TCPCL listener.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -15,14 +15,14 @@
 //! installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to skip when it is not installed.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ltp::driver::{DriverConfig, EventReceiver, LtpDriver, LtpHandle, SimpleImpairment};
 use ltp::segment::{Segment, SegmentBody};
 use ltp::{Engine, EngineConfig, Event, SpanConfig};
-use test_support::PeerProcess;
+use test_support::{PeerProcess, TempDir};
 
 /// Our engine ID (beyond 32 bits: a 5-octet SDNV on the wire), and licklider's (one octet).
 const OURS: u64 = (1 << 32) + 5;
@@ -34,24 +34,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Starts `licklider` with `args`, its log at info level.
 fn licklider(bin: &Path, args: &[&str]) -> PeerProcess {
     PeerProcess::spawn(bin, args, &[("RUST_LOG", "debug")])
-}
-
-/// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ltp-licklider-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn block(len: usize, salt: u8) -> Bytes {
@@ -159,14 +141,14 @@ fn relay_socket() -> tokio::net::UdpSocket {
 
 /// How licklider's datagrams reach us.
 #[derive(Clone, Copy, PartialEq)]
-enum Path_ {
+enum Route {
     Direct,
     /// Through [`run_reordering_relay`].
     Reordered,
 }
 
 /// licklider sends a block of `len` octets, the first `red` of them red (its own link
-/// impairment `impair`, if any), over `path`; our engine must deliver the red part intact and
+/// impairment `impair`, if any), over `route`; our engine must deliver the red part intact and
 /// the green part's segments as they came, and licklider must see the transmission complete.
 async fn they_send(
     bin: &Path,
@@ -174,20 +156,20 @@ async fn they_send(
     len: usize,
     red: usize,
     impair: Option<&str>,
-    path: Path_,
+    route: Route,
 ) {
     let dir = TempDir::new(name);
     let data = block(len, 3);
-    let file = dir.0.join("block.bin");
+    let file = dir.path().join("block.bin");
     std::fs::write(&file, &data).unwrap();
-    let theirs = SocketAddr::from(([127, 0, 0, 1], test_support::free_udp_port()));
-    let (ours, mut events, ours_seen_by_them) = match path {
-        Path_::Direct => {
+    let theirs = test_support::free_udp_addr();
+    let (ours, mut events, ours_seen_by_them) = match route {
+        Route::Direct => {
             let (ours, events) = our_driver(theirs, 0, 0.0);
             let addr = ours.local_addr();
             (ours, events, addr)
         }
-        Path_::Reordered => {
+        Route::Reordered => {
             let relay = relay_socket();
             let relay_addr = relay.local_addr().unwrap();
             let (ours, events) = our_driver(relay_addr, 0, 0.0);
@@ -307,7 +289,7 @@ async fn they_send(
         stats.reports_retransmitted,
         stats.asynchronous_reports_sent
     );
-    if path == Path_::Reordered {
+    if route == Route::Reordered {
         assert!(
             stats.asynchronous_reports_sent >= 1,
             "{name}: no asynchronous report"
@@ -321,8 +303,8 @@ async fn they_send(
 async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
     let dir = TempDir::new(name);
     let data = block(len, 9);
-    let file = dir.0.join("received.bin");
-    let theirs = SocketAddr::from(([127, 0, 0, 1], test_support::free_udp_port()));
+    let file = dir.path().join("received.bin");
+    let theirs = test_support::free_udp_addr();
     let (ours, mut events) = our_driver(theirs, copies, loss);
     let (listen, peer_arg, engine) = (
         theirs.to_string(),
@@ -396,7 +378,7 @@ async fn licklider_sends_and_we_receive() {
     let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
         return;
     };
-    let direct = Path_::Direct;
+    let direct = Route::Direct;
     they_send(&bin, "from-licklider-clean", 200_000, 200_000, None, direct).await;
     they_send(
         &bin,
@@ -425,7 +407,7 @@ async fn licklider_sends_and_we_receive() {
         200_000,
         200_000,
         None,
-        Path_::Reordered,
+        Route::Reordered,
     )
     .await;
 }

@@ -504,7 +504,8 @@ async fn dtnd_and_licklider_exchange_bundles_over_ltp() {
         "dtnd_and_licklider_exchange_bundles_over_ltp",
         Duration::from_secs(180),
     );
-    let dir = temp_dir("licklider");
+    let temp = test_support::TempDir::new("licklider");
+    let dir = temp.path();
     let (ours, theirs) = (test_support::free_udp_addr(), test_support::free_udp_addr());
     let mut bc = config(2);
     bc.ltp = Some(LtpSection::new(2, ours));
@@ -572,7 +573,6 @@ async fn dtnd_and_licklider_exchange_bundles_over_ltp() {
         .await
         .expect("node stopped in time")
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,41 +99,8 @@ pub fn bin(name: &str) -> PathBuf {
 // Temporary directories and ports
 // ---------------------------------------------------------------------------------------------
 
-/// A unique temporary directory, removed (recursively) on drop.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `$TMPDIR/dtn-e2e-<tag>-<pid>-<n>`.
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("dtn-e2e-{tag}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("DTN_E2E_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
+/// A unique temporary directory, removed on drop (kept with `DTN_E2E_KEEP`).
+pub use test_support::TempDir;
 
 /// Loopback ports for servers a test starts, from below the kernel's ephemeral range (see the
 /// `test-support` crate for why not port 0).
