@@ -8,20 +8,11 @@
 //! `accept_primary_without_crc = true`; its HTTP `/send` refuses huge bodies, so the sizes here
 //! stay small.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use conformance::*;
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("DTN7_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/dtn-stack/dtn7/bin")
-        })
-}
 
 /// dtn7-rs's dtnd, killed and reaped on drop.
 struct TheirDtnd(Child);
@@ -33,12 +24,13 @@ impl Drop for TheirDtnd {
     }
 }
 
-/// Polls dtn7's `dtnrecv` for the next bundle of `endpoint` (bounded).
-fn dtnrecv(web: u16, endpoint: &str, out: &std::path::Path, timeout: Duration) -> Vec<u8> {
+/// Polls dtn7's `dtnrecv` (installed beside their `dtnd`) for the next bundle of `endpoint`
+/// (bounded).
+fn dtnrecv(their_dtnd: &Path, web: u16, endpoint: &str, out: &Path, timeout: Duration) -> Vec<u8> {
     let deadline = Instant::now() + timeout;
     loop {
         let _ = std::fs::remove_file(out);
-        let st = Command::new(bin_dir().join("dtnrecv"))
+        let st = Command::new(their_dtnd.with_file_name("dtnrecv"))
             .args(["-p", &web.to_string(), "-e", endpoint, "-o"])
             .arg(out)
             .stdout(Stdio::null())
@@ -62,21 +54,9 @@ fn dtnrecv(web: u16, endpoint: &str, out: &std::path::Path, timeout: Duration) -
 
 #[test]
 fn dtn7_interop_both_ways_over_tcpcl() {
-    let their_dtnd = bin_dir().join("dtnd");
-    if !their_dtnd.exists() {
-        if std::env::var("DTN_SKIP_INTEROP").as_deref() == Ok("1") {
-            eprintln!(
-                "DTN_SKIP_INTEROP=1: skipping, {} missing",
-                their_dtnd.display()
-            );
-            return;
-        }
-        panic!(
-            "dtn7-rs binaries not found at {}: run `bash .ci/run` (installs dtn7 0.21 into \
-             $HOME/.cache/dtn-stack/dtn7) or set DTN7_BIN_DIR; DTN_SKIP_INTEROP=1 skips this test",
-            their_dtnd.display()
-        );
-    }
+    let Some(their_dtnd) = test_support::interop_peer(test_support::peers::DTN7) else {
+        return;
+    };
     let dir = TempDir::new("dtn7");
     let d7_tcp = free_tcp_port();
     let d7_web = free_tcp_port();
@@ -133,6 +113,7 @@ fn dtn7_interop_both_ways_over_tcpcl() {
         bpsend(&node.agent(), "dtn://d7/incoming", &data)
             .unwrap_or_else(|e| panic!("bpsend of {len} B to dtn7: {e}"));
         let got = dtnrecv(
+            &their_dtnd,
             d7_web,
             "incoming",
             &dir.path().join(format!("got{i}")),
@@ -158,7 +139,7 @@ fn dtn7_interop_both_ways_over_tcpcl() {
         let recv = bprecv_json(&node.agent(), "dtn://ours/in", 1, Duration::from_secs(60));
         let file = dir.path().join(format!("send{i}"));
         std::fs::write(&file, &data).unwrap();
-        let st = Command::new(bin_dir().join("dtnsend"))
+        let st = Command::new(their_dtnd.with_file_name("dtnsend"))
             .args(["-p", &d7_web.to_string(), "-r", "dtn://ours/in"])
             .arg(&file)
             .stdout(Stdio::null())
