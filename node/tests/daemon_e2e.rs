@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use node::api::{AgentCommand, Delivery, NodeHandle, Priority, SendRequest, StatusRequests};
+use node::api::{
+    AgentCommand, Delivery, NodeHandle, NodeStats, Priority, SendRequest, StatusRequests,
+};
 use node::config::{Config, DurabilityMode, Link, LtpLink, LtpSection, LtpTuning, NeighbourConfig};
 use node::daemon::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,12 +145,16 @@ async fn register(h: &NodeHandle, endpoint: &str) -> (u64, mpsc::Receiver<Delive
     (id, rx)
 }
 
-async fn stats_total(h: &NodeHandle, name: &str) -> f64 {
-    let s = h
-        .request(|reply| AgentCommand::Stats { reply })
+/// The node's counters and gauges (answered within [`WAIT`]).
+async fn stats(h: &NodeHandle) -> NodeStats {
+    timeout(WAIT, h.request(|reply| AgentCommand::Stats { reply }))
         .await
-        .unwrap();
-    s.total(name).unwrap_or(0.0)
+        .expect("stats answered in time")
+        .expect("node running")
+}
+
+async fn stats_total(h: &NodeHandle, name: &str) -> f64 {
+    stats(h).await.total(name).unwrap_or(0.0)
 }
 
 /// The node's LTP reassembly gauge once it is zero, or after 2 s (an import closes when
@@ -308,13 +314,7 @@ async fn ltp_line_of_three() {
     }
     receive_all(&c.handle(), reg, &mut rx, &sent).await;
     // The relay reports its LTP engine.
-    let s = timeout(
-        WAIT,
-        b.handle().request(|reply| AgentCommand::Stats { reply }),
-    )
-    .await
-    .expect("stats answered in time")
-    .unwrap();
+    let s = stats(&b.handle()).await;
     assert!(s.total("dtn_ltp_sessions_open").is_some());
     assert!(s.total("dtn_ltp_retransmissions_total").is_some());
     assert!(s.total("dtn_ltp_segments_dropped_total").is_some());
@@ -330,13 +330,7 @@ async fn ltp_line_of_three() {
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
     // a copied its checkpoints (configured on its link to b); b, not configured so, did not.
     assert_eq!(s.total("dtn_ltp_checkpoint_copies_total"), Some(0.0));
-    let a_stats = timeout(
-        WAIT,
-        a.handle().request(|reply| AgentCommand::Stats { reply }),
-    )
-    .await
-    .expect("stats answered in time")
-    .unwrap();
+    let a_stats = stats(&a.handle()).await;
     assert!(
         a_stats
             .total("dtn_ltp_checkpoint_copies_total")
@@ -615,16 +609,8 @@ async fn full_store_refuses_tcpcl_transfers() {
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let refused = b
-            .handle()
-            .request(|reply| AgentCommand::Stats { reply })
-            .await
-            .unwrap();
-        let failures = a
-            .handle()
-            .request(|reply| AgentCommand::Stats { reply })
-            .await
-            .unwrap();
+        let refused = stats(&b.handle()).await;
+        let failures = stats(&a.handle()).await;
         let cla_refused: f64 = failures
             .metrics
             .iter()
@@ -813,11 +799,7 @@ async fn bad_bundles_from_a_tcpcl_peer_are_answered_and_counted() {
         ),
         "{o:?}"
     );
-    let s = b
-        .handle()
-        .request(|reply| AgentCommand::Stats { reply })
-        .await
-        .unwrap();
+    let s = stats(&b.handle()).await;
     assert!(
         s.total("dtn_bundles_discarded_total").unwrap_or(0.0) >= 1.0,
         "{s:?}"
@@ -887,10 +869,7 @@ async fn contact_plan_reload_while_running() {
     .unwrap();
     assert_eq!(a.reload_plan().await, Ok(3));
     receive_all(&hb, reg, &mut rx, &[p]).await;
-    let s = ha
-        .request(|reply| AgentCommand::Stats { reply })
-        .await
-        .unwrap();
+    let s = stats(&ha).await;
     let reloads = |result: &str| {
         s.metrics
             .iter()
