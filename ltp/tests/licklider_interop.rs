@@ -11,6 +11,13 @@
 //! parts, and a block through a relay that reorders it so that we send an asynchronous report
 //! (RFC 5326 §3.2.2), which licklider acknowledges and completes on.
 //!
+//! Cancels, each way: we cancel an export midway (USR_CNCLD) and refuse licklider's block for
+//! a client service we do not serve (UNREACH), and licklider names the reason as it gives the
+//! block up; licklider refuses ours (UNREACH) and our export ends once. Its CLI exits as soon
+//! as its session is cancelled, before the cancel-ack its engine queued is sure to leave, so
+//! these cases check that our cancel is understood and that our session still closes (at the
+//! cancel retransmission limit), not licklider's ack.
+//!
 //! The binary is found in `LICKLIDER_BIN_DIR` (default `$HOME/.cache/dtn-stack/licklider/bin`,
 //! installed by `bash .ci/run`); set `DTN_SKIP_INTEROP=1` to skip when it is not installed.
 
@@ -36,6 +43,34 @@ fn licklider(bin: &Path, args: &[&str]) -> PeerProcess {
     PeerProcess::spawn(bin, args, &[("RUST_LOG", "debug")])
 }
 
+/// Starts `licklider recv` listening at `listen` for a block from our engine at `ours`, to be
+/// written to `out`, and waits until it listens.
+fn licklider_recv(bin: &Path, listen: SocketAddr, ours: SocketAddr, out: &Path) -> PeerProcess {
+    let (listen, peer_arg, engine) = (
+        listen.to_string(),
+        format!("{OURS}@{ours}"),
+        THEIRS.to_string(),
+    );
+    let mut peer = licklider(
+        bin,
+        &[
+            "recv",
+            "--listen",
+            &listen,
+            "--engine",
+            &engine,
+            "--peer",
+            &peer_arg,
+            "--owlt-ms",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    peer.wait_for_line("listening", WAIT);
+    peer
+}
+
 fn block(len: usize, salt: u8) -> Bytes {
     (0..len)
         .map(|i| {
@@ -47,29 +82,39 @@ fn block(len: usize, salt: u8) -> Bytes {
         .into()
 }
 
-/// Our driver on a loopback port, with a span to licklider's engine at `theirs`, and `loss`
-/// on our sends.
-fn our_driver(theirs: SocketAddr, copies: u32, loss: f64) -> (LtpHandle, EventReceiver) {
-    let mut engine = Engine::new(
-        OURS,
-        EngineConfig {
-            seed: 11,
-            ..EngineConfig::default()
-        },
-    );
-    engine.add_span(
-        THEIRS,
-        SpanConfig {
-            max_segment_size: 1400,
-            owlt_outbound: Duration::from_millis(1),
-            owlt_inbound: Duration::from_millis(1),
-            timer_margin: Duration::from_millis(50),
-            max_checkpoint_retransmissions: 50,
-            max_report_retransmissions: 50,
-            checkpoint_copies: copies,
-            ..SpanConfig::default()
-        },
-    );
+/// Our engine's configuration for these tests.
+fn our_engine() -> EngineConfig {
+    EngineConfig {
+        seed: 11,
+        ..EngineConfig::default()
+    }
+}
+
+/// Our span to licklider's engine, with `copies` checkpoint copies.
+fn our_span(copies: u32) -> SpanConfig {
+    SpanConfig {
+        max_segment_size: 1400,
+        owlt_outbound: Duration::from_millis(1),
+        owlt_inbound: Duration::from_millis(1),
+        timer_margin: Duration::from_millis(50),
+        max_checkpoint_retransmissions: 50,
+        max_report_retransmissions: 50,
+        max_cancel_retransmissions: 50,
+        checkpoint_copies: copies,
+        ..SpanConfig::default()
+    }
+}
+
+/// Our driver on a loopback port, running an engine configured as `engine` with `span` to
+/// licklider's engine at `theirs`, and `loss` on our sends.
+fn our_driver(
+    theirs: SocketAddr,
+    engine: EngineConfig,
+    span: SpanConfig,
+    loss: f64,
+) -> (LtpHandle, EventReceiver) {
+    let mut engine = Engine::new(OURS, engine);
+    engine.add_span(THEIRS, span);
     let mut cfg = DriverConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.spans = vec![(THEIRS, theirs)];
     if loss > 0.0 {
@@ -165,14 +210,14 @@ async fn they_send(
     let theirs = test_support::free_udp_addr();
     let (ours, mut events, ours_seen_by_them) = match route {
         Route::Direct => {
-            let (ours, events) = our_driver(theirs, 0, 0.0);
+            let (ours, events) = our_driver(theirs, our_engine(), our_span(0), 0.0);
             let addr = ours.local_addr();
             (ours, events, addr)
         }
         Route::Reordered => {
             let relay = relay_socket();
             let relay_addr = relay.local_addr().unwrap();
-            let (ours, events) = our_driver(relay_addr, 0, 0.0);
+            let (ours, events) = our_driver(relay_addr, our_engine(), our_span(0), 0.0);
             run_reordering_relay(relay, ours.local_addr(), theirs);
             (ours, events, relay_addr)
         }
@@ -305,29 +350,9 @@ async fn we_send(bin: &Path, name: &str, len: usize, loss: f64, copies: u32) {
     let data = block(len, 9);
     let file = dir.path().join("received.bin");
     let theirs = test_support::free_udp_addr();
-    let (ours, mut events) = our_driver(theirs, copies, loss);
-    let (listen, peer_arg, engine) = (
-        theirs.to_string(),
-        format!("{OURS}@{}", ours.local_addr()),
-        THEIRS.to_string(),
-    );
-    let mut peer = licklider(
-        bin,
-        &[
-            "recv",
-            "--listen",
-            &listen,
-            "--engine",
-            &engine,
-            "--peer",
-            &peer_arg,
-            "--owlt-ms",
-            "1",
-            "--out",
-            file.to_str().unwrap(),
-        ],
-    );
-    tokio::task::block_in_place(|| peer.wait_for_line("listening", WAIT));
+    let (ours, mut events) = our_driver(theirs, our_engine(), our_span(copies), loss);
+    let mut peer =
+        tokio::task::block_in_place(|| licklider_recv(bin, theirs, ours.local_addr(), &file));
     let session = ours.send_block(THEIRS, 1, data.clone(), len).await.unwrap();
     tokio::time::timeout(WAIT, async {
         loop {
@@ -419,4 +444,237 @@ async fn we_send_and_licklider_receives() {
     };
     we_send(&bin, "to-licklider-clean", 200_000, 0.0, 0).await;
     we_send(&bin, "to-licklider-lossy", 1 << 20, 0.1, 1).await;
+}
+
+/// Polls our engine's counters every 20 ms, at most `tries` times, until `done` holds; returns
+/// the last counters.
+async fn stats_until(
+    ours: &LtpHandle,
+    tries: u32,
+    done: impl Fn(&ltp::EngineStats) -> bool,
+) -> ltp::EngineStats {
+    let mut stats = ours.stats().await.unwrap().engine;
+    for _ in 0..tries {
+        if done(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = ours.stats().await.unwrap().engine;
+    }
+    stats
+}
+
+/// We cancel our export to licklider's receiver midway (RFC 5326 §6.15, USR_CNCLD): licklider
+/// must acknowledge our cancel-from-sender (§6.18), so that our session closes after one
+/// cancel segment instead of retransmitting it to the limit.
+async fn we_cancel_midway(bin: &Path) {
+    let name = "to-licklider-cancelled";
+    let dir = TempDir::new(name);
+    let file = dir.path().join("received.bin");
+    let theirs = test_support::free_udp_addr();
+    // Paced at 1 MB/s, the 2 MiB block is still going out when we cancel it. An
+    // unacknowledged cancel goes out 6 times in all.
+    let span = SpanConfig {
+        rate_limit: Some(1_000_000),
+        rate_burst: 16 * 1024,
+        max_cancel_retransmissions: 5,
+        ..our_span(0)
+    };
+    let (ours, mut events) = our_driver(theirs, our_engine(), span, 0.0);
+    let mut peer =
+        tokio::task::block_in_place(|| licklider_recv(bin, theirs, ours.local_addr(), &file));
+    let len = 2 << 20;
+    let session = ours
+        .send_block(THEIRS, 1, block(len, 5), len)
+        .await
+        .unwrap();
+    let sent = stats_until(&ours, 250, |s| s.data_segments_sent >= 50).await;
+    assert!(sent.data_segments_sent >= 50, "{name}: no data went out");
+    ours.cancel(session).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("our driver's events") {
+                Event::ExportCancelled {
+                    session: s,
+                    reason,
+                    by_peer,
+                } if s == session => {
+                    assert_eq!(reason, ltp::CancelReason::UserCancelled, "{name}: reason");
+                    assert!(!by_peer, "{name}: we cancelled, not licklider");
+                    return;
+                }
+                Event::TransmissionCompleted { .. } => {
+                    panic!("{name}: completed despite the cancel")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: no cancel event within {WAIT:?}"));
+    // licklider decoded our cancel and its reason, and gave the block up.
+    tokio::task::block_in_place(|| peer.wait_for_line("reception cancelled: USR_CNCLD", WAIT));
+    let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
+    assert!(
+        !status.success(),
+        "{name}: licklider recv ended with {status}"
+    );
+    assert!(!file.exists(), "{name}: licklider wrote a cancelled block");
+    // licklider's engine queues a cancel-ack (§6.17), but its CLI exits on the cancel notice,
+    // usually before the ack leaves: our export then closes at its cancel retransmission
+    // limit (§6.15), which it must reach rather than stall.
+    let stats = stats_until(&ours, 500, |s| s.open_export_sessions == 0).await;
+    eprintln!(
+        "{name}: data segments sent {}, cancels sent {}",
+        stats.data_segments_sent, stats.cancels_sent
+    );
+    assert_eq!(
+        stats.open_export_sessions, 0,
+        "{name}: our export is still open"
+    );
+    assert!(stats.cancels_sent >= 1, "{name}: no cancel sent");
+    ours.shutdown().await;
+}
+
+/// licklider sends a block for client service 1 to an engine that serves other client
+/// services only: we refuse the session at its first segment with a cancel-from-receiver
+/// (UNREACH), which licklider must decode and give the block up on.
+async fn we_refuse_their_block(bin: &Path) {
+    let name = "from-licklider-refused";
+    let dir = TempDir::new(name);
+    let file = dir.path().join("block.bin");
+    std::fs::write(&file, block(200_000, 1)).unwrap();
+    let theirs = test_support::free_udp_addr();
+    let engine = EngineConfig {
+        client_services: Some(vec![2]),
+        ..our_engine()
+    };
+    let (ours, mut events) = our_driver(theirs, engine, our_span(0), 0.0);
+    let (to, listen, engine) = (
+        format!("{OURS}@{}", ours.local_addr()),
+        theirs.to_string(),
+        THEIRS.to_string(),
+    );
+    let mut peer = licklider(
+        bin,
+        &[
+            "send",
+            file.to_str().unwrap(),
+            "--to",
+            &to,
+            "--engine",
+            &engine,
+            "--listen",
+            &listen,
+            "--owlt-ms",
+            "1",
+        ],
+    );
+    // licklider decoded our cancel and its reason, and gave the block up.
+    tokio::task::block_in_place(|| peer.wait_for_line("transmission cancelled: UNREACH", WAIT));
+    let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
+    assert!(
+        !status.success(),
+        "{name}: licklider send ended with {status}"
+    );
+    // The refusal holds no session state (nothing is opened, so no event; a later segment
+    // of the session gets the cancel again): nothing was delivered, nothing stays open.
+    let stats = ours.stats().await.unwrap().engine;
+    eprintln!(
+        "{name}: cancels sent {}, segments received {}",
+        stats.cancels_sent, stats.segments_received
+    );
+    assert!(stats.cancels_sent >= 1, "{name}: no cancel sent");
+    assert_eq!(
+        stats.import_sessions_opened, 0,
+        "{name}: an import was opened"
+    );
+    assert_eq!(stats.reassembly_bytes, 0, "{name}: refused data held");
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, Event::BlockReceived { .. } | Event::GreenSegment { .. }),
+            "{name}: refused data delivered: {e:?}"
+        );
+    }
+    ours.shutdown().await;
+}
+
+/// We send licklider's receiver a block for client service 2, which it does not serve: it
+/// cancels our export with a cancel-from-receiver (UNREACH), which we must decode, report to
+/// our client once, and close the export on.
+async fn they_refuse_our_block(bin: &Path) {
+    let name = "to-licklider-refused";
+    let dir = TempDir::new(name);
+    let file = dir.path().join("received.bin");
+    let theirs = test_support::free_udp_addr();
+    let (ours, mut events) = our_driver(theirs, our_engine(), our_span(0), 0.0);
+    let peer =
+        tokio::task::block_in_place(|| licklider_recv(bin, theirs, ours.local_addr(), &file));
+    let len = 100_000;
+    let session = ours
+        .send_block(THEIRS, 2, block(len, 6), len)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("our driver's events") {
+                Event::ExportCancelled {
+                    session: s,
+                    reason,
+                    by_peer,
+                } if s == session => {
+                    assert_eq!(
+                        reason,
+                        ltp::CancelReason::UnreachableClient,
+                        "{name}: reason"
+                    );
+                    assert!(by_peer, "{name}: licklider cancelled, not we");
+                    return;
+                }
+                Event::TransmissionCompleted { .. } => {
+                    panic!("{name}: completed a block licklider does not serve")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: no cancel from licklider within {WAIT:?}"));
+    // licklider answers each data segment of the session with a cancel of its own (it holds
+    // no state for a refused session): we close the export once, and acknowledge each.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = ours.stats().await.unwrap().engine;
+    eprintln!(
+        "{name}: cancels received {}, data segments sent {}",
+        stats.cancels_received, stats.data_segments_sent
+    );
+    assert_eq!(
+        stats.open_export_sessions, 0,
+        "{name}: our export is still open"
+    );
+    assert_eq!(
+        stats.export_sessions_cancelled, 1,
+        "{name}: exports cancelled"
+    );
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(
+                e,
+                Event::ExportCancelled { .. } | Event::TransmissionCompleted { .. }
+            ),
+            "{name}: the export ended twice: {e:?}"
+        );
+    }
+    drop(peer);
+    ours.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_cross_between_us_and_licklider() {
+    let Some(bin) = test_support::interop_peer(test_support::peers::LICKLIDER) else {
+        return;
+    };
+    we_cancel_midway(&bin).await;
+    we_refuse_their_block(&bin).await;
+    they_refuse_our_block(&bin).await;
 }

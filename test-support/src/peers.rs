@@ -62,8 +62,9 @@ pub fn interop_peer(peer: InteropPeer) -> Option<PathBuf> {
 }
 
 /// A running interop peer process, killed and reaped when dropped (also when the test fails).
-/// Its standard output is read as it comes, copied to the test's output with `tag` before each
-/// line, and kept for [`PeerProcess::wait_for_line`]; its standard error goes to the test's.
+/// Its standard output and standard error are read as they come, copied to the test's (with
+/// its name before each line), and kept for [`PeerProcess::wait_for_line`]: a peer may log its
+/// ready line, or how a transfer ended, on either.
 pub struct PeerProcess {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -78,25 +79,21 @@ impl PeerProcess {
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let tag = bin
             .file_name()
             .map_or_else(|| "peer".into(), |n| n.to_string_lossy().into_owned());
-        let out = child.stdout.take().expect("stdout piped");
         let (tx, lines) = mpsc::channel();
-        let prefix = tag.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                println!("{prefix}: {line}");
-                let _ = tx.send(line);
-            }
-        });
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        forward_lines(stdout, tag.clone(), false, tx.clone());
+        forward_lines(stderr, tag.clone(), true, tx);
         PeerProcess { child, lines, tag }
     }
 
-    /// Waits at most `wait` for a line of its output containing `text` (a ready line).
+    /// Waits at most `wait` for a line of its output (either stream) containing `text`.
     pub fn wait_for_line(&mut self, text: &str, wait: Duration) {
         let deadline = Instant::now() + wait;
         loop {
@@ -120,6 +117,26 @@ impl PeerProcess {
         }
         panic!("{} did not exit within {wait:?}", self.tag);
     }
+}
+
+/// Copies each line of `stream` to the test's standard output (or error, for `to_stderr`),
+/// after `tag`, and sends it on `tx`, until the stream ends.
+fn forward_lines(
+    stream: impl std::io::Read + Send + 'static,
+    tag: String,
+    to_stderr: bool,
+    tx: mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if to_stderr {
+                eprintln!("{tag}: {line}");
+            } else {
+                println!("{tag}: {line}");
+            }
+            let _ = tx.send(line);
+        }
+    });
 }
 
 impl Drop for PeerProcess {
