@@ -569,3 +569,73 @@ async fn requests_racing_a_shutdown_all_end() {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_that_drops_each_block_at_once_lends_its_buffer_to_the_next() {
+    // In a window of sessions the next block's segments come right behind the last one's
+    // end-of-red-part checkpoint, often in the same receive batch. The driver ends its turn at
+    // the delivery and lets the client run first: a client that drops the block at once has
+    // returned its reassembly buffer by the time the next block's first segment is handled,
+    // and that block reuses the buffer (already faulted in) instead of taking fresh memory.
+    // One thread, and the test sends from a blocking socket without yielding, so both blocks'
+    // segments are in the driver's socket before it reads any of them.
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sock = std::net::UdpSocket::bind(any).unwrap();
+    let mut config = DriverConfig::new(any);
+    config.spans = vec![(A, sock.local_addr().unwrap())];
+    let (hb, mut eb) = LtpDriver::spawn(config, engine(B, A, 2)).unwrap();
+    let to_b = hb.local_addr();
+    // Where each delivered red part lies, and its length; the client drops it at once.
+    let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = eb.recv().await {
+            if let Event::BlockReceived { red, .. } = e {
+                let _ = tx.send((red.as_ptr() as usize, red.len()));
+            }
+        }
+    });
+    // Three 80 KiB blocks (reassembled in pooled buffers), segmented by an engine of our own.
+    let now = Instant::now();
+    let mut a = engine(A, B, 1);
+    let len = 80 * 1024;
+    let sessions: Vec<SessionId> = (0..3)
+        .map(|i| a.send_block(B, 1, block(len, i), len, now).unwrap())
+        .collect();
+    let mut of_block: Vec<Vec<Bytes>> = vec![Vec::new(); 3];
+    while let Some((_, datagram)) = a.poll_transmit(now) {
+        let session = Segment::decode(&datagram).unwrap().session;
+        let i = sessions.iter().position(|s| *s == session).unwrap();
+        of_block[i].push(datagram);
+    }
+    // The first block but its last segment; then, back to back, that segment and the next
+    // block; then the same again for the third.
+    let (last, first) = of_block[0].split_last().unwrap();
+    for d in first {
+        sock.send_to(d, to_b).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut burst = vec![last.clone()];
+    burst.extend(of_block[1].iter().cloned());
+    for d in &burst {
+        sock.send_to(d, to_b).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for d in &of_block[2] {
+        sock.send_to(d, to_b).unwrap();
+    }
+    let mut parts = Vec::new();
+    for _ in 0..3 {
+        let part = tokio::time::timeout(Duration::from_secs(5), delivered.recv())
+            .await
+            .expect("a block within 5 s")
+            .expect("the client task runs");
+        parts.push(part);
+    }
+    assert!(parts.iter().all(|&(_, l)| l == len), "{parts:?}");
+    assert_eq!(
+        parts[1].0, parts[0].0,
+        "the second block reused the first's buffer"
+    );
+    assert_eq!(parts[2].0, parts[0].0, "the third block reused it again");
+    hb.shutdown().await;
+}

@@ -1618,6 +1618,12 @@ impl Engine {
         out
     }
 
+    /// Red parts delivered so far (`EngineStats::import_sessions_completed`, without building
+    /// the whole [`EngineStats`]).
+    pub fn red_parts_delivered(&self) -> u64 {
+        self.stats.import_sessions_completed
+    }
+
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         let mut s = self.stats.clone();
