@@ -551,13 +551,18 @@ fn span(owlt: Duration) -> SpanConfig {
     }
 }
 
-/// The optional procedures a scenario's seed turns on or off, so that both ways are held to
-/// the same properties: one seed in four without asynchronous reports, one in three with a
-/// copy of each checkpoint that ends a transmission. Chosen by the seed, not drawn, so that
-/// the scenario's other draws stay as they were.
+/// The optional procedures a scenario's seed turns on or off, so that every way is held to
+/// the same properties: one seed in four without asynchronous reports; checkpoint copies off
+/// for one seed in three, on for any link for another, and (the default) on while the
+/// span's reports show loss for the third. Chosen by the seed, not drawn, so that the
+/// scenario's other draws stay as they were.
 fn vary_by_seed(sp: &mut SpanConfig, seed: u64) {
     sp.asynchronous_reports = !seed.is_multiple_of(4);
-    sp.checkpoint_copies = u32::from(seed % 3 == 1);
+    match seed % 3 {
+        0 => sp.checkpoint_copies = 0,
+        1 => sp.checkpoint_copies_min_loss = 0.0,
+        _ => {}
+    }
 }
 
 #[test]
@@ -978,8 +983,9 @@ fn asynchronous_reports_complete_reordered_blocks_sooner() {
 /// What checkpoint copies buy on a lossy long-delay link: blocks over a 1 s light time losing
 /// 10 % of the segments each way. A lost checkpoint that ends a transmission (the end of the red
 /// part, or of a retransmission) costs a whole retransmission timer; with one copy of each
-/// (`SpanConfig::checkpoint_copies`) that happens only when both are lost. Fails if the copies
-/// stop being sent or stop shortening sessions.
+/// (`SpanConfig::checkpoint_copies`) that happens only when both are lost. The default copies
+/// once the span's reports show loss, and should come close. Fails if the copies stop being
+/// sent or stop shortening sessions.
 #[test]
 fn checkpoint_copies_complete_blocks_sooner_on_a_lossy_link() {
     let delay = Duration::from_secs(1);
@@ -987,24 +993,38 @@ fn checkpoint_copies_complete_blocks_sooner_on_a_lossy_link() {
         loss: 0.1,
         ..Channel::clean(delay)
     };
-    let run = |copies: u32| {
+    let run = |copies: u32, min_loss: f64| {
         mean_completion(
             delay,
-            |sp| sp.checkpoint_copies = copies,
+            |sp| {
+                sp.checkpoint_copies = copies;
+                sp.checkpoint_copies_min_loss = min_loss;
+            },
             lossy.clone(),
             |st| st.checkpoint_copies_sent,
         )
     };
-    let (with, sent) = run(1);
-    let (without, none) = run(0);
+    let (with, sent) = run(1, 0.0);
+    let default = SpanConfig::default();
+    let (by_loss, sent_by_loss) = run(
+        default.checkpoint_copies,
+        default.checkpoint_copies_min_loss,
+    );
+    let (without, none) = run(0, 0.0);
     eprintln!(
         "10 % loss, 1 s link: blocks complete after {with:.2} s on average with checkpoint \
-         copies ({sent} sent), {without:.2} s without"
+         copies ({sent} sent), {by_loss:.2} s with the default (copies once reports show \
+         loss, {sent_by_loss} sent), {without:.2} s without"
     );
     assert_eq!(none, 0);
     assert!(sent > 0, "no checkpoint copy sent");
     assert!(
         with + 0.2 < without,
         "checkpoint copies did not shorten sessions: {with:.2} s against {without:.2} s"
+    );
+    assert!(
+        by_loss + 0.2 < without,
+        "the default did not copy checkpoints on a lossy link: {by_loss:.2} s against \
+         {without:.2} s"
     );
 }

@@ -69,8 +69,10 @@ listen = "127.0.0.1:4556"          # "off" disables the listener
 #                                  # checkpoint_every = 0 adds a checkpoint every N red
 #                                  # segments; asynchronous_reports = true (RFC 5326 §3.2.2:
 #                                  # false for a peer that does not take them);
-#                                  # checkpoint_copies = 0 (1 on a lossy link: each checkpoint
-#                                  # ending a transmission goes twice);
+#                                  # checkpoint_copies = 1 (each checkpoint ending a
+#                                  # transmission goes twice while the peer's reports claim
+#                                  # checkpoint_copies_min_loss = 0.01 of the data missing;
+#                                  # 0: never; min loss 0: on any link);
 #                                  # max_checkpoint_retransmissions = 10 (then RLEXC) and
 #                                  # max_report_retransmissions = 10 per segment
 # max_bundle_size = 0              # 0 = no limit
@@ -289,6 +291,9 @@ pub struct LtpTuning {
     /// Copies of each checkpoint that ends a transmission (`ltp::SpanConfig::checkpoint_copies`):
     /// on a lossy link, a lost one otherwise idles its block for a retransmission timer.
     pub checkpoint_copies: u32,
+    /// Checkpoints are copied only while the peer's reports claim at least this share of the
+    /// red data missing (`ltp::SpanConfig::checkpoint_copies_min_loss`, 0 to 1).
+    pub checkpoint_copies_min_loss: f64,
     /// Retransmissions of one checkpoint before the block is cancelled (RLEXC, RFC 5326
     /// §6.7; `ltp::SpanConfig::max_checkpoint_retransmissions`).
     pub max_checkpoint_retransmissions: u32,
@@ -305,6 +310,7 @@ impl Default for LtpTuning {
             checkpoint_every: span.checkpoint_every,
             asynchronous_reports: span.asynchronous_reports,
             checkpoint_copies: span.checkpoint_copies,
+            checkpoint_copies_min_loss: span.checkpoint_copies_min_loss,
             max_checkpoint_retransmissions: span.max_checkpoint_retransmissions,
             max_report_retransmissions: span.max_report_retransmissions,
         }
@@ -554,6 +560,7 @@ struct RawLtpLink {
     checkpoint_every: Option<u32>,
     asynchronous_reports: Option<bool>,
     checkpoint_copies: Option<u32>,
+    checkpoint_copies_min_loss: Option<S<f64>>,
     max_checkpoint_retransmissions: Option<u32>,
     max_report_retransmissions: Option<u32>,
 }
@@ -882,6 +889,17 @@ impl RawConfig {
                 }
                 let owlt = r.owlt.as_ref().map(duration).transpose()?;
                 let agg = r.aggregation_time.as_ref().map(duration).transpose()?;
+                if let Some(l) = &r.checkpoint_copies_min_loss {
+                    let v = *l.get_ref();
+                    if !(0.0..=1.0).contains(&v) {
+                        return err(
+                            l.span(),
+                            format!(
+                                "checkpoint_copies_min_loss must be a share from 0 to 1, not {v}"
+                            ),
+                        );
+                    }
+                }
                 let link = LtpLink {
                     engine: r.engine,
                     addr: socket(&r.addr)?,
@@ -904,6 +922,10 @@ impl RawConfig {
                                 .asynchronous_reports
                                 .unwrap_or(d.asynchronous_reports),
                             checkpoint_copies: r.checkpoint_copies.unwrap_or(d.checkpoint_copies),
+                            checkpoint_copies_min_loss: r
+                                .checkpoint_copies_min_loss
+                                .as_ref()
+                                .map_or(d.checkpoint_copies_min_loss, |l| *l.get_ref()),
                             max_checkpoint_retransmissions: r
                                 .max_checkpoint_retransmissions
                                 .unwrap_or(d.max_checkpoint_retransmissions),
@@ -1215,7 +1237,7 @@ tcpcl = "127.0.0.1:4566"
 [[neighbour]]
 name = "n3"
 node = "ipn:3.0"
-ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false, checkpoint_copies = 1, max_checkpoint_retransmissions = 3, max_report_retransmissions = 5 }
+ltp = { engine = 3, addr = "127.0.0.1:1114", owlt = "1s", rate = 1000, green = true, segment_size = 1000, window = 4, aggregation_size = 1000, aggregation_time = 20, max_bytes_in_flight = 65536, max_retransmission_factor = 4, checkpoint_every = 32, asynchronous_reports = false, checkpoint_copies = 1, checkpoint_copies_min_loss = 0.05, max_checkpoint_retransmissions = 3, max_report_retransmissions = 5 }
 emulation = "delay=100ms,loss=2%"
 [[neighbour]]
 name = "n4"
@@ -1266,6 +1288,7 @@ echo = 0
                         checkpoint_every: 32,
                         asynchronous_reports: false,
                         checkpoint_copies: 1,
+                        checkpoint_copies_min_loss: 0.05,
                         max_checkpoint_retransmissions: 3,
                         max_report_retransmissions: 5,
                     }
@@ -1421,6 +1444,22 @@ echo = 0
             c.ltp,
             Some(LtpSection::new(1, "127.0.0.1:1113".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn checkpoint_copies_min_loss_is_a_share() {
+        let neighbour = |v: &str| {
+            format!(
+                "node_id = \"ipn:1.0\"\n[ltp]\nengine_id = 1\n[[neighbour]]\nname = \"b\"\n\
+                 node = \"ipn:2.0\"\nltp = {{ engine = 2, addr = \"127.0.0.1:1114\", checkpoint_copies_min_loss = {v} }}\n"
+            )
+        };
+        for bad in ["1.5", "-0.1"] {
+            let (line, msg) = error(&neighbour(bad));
+            assert_eq!(line, 7, "{bad}: {msg}");
+            assert!(msg.contains("checkpoint_copies_min_loss"), "{msg}");
+        }
+        parse(&neighbour("0")).unwrap();
     }
 
     #[test]

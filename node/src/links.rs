@@ -86,6 +86,7 @@ impl LtpSpanControl {
                 checkpoint_every: l.tuning.checkpoint_every,
                 asynchronous_reports: l.tuning.asynchronous_reports,
                 checkpoint_copies: l.tuning.checkpoint_copies,
+                checkpoint_copies_min_loss: l.tuning.checkpoint_copies_min_loss,
                 max_checkpoint_retransmissions: l.tuning.max_checkpoint_retransmissions,
                 max_report_retransmissions: l.tuning.max_report_retransmissions,
                 ..ltp::SpanConfig::default()
@@ -278,6 +279,7 @@ mod tests {
             checkpoint_every: 12,
             asynchronous_reports: false,
             checkpoint_copies: 2,
+            checkpoint_copies_min_loss: 0.25,
             max_checkpoint_retransmissions: 2,
             max_report_retransmissions: 7,
         };
@@ -314,6 +316,7 @@ mod tests {
                 ),
                 (3, 12, false, 2, 2, 7)
             );
+            assert_eq!(s.checkpoint_copies_min_loss, 0.25);
         }
     }
 }

@@ -292,10 +292,12 @@ async fn ltp_line_of_three() {
     bc.neighbours.push(neighbour("c", 3, ltp_link(3, pc)));
     let mut ac = config(1);
     ac.ltp = ltp(1, pa);
-    // The first hop copies the checkpoints that end its transmissions.
+    // The first hop copies the checkpoints that end its transmissions on any link; the
+    // second has the default, which copies only once the peer's reports show loss.
     let mut a_to_b = ltp_link(2, pb);
     if let Link::Ltp(l) = &mut a_to_b {
         l.tuning.checkpoint_copies = 1;
+        l.tuning.checkpoint_copies_min_loss = 0.0;
     }
     ac.neighbours.push(neighbour("b", 2, a_to_b));
     ac.routes.push(node::config::RouteConfig {
@@ -328,7 +330,8 @@ async fn ltp_line_of_three() {
     );
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
-    // a copied its checkpoints (configured on its link to b); b, not configured so, did not.
+    // a copied its checkpoints (configured so on its link to b); b, with the default, did not
+    // on its clean link to c.
     assert_eq!(s.total("dtn_ltp_checkpoint_copies_total"), Some(0.0));
     let a_stats = stats(&a.handle()).await;
     assert!(

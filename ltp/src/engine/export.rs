@@ -106,10 +106,14 @@ impl Engine {
             self.cancel_export(number, CancelReason::SystemCancelled, now);
             return;
         }
-        if ex.acked.covered() > acked_before {
+        let delivered = ex.acked.covered().saturating_sub(acked_before);
+        if delivered > 0 {
             // Progress: the retransmission-cycle limit counts cycles in a row that gained
             // nothing (see below).
             ex.cycles = 0;
+        }
+        if let Some(span) = self.spans.get_mut(&peer) {
+            span.loss.sample(delivered, 0);
         }
         self.sync_in_flight(number);
         let Some(ex) = self.exports.get_mut(&number) else {
@@ -179,7 +183,12 @@ impl Engine {
         });
         // The retransmission budget: `factor` times the red part, or `factor` segments.
         let budget = u64::from(factor).saturating_mul(ex.red_len.max(mss as u64));
-        ex.resent_octets += gaps.iter().map(|(s, e)| e - s).sum::<u64>();
+        let lost = gaps.iter().map(|(s, e)| e - s).sum::<u64>();
+        ex.resent_octets += lost;
+        if let Some(span) = self.spans.get_mut(&peer) {
+            span.loss.sample(0, lost);
+        }
+        let ex = self.exports.get_mut(&number).expect("export exists");
         if ex.cycles > max_cycles || (factor > 0 && ex.resent_octets > budget) {
             self.cancel_export(number, CancelReason::RetransmissionCyclesExceeded, now);
             return;

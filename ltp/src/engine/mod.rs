@@ -62,6 +62,7 @@ mod config;
 mod export;
 mod import;
 mod intervals;
+mod loss;
 mod red_part;
 mod rtt;
 mod timer;
@@ -80,6 +81,7 @@ use crate::segment::{
     DataSegment, EngineId, ReportSegment, Segment, SegmentBody, SessionId, MAX_DATA_HEADER,
 };
 use intervals::IntervalSet;
+use loss::LossEstimate;
 use red_part::{BufferPool, RedPart};
 use rtt::RttEstimator;
 use timer::{TimerId, TimerKind, Timers};
@@ -323,6 +325,8 @@ struct Span {
     pace_at: Option<Instant>,
     /// Round trips measured on this span (used with `SpanConfig::adaptive_timers`).
     rtt: RttEstimator,
+    /// How much of the red data sent on this span its reports claim missing (`loss.rs`).
+    loss: LossEstimate,
     /// Counts link-state changes: a round trip that spans one is not sampled.
     link_epoch: u64,
     /// Red octets sent for the first time and not yet acknowledged, over the span's exports
@@ -348,6 +352,7 @@ impl Span {
             imports: 0,
             pace_at: None,
             rtt: RttEstimator::default(),
+            loss: LossEstimate::default(),
             link_epoch: 0,
             in_flight: 0,
             blocked: VecDeque::new(),
@@ -356,6 +361,17 @@ impl Span {
     }
     fn has_output(&self) -> bool {
         !self.control.is_empty() || !self.ready.is_empty()
+    }
+
+    /// Copies of a checkpoint that ends a transmission, as things are now: the configured
+    /// number while the span is lossy enough (`SpanConfig::checkpoint_copies_min_loss`), else
+    /// none.
+    fn checkpoint_copies(&self) -> u32 {
+        if self.loss.rate() >= self.cfg.checkpoint_copies_min_loss {
+            self.cfg.checkpoint_copies
+        } else {
+            0
+        }
     }
 
     /// §6.1 retransmission timer for a segment sent for the `(retransmissions + 1)`-th time:
@@ -1167,7 +1183,7 @@ impl Engine {
         let (mss, every, copies) = (
             span.cfg.max_segment_size,
             span.cfg.checkpoint_every,
-            span.cfg.checkpoint_copies,
+            span.checkpoint_copies(),
         );
         // Flow control slides only as reports come, and the peer reports only on checkpoints:
         // with no spacing of its own, the span checkpoints once per quarter of its limit of new

@@ -21,6 +21,8 @@ fn span() -> SpanConfig {
         // The scripted procedures below assume the fixed interval of §6.1; adaptive timers
         // have their own tests.
         adaptive_timers: false,
+        // And each checkpoint sent once, as RFC 5326 describes; copies have their own tests.
+        checkpoint_copies: 0,
         ..SpanConfig::default()
     }
 }
@@ -2727,13 +2729,14 @@ fn gaps_already_queued_for_retransmission_are_not_queued_again() {
     assert!(out.len() - acks <= first);
 }
 
-/// Engine A with `checkpoint_copies = 1` (and `checkpoint_every`) on its span to B.
+/// Engine A with `checkpoint_copies = 1` on any link (and `checkpoint_every`) on its span to B.
 fn copying_sender(every: u32) -> Engine {
     let mut a = engine(A, B);
     a.add_span(
         B,
         SpanConfig {
             checkpoint_copies: 1,
+            checkpoint_copies_min_loss: 0.0,
             checkpoint_every: every,
             ..span()
         },
@@ -2937,4 +2940,69 @@ fn once_a_report_claiming_everything_is_acknowledged_other_reports_are_dropped()
     assert_eq!(b.open_sessions(), 0, "{}", b.describe_sessions());
     assert_eq!(b.session_timers(), 0);
     assert_eq!(b.stats().reports_retransmitted, 0);
+}
+
+#[test]
+fn by_default_checkpoints_are_copied_only_once_reports_show_loss() {
+    // The default: one copy while the span's reports claim at least 1 % of the data missing
+    // (`loss.rs`), none before.
+    let mut now = t0();
+    let mut a = engine(A, B);
+    a.add_span(
+        B,
+        SpanConfig {
+            checkpoint_copies: SpanConfig::default().checkpoint_copies,
+            checkpoint_copies_min_loss: SpanConfig::default().checkpoint_copies_min_loss,
+            ..span()
+        },
+    );
+    let mut b = engine(B, A);
+    // Sends a 4000-octet block, of which B gets all segments but those in `lose`, then runs
+    // the exchange to its end; returns the checkpoint serials A sent, copies included.
+    let transfer = |a: &mut Engine, b: &mut Engine, lose: &[usize], now: &mut Instant| {
+        a.send_block(B, 1, block(4000), 4000, *now).unwrap();
+        let mut to_b: Vec<Bytes> = (drain_raw(a, *now).into_iter().enumerate())
+            .filter(|(i, _)| !lose.contains(i))
+            .map(|(_, d)| d)
+            .collect();
+        let mut serials = Vec::new();
+        for _ in 0..10 {
+            serials.extend(checkpoint_serials(
+                &to_b
+                    .iter()
+                    .map(|d| Segment::decode(d).unwrap())
+                    .collect::<Vec<_>>(),
+            ));
+            for d in to_b.drain(..) {
+                b.handle_datagram(d, *now);
+            }
+            *now += Duration::from_millis(100);
+            for r in drain_raw(b, *now) {
+                a.handle_datagram(r, *now);
+            }
+            *now += Duration::from_millis(100);
+            to_b = drain_raw(a, *now);
+        }
+        serials
+    };
+    // A clean block: its end-of-red-part checkpoint goes once.
+    let serials = transfer(&mut a, &mut b, &[], &mut now);
+    assert_eq!(serials.len(), 1, "{serials:?}");
+    assert_eq!(a.stats().checkpoint_copies_sent, 0);
+    // Two segments of the next lost: the report says so, and the retransmission's checkpoint
+    // goes twice.
+    let serials = transfer(&mut a, &mut b, &[3, 9], &mut now);
+    assert_eq!(a.stats().checkpoint_copies_sent, 1, "{serials:?}");
+    assert_eq!(
+        serials.len(),
+        3,
+        "EORP, then the retransmission's and its copy: {serials:?}"
+    );
+    assert_eq!(serials[1], serials[2]);
+    // The span is lossy by its reports now: the next block's EORP checkpoint is copied too.
+    let serials = transfer(&mut a, &mut b, &[], &mut now);
+    assert_eq!(serials.len(), 2, "{serials:?}");
+    assert_eq!(serials[0], serials[1]);
+    assert_eq!(a.stats().export_sessions_completed, 3);
+    assert_eq!(b.stats().import_sessions_completed, 3);
 }

@@ -235,9 +235,15 @@ enum Cmd {
         checkpoint_every: u32,
         /// Copies of each checkpoint that ends a transmission (the span's `checkpoint_copies`):
         /// on a lossy link a lost end-of-red-part or retransmission checkpoint otherwise idles
-        /// the session for a retransmission timer. 0: none, as RFC 5326 describes.
-        #[arg(long, default_value_t = 0)]
+        /// the session for a retransmission timer. Sent only while the receiver's reports
+        /// claim at least --checkpoint-copies-min-loss of the data missing. 0: none, as RFC
+        /// 5326 describes.
+        #[arg(long, default_value_t = 1)]
         checkpoint_copies: u32,
+        /// The share of red data (0 to 1) the receiver's reports must claim missing for
+        /// checkpoints to be copied (the span's `checkpoint_copies_min_loss`; 0: on any link).
+        #[arg(long, default_value_t = 0.01)]
+        checkpoint_copies_min_loss: f64,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -330,6 +336,7 @@ fn main() -> Result<()> {
             max_in_flight,
             checkpoint_every,
             checkpoint_copies,
+            checkpoint_copies_min_loss,
             json,
             seed,
             timeout,
@@ -382,6 +389,7 @@ fn main() -> Result<()> {
                     max_in_flight: (max_in_flight > 0).then_some(max_in_flight),
                     checkpoint_every,
                     checkpoint_copies,
+                    checkpoint_copies_min_loss,
                     io,
                     busy_poll: flags.busy_poll(),
                 };
@@ -435,6 +443,8 @@ struct SendParams {
     checkpoint_every: u32,
     /// Copies of each checkpoint ending a transmission.
     checkpoint_copies: u32,
+    /// Loss above which checkpoints are copied.
+    checkpoint_copies_min_loss: f64,
     io: IoConfig,
     /// The driver's busy polling.
     busy_poll: Duration,
@@ -455,6 +465,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         max_bytes_in_flight: p.max_in_flight,
         checkpoint_every: p.checkpoint_every,
         checkpoint_copies: p.checkpoint_copies,
+        checkpoint_copies_min_loss: p.checkpoint_copies_min_loss,
         ..SpanConfig::default()
     };
     let mut engine = Engine::new(
@@ -548,6 +559,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "max_in_flight": p.max_in_flight,
                 "checkpoint_every": p.checkpoint_every,
                 "checkpoint_copies": p.checkpoint_copies,
+                "checkpoint_copies_min_loss": p.checkpoint_copies_min_loss,
                 "busy_poll_us": p.busy_poll.as_micros() as u64,
                 "elapsed_s": elapsed.as_secs_f64(),
                 "block_size": p.block_size,
