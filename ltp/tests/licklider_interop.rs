@@ -71,6 +71,42 @@ fn licklider_recv(bin: &Path, listen: SocketAddr, ours: SocketAddr, out: &Path) 
     peer
 }
 
+/// Starts `licklider send` of `file` (the first `red` octets red) from `listen` to our engine
+/// at `ours`, with its own link impairment `impair`, if any.
+fn licklider_send(
+    bin: &Path,
+    file: &Path,
+    ours: SocketAddr,
+    listen: SocketAddr,
+    red: usize,
+    impair: Option<&str>,
+) -> PeerProcess {
+    let (to, listen, engine, red) = (
+        format!("{OURS}@{ours}"),
+        listen.to_string(),
+        THEIRS.to_string(),
+        red.to_string(),
+    );
+    let mut args = vec![
+        "send",
+        file.to_str().unwrap(),
+        "--to",
+        &to,
+        "--engine",
+        &engine,
+        "--listen",
+        &listen,
+        "--owlt-ms",
+        "1",
+        "--red",
+        &red,
+    ];
+    if let Some(i) = impair {
+        args.extend(["--impair", i]);
+    }
+    licklider(bin, &args)
+}
+
 fn block(len: usize, salt: u8) -> Bytes {
     (0..len)
         .map(|i| {
@@ -222,30 +258,7 @@ async fn they_send(
             (ours, events, relay_addr)
         }
     };
-    let (to, listen, engine, red_arg) = (
-        format!("{OURS}@{ours_seen_by_them}"),
-        theirs.to_string(),
-        THEIRS.to_string(),
-        red.to_string(),
-    );
-    let mut args = vec![
-        "send",
-        file.to_str().unwrap(),
-        "--to",
-        &to,
-        "--engine",
-        &engine,
-        "--listen",
-        &listen,
-        "--owlt-ms",
-        "1",
-        "--red",
-        &red_arg,
-    ];
-    if let Some(i) = impair {
-        args.extend(["--impair", i]);
-    }
-    let mut peer = licklider(bin, &args);
+    let mut peer = licklider_send(bin, &file, ours_seen_by_them, theirs, red, impair);
     // The red part in one piece, the green part's segments one by one (§6.10, §6.11).
     let mut green = vec![None::<u8>; len - red];
     let mut end_of_block = false;
@@ -464,6 +477,32 @@ async fn stats_until(
     stats
 }
 
+/// Waits at most [`WAIT`] for export `session` to be cancelled, and returns the reason and
+/// whether the peer cancelled it; fails if it completes instead.
+async fn export_cancelled(
+    events: &mut EventReceiver,
+    session: ltp::SessionId,
+    name: &str,
+) -> (ltp::CancelReason, bool) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("our driver's events") {
+                Event::ExportCancelled {
+                    session: s,
+                    reason,
+                    by_peer,
+                } if s == session => return (reason, by_peer),
+                Event::TransmissionCompleted { session: s } if s == session => {
+                    panic!("{name}: the export completed instead of being cancelled")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: export not cancelled within {WAIT:?}"))
+}
+
 /// We cancel our export to licklider's receiver midway (RFC 5326 §6.15, USR_CNCLD): licklider
 /// must acknowledge our cancel-from-sender (§6.18), so that our session closes after one
 /// cancel segment instead of retransmitting it to the limit.
@@ -491,27 +530,9 @@ async fn we_cancel_midway(bin: &Path) {
     let sent = stats_until(&ours, 250, |s| s.data_segments_sent >= 50).await;
     assert!(sent.data_segments_sent >= 50, "{name}: no data went out");
     ours.cancel(session).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("our driver's events") {
-                Event::ExportCancelled {
-                    session: s,
-                    reason,
-                    by_peer,
-                } if s == session => {
-                    assert_eq!(reason, ltp::CancelReason::UserCancelled, "{name}: reason");
-                    assert!(!by_peer, "{name}: we cancelled, not licklider");
-                    return;
-                }
-                Event::TransmissionCompleted { .. } => {
-                    panic!("{name}: completed despite the cancel")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name}: no cancel event within {WAIT:?}"));
+    let (reason, by_peer) = export_cancelled(&mut events, session, name).await;
+    assert_eq!(reason, ltp::CancelReason::UserCancelled, "{name}: reason");
+    assert!(!by_peer, "{name}: we cancelled, not licklider");
     // licklider decoded our cancel and its reason, and gave the block up.
     tokio::task::block_in_place(|| peer.wait_for_line("reception cancelled: USR_CNCLD", WAIT));
     let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
@@ -550,26 +571,7 @@ async fn we_refuse_their_block(bin: &Path) {
         ..our_engine()
     };
     let (ours, mut events) = our_driver(theirs, engine, our_span(0), 0.0);
-    let (to, listen, engine) = (
-        format!("{OURS}@{}", ours.local_addr()),
-        theirs.to_string(),
-        THEIRS.to_string(),
-    );
-    let mut peer = licklider(
-        bin,
-        &[
-            "send",
-            file.to_str().unwrap(),
-            "--to",
-            &to,
-            "--engine",
-            &engine,
-            "--listen",
-            &listen,
-            "--owlt-ms",
-            "1",
-        ],
-    );
+    let mut peer = licklider_send(bin, &file, ours.local_addr(), theirs, 200_000, None);
     // licklider decoded our cancel and its reason, and gave the block up.
     tokio::task::block_in_place(|| peer.wait_for_line("transmission cancelled: UNREACH", WAIT));
     let status = tokio::task::block_in_place(|| peer.wait_exit(WAIT));
@@ -615,31 +617,13 @@ async fn they_refuse_our_block(bin: &Path) {
         .send_block(THEIRS, 2, block(len, 6), len)
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("our driver's events") {
-                Event::ExportCancelled {
-                    session: s,
-                    reason,
-                    by_peer,
-                } if s == session => {
-                    assert_eq!(
-                        reason,
-                        ltp::CancelReason::UnreachableClient,
-                        "{name}: reason"
-                    );
-                    assert!(by_peer, "{name}: licklider cancelled, not we");
-                    return;
-                }
-                Event::TransmissionCompleted { .. } => {
-                    panic!("{name}: completed a block licklider does not serve")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name}: no cancel from licklider within {WAIT:?}"));
+    let (reason, by_peer) = export_cancelled(&mut events, session, name).await;
+    assert_eq!(
+        reason,
+        ltp::CancelReason::UnreachableClient,
+        "{name}: reason"
+    );
+    assert!(by_peer, "{name}: licklider cancelled, not we");
     // licklider answers each data segment of the session with a cancel of its own (it holds
     // no state for a refused session): we close the export once, and acknowledge each.
     tokio::time::sleep(Duration::from_millis(200)).await;
