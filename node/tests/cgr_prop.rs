@@ -1,7 +1,7 @@
 //! Property tests of Contact Graph Routing over generated small plans (≤ 6 nodes, ≤ 20
 //! contacts): routes respect contact times and the bundle's expiry, the chosen route has the
-//! earliest arrival of all simple contact paths (brute force), and bookings never exceed a
-//! contact's volume.
+//! earliest arrival of all paths that visit no node twice (brute force; the router's rule,
+//! `cgr.rs`), and bookings never exceed a contact's volume.
 
 use node::routing::{BookError, Booking, Contact, ContactPlan, Range, Route, Router};
 use proptest::prelude::*;
@@ -74,12 +74,13 @@ fn hop(p: &ContactPlan, c: &Contact, t: u64, size: u64) -> Option<u64> {
     Some(tx_end + p.owlt(c.from, c.to, tx_start).unwrap_or(0))
 }
 
-/// Earliest arrival over all simple contact paths (each contact at most once), by DFS.
+/// Earliest arrival over all paths that visit no node twice, the local node included, by DFS
+/// (`visited` holds the nodes of the path so far).
 #[allow(clippy::too_many_arguments)]
 fn brute(
     p: &ContactPlan,
     contacts: &[Contact],
-    used: &mut Vec<bool>,
+    visited: &mut Vec<u64>,
     node: u64,
     t: u64,
     first: bool,
@@ -90,8 +91,8 @@ fn brute(
     budget: &mut u32,
 ) -> Option<u64> {
     let mut best: Option<u64> = None;
-    for (i, c) in contacts.iter().enumerate() {
-        if used[i] || c.from != node || *budget == 0 {
+    for c in contacts {
+        if visited.contains(&c.to) || c.from != node || *budget == 0 {
             continue;
         }
         if first && c.to != dest && exclude.contains(&c.to) {
@@ -107,11 +108,11 @@ fn brute(
         let cand = if c.to == dest {
             Some(a)
         } else {
-            used[i] = true;
+            visited.push(c.to);
             let r = brute(
-                p, contacts, used, c.to, a, false, dest, size, expiry, exclude, budget,
+                p, contacts, visited, c.to, a, false, dest, size, expiry, exclude, budget,
             );
-            used[i] = false;
+            visited.pop();
             r
         };
         best = match (best, cand) {
@@ -175,9 +176,9 @@ proptest! {
         let exclude: Vec<u64> = exclude_off.map(|x| 1 + x % g.nodes).into_iter().collect();
         let mut rt = Router::new(1, p.clone());
         let contacts: Vec<Contact> = p.contacts().cloned().collect();
-        let mut used = vec![false; contacts.len()];
+        let mut visited = vec![1];
         let mut budget = 200_000;
-        let best = brute(&p, &contacts, &mut used, 1, now, true, dest, size, expiry, &exclude, &mut budget);
+        let best = brute(&p, &contacts, &mut visited, 1, now, true, dest, size, expiry, &exclude, &mut budget);
         prop_assume!(budget > 0);
         let cold = rt.route_uncached(dest, size, expiry, now, &exclude);
         let cached = rt.route(dest, size, expiry, now, &exclude);
@@ -238,6 +239,51 @@ proptest! {
             }
         }
     }
+}
+
+/// A case the property test found (CI, 2026-12-05): with node 4 excluded as the next hop (the
+/// bundle came from it), the only way to node 2 before expiry went out to node 3, back to the
+/// local node 1, and then through 4. The router never visits a node twice, so it has no route
+/// (a bundle handed back to us is a loop, which the exclusion exists to prevent); the brute
+/// force of that run counted the path, and disagreed. Without the exclusion the route through 4
+/// is direct.
+#[test]
+fn a_route_never_comes_back_through_the_local_node() {
+    let g = Gen {
+        nodes: 5,
+        contacts: vec![
+            (1, 4, 0, 38, 139),
+            (4, 2, 4, 35, 200),
+            (3, 5, 0, 35, 154),
+            (1, 3, 0, 32, 200),
+            (3, 1, 14, 19, 200),
+        ],
+        ranges: vec![],
+    };
+    let p = build(&g);
+    let rt = Router::new(1, p.clone());
+    assert_eq!(rt.route_uncached(2, 1, 15 * S, 0, &[4]), None);
+    let contacts: Vec<Contact> = p.contacts().cloned().collect();
+    let mut budget = 1000;
+    let best = brute(
+        &p,
+        &contacts,
+        &mut vec![1],
+        1,
+        0,
+        true,
+        2,
+        1,
+        15 * S,
+        &[4],
+        &mut budget,
+    );
+    assert_eq!(best, None);
+    let direct = rt
+        .route_uncached(2, 1, 15 * S, 0, &[])
+        .expect("a route through 4");
+    assert_eq!(direct.next_hop, 4);
+    assert_eq!(direct.hops, 2);
 }
 
 /// The generator is not vacuous: over a fixed sample, many generated queries have routes,
