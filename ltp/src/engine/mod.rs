@@ -1634,10 +1634,10 @@ impl Engine {
         out
     }
 
-    /// Red parts delivered so far (`EngineStats::import_sessions_completed`, without building
-    /// the whole [`EngineStats`]).
-    pub fn red_parts_delivered(&self) -> u64 {
-        self.stats.import_sessions_completed
+    /// Red octets delivered so far (`EngineStats::red_bytes_delivered`, without building the
+    /// whole [`EngineStats`]).
+    pub fn red_bytes_delivered(&self) -> u64 {
+        self.stats.red_bytes_delivered
     }
 
     /// Counters.
