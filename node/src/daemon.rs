@@ -1404,6 +1404,18 @@ fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
             rtt.as_micros() as u64,
         );
     }
+    for (engine, loss) in &s.losses {
+        stats.metrics.push(Metric {
+            name: "dtn_ltp_loss_ratio".into(),
+            help:
+                "Share of red data a peer engine's LTP reports claimed missing of late (checkpoint \
+                   copies go while it is at least the neighbour's checkpoint_copies_min_loss)."
+                    .into(),
+            kind: Gauge,
+            labels: vec![("engine".into(), engine.to_string())],
+            value: *loss,
+        });
+    }
 }
 
 #[cfg(test)]

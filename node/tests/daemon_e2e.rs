@@ -330,6 +330,12 @@ async fn ltp_line_of_three() {
     );
     // It sent blocks on to c, whose reports were round-trip samples.
     assert!(s.total("dtn_ltp_round_trip_microseconds").is_some());
+    // And measured the loss on that link from them (none on loopback, or hardly any).
+    assert!(
+        s.total("dtn_ltp_loss_ratio")
+            .is_some_and(|l| (0.0..=1.0).contains(&l)),
+        "no loss estimate for c"
+    );
     // a copied its checkpoints (configured so on its link to b); b, with the default, did not
     // on its clean link to c.
     assert_eq!(s.total("dtn_ltp_checkpoint_copies_total"), Some(0.0));

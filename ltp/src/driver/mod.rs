@@ -165,6 +165,9 @@ pub struct DriverStats {
     /// ([`Engine::round_trip_estimate`]), for those with a sample: what the adaptive
     /// retransmission timers start from (`SpanConfig::adaptive_timers`).
     pub round_trips: BTreeMap<EngineId, Duration>,
+    /// The share of red data each peer engine's reports claimed missing of late
+    /// ([`Engine::loss_estimate`]), for those that reported: what turns checkpoint copies on.
+    pub losses: BTreeMap<EngineId, f64>,
 }
 
 /// Errors of [`LtpHandle`] calls.
@@ -632,6 +635,9 @@ impl Task {
             offload: self.io.offload(),
             round_trips: (self.spans.keys())
                 .filter_map(|&peer| Some((peer, self.engine.round_trip_estimate(peer)?)))
+                .collect(),
+            losses: (self.spans.keys())
+                .filter_map(|&peer| Some((peer, self.engine.loss_estimate(peer)?)))
                 .collect(),
             ..self.stats.clone()
         }

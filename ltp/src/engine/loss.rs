@@ -35,6 +35,11 @@ impl LossEstimate {
         }
     }
 
+    /// Whether any report has been sampled.
+    pub(crate) fn sampled(&self) -> bool {
+        self.delivered + self.lost > 0
+    }
+
     /// The share of octets lost, 0 to 1 (0 before any sample).
     pub(crate) fn rate(&self) -> f64 {
         let total = self.delivered + self.lost;

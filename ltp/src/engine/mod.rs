@@ -889,6 +889,13 @@ impl Engine {
         self.spans.get(&peer).and_then(|s| s.rtt.srtt())
     }
 
+    /// The share of red data that `peer`'s reports claimed missing of late (`loss.rs`), once a
+    /// report came: what turns checkpoint copies on (`SpanConfig::checkpoint_copies_min_loss`).
+    pub fn loss_estimate(&self, peer: EngineId) -> Option<f64> {
+        let span = self.spans.get(&peer)?;
+        span.loss.sampled().then(|| span.loss.rate())
+    }
+
     /// Starts sending a block whose first `red_len` octets are red (reliable), the rest green.
     pub fn send_block(
         &mut self,

@@ -2985,10 +2985,12 @@ fn by_default_checkpoints_are_copied_only_once_reports_show_loss() {
         }
         serials
     };
+    assert_eq!(a.loss_estimate(B), None, "no report yet");
     // A clean block: its end-of-red-part checkpoint goes once.
     let serials = transfer(&mut a, &mut b, &[], &mut now);
     assert_eq!(serials.len(), 1, "{serials:?}");
     assert_eq!(a.stats().checkpoint_copies_sent, 0);
+    assert_eq!(a.loss_estimate(B), Some(0.0));
     // Two segments of the next lost: the report says so, and the retransmission's checkpoint
     // goes twice.
     let serials = transfer(&mut a, &mut b, &[3, 9], &mut now);
@@ -2999,6 +3001,9 @@ fn by_default_checkpoints_are_copied_only_once_reports_show_loss() {
         "EORP, then the retransmission's and its copy: {serials:?}"
     );
     assert_eq!(serials[1], serials[2]);
+    // Two segments, about 500 octets, of the 8000 reported on so far: about 6 %.
+    let loss = a.loss_estimate(B).unwrap();
+    assert!((0.04..0.08).contains(&loss), "{loss}");
     // The span is lossy by its reports now: the next block's EORP checkpoint is copied too.
     let serials = transfer(&mut a, &mut b, &[], &mut now);
     assert_eq!(serials.len(), 2, "{serials:?}");

@@ -554,6 +554,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
                 "send_calls": st.send_calls,
                 "io": io_json(&st),
                 "round_trip_us": st.round_trips.get(&p.peer_engine_id).map(|d| d.as_micros() as u64),
+                "loss_estimate": st.losses.get(&p.peer_engine_id),
                 "rate_mbps": p.rate_bytes as f64 * 8.0 / 1e6,
                 "rate_burst": p.rate_burst,
                 "max_in_flight": p.max_in_flight,
