@@ -344,8 +344,13 @@ fn main() -> Result<()> {
             io: flags,
         } => {
             flags.pin()?;
-            if !(0.0..=1.0).contains(&red_fraction) || !(0.0..=1.0).contains(&loss) {
-                bail!("--red-fraction and --loss must be within 0..=1");
+            if ![red_fraction, loss, checkpoint_copies_min_loss]
+                .iter()
+                .all(|f| (0.0..=1.0).contains(f))
+            {
+                bail!(
+                    "--red-fraction, --loss and --checkpoint-copies-min-loss must be within 0..=1"
+                );
             }
             if block_size == 0 || blocks == 0 || segment_size == 0 || window == 0 {
                 bail!("--blocks, --block-size, --segment-size and --window must be positive");
