@@ -188,7 +188,6 @@ impl Engine {
         if let Some(span) = self.spans.get_mut(&peer) {
             span.loss.sample(0, lost);
         }
-        let ex = self.exports.get_mut(&number).expect("export exists");
         if ex.cycles > max_cycles || (factor > 0 && ex.resent_octets > budget) {
             self.cancel_export(number, CancelReason::RetransmissionCyclesExceeded, now);
             return;

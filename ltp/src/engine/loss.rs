@@ -68,8 +68,8 @@ mod tests {
     #[test]
     fn old_samples_fade() {
         let mut l = LossEstimate::default();
-        l.sample(900_000, 100_000); // 10 %
-                                    // A clean link since: 16 MiB halves the old loss away, step by step.
+        // 10 % lost, then a clean link: 16 MiB halves the old loss away, step by step.
+        l.sample(900_000, 100_000);
         for _ in 0..64 {
             l.sample(1 << 20, 0);
         }
