@@ -188,6 +188,28 @@ pub struct Metric {
     pub value: f64,
 }
 
+impl Metric {
+    /// A sample of metric `name` (with its `help` line and `kind`) for `labels`.
+    pub fn new(
+        name: &str,
+        help: &str,
+        kind: MetricKind,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) -> Metric {
+        Metric {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        }
+    }
+}
+
 /// Prometheus metric type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {

@@ -1170,6 +1170,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Adds one metric with a count or a gauge in whole units.
 fn push(
     stats: &mut NodeStats,
     name: &str,
@@ -1178,16 +1179,7 @@ fn push(
     labels: &[(&str, &str)],
     value: u64,
 ) {
-    stats.metrics.push(Metric {
-        name: name.into(),
-        help: help.into(),
-        kind,
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        value: value as f64,
-    });
+    (stats.metrics).push(Metric::new(name, help, kind, labels, value as f64));
 }
 
 /// Adds the contact plan's gauges and reload counters (`dtn_contact_plan_*`).
@@ -1405,16 +1397,14 @@ fn ltp_metrics(s: &ltp::driver::DriverStats, stats: &mut NodeStats) {
         );
     }
     for (engine, loss) in &s.losses {
-        stats.metrics.push(Metric {
-            name: "dtn_ltp_loss_ratio".into(),
-            help:
-                "Share of red data a peer engine's LTP reports claimed missing of late (checkpoint \
-                   copies go while it is at least the neighbour's checkpoint_copies_min_loss)."
-                    .into(),
-            kind: Gauge,
-            labels: vec![("engine".into(), engine.to_string())],
-            value: *loss,
-        });
+        stats.metrics.push(Metric::new(
+            "dtn_ltp_loss_ratio",
+            "Share of red data a peer engine's LTP reports claimed missing of late (checkpoint \
+             copies go while it is at least the neighbour's checkpoint_copies_min_loss).",
+            Gauge,
+            &[("engine", &engine.to_string())],
+            *loss,
+        ));
     }
 }
 
