@@ -171,14 +171,24 @@ fn ltp_mode_paces_with_rate() {
 
 #[test]
 fn ltp_mode_copies_checkpoints_when_asked() {
-    // Each end-of-red-part checkpoint goes twice, whatever the loss (unless the report
+    // With copies on any link, each end-of-red-part checkpoint goes twice (unless the report
     // answering it came before the copy left: the engine's scripted tests pin that down).
-    let (s, r) = run(false, &["--checkpoint-copies", "1", "--loss", "0.05"]);
+    let (s, r) = run(
+        false,
+        &[
+            "--checkpoint-copies",
+            "1",
+            "--checkpoint-copies-min-loss",
+            "0",
+            "--loss",
+            "0.05",
+        ],
+    );
     assert_eq!(s["blocks_completed"], 4, "{s}");
     assert_eq!(s["checkpoint_copies"], 1, "{s}");
     assert!(s["checkpoint_copies_sent"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(r["blocks_received"], 4, "{r}");
-    // Off by default.
+    // By default copies go only once the receiver's reports show loss: none on a clean link.
     let (s, _) = run(false, &[]);
     assert_eq!(s["checkpoint_copies_sent"], 0, "{s}");
 }
