@@ -233,16 +233,8 @@ mod tests {
     use crate::api::Metric;
 
     fn metric(name: &str, kind: MetricKind, labels: &[(&str, &str)], value: f64) -> Metric {
-        Metric {
-            name: name.into(),
-            help: format!("help of {name}\nsecond \\ line"),
-            kind,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            value,
-        }
+        let help = format!("help of {name}\nsecond \\ line");
+        Metric::new(name, &help, kind, labels, value)
     }
 
     #[test]
