@@ -152,20 +152,30 @@ mod linux {
         pub(super) async fn wait(&self) -> io::Result<()> {
             loop {
                 let mut guard = self.0.readable().await?;
-                let r = guard.try_io(|fd| {
-                    let mut expirations = [0u8; 8];
-                    // SAFETY: reads at most 8 octets into a buffer of 8.
-                    let n =
-                        unsafe { libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(())
+                let mut expirations = [0u8; 8];
+                // SAFETY: reads at most 8 octets into a buffer of 8.
+                let n = unsafe {
+                    libc::read(
+                        guard.get_inner().as_raw_fd(),
+                        expirations.as_mut_ptr().cast(),
+                        8,
+                    )
+                };
+                let result = if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                };
+                // A read takes every expiry, and the timer is one-shot: the descriptor stays
+                // unreadable until it is armed again and expires. Forgetting the readiness now
+                // spares the next wait a read that could only fail.
+                match result {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        guard.clear_ready();
+                        return Ok(());
                     }
-                });
-                match r {
-                    Ok(result) => return result,
-                    Err(_would_block) => continue,
                 }
             }
         }
