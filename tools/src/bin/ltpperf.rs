@@ -501,7 +501,10 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
     let block = random_block(p.block_size, p.seed);
 
     let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + p.timeout;
+    // One timer for the whole run: a sleep made per event registers with the runtime's timer
+    // each time, and wakes the runtime's driver with a system call (one per block).
+    let timeout = tokio::time::sleep(p.timeout);
+    tokio::pin!(timeout);
     let (mut submitted, mut completed, mut cancelled) = (0u64, 0u64, 0u64);
     let mut completed_bytes = 0u64;
     while completed + cancelled < p.blocks {
@@ -518,7 +521,7 @@ async fn send_ltp(p: SendParams, json_out: bool) -> Result<()> {
         }
         let ev = tokio::select! {
             ev = events.recv() => ev.context("driver stopped")?,
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut timeout => {
                 eprintln!("timeout after {:?}", p.timeout);
                 break;
             }
@@ -802,6 +805,8 @@ async fn recv_raw(
     let mut batch = Vec::new();
     let (mut first, mut last) = (None::<Instant>, start);
     let (mut datagrams, mut bytes) = (0u64, 0u64);
+    // The idle check's tick (one timer for the run, not one per wake-up).
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             r = io.readable() => {
@@ -824,7 +829,7 @@ async fn recv_raw(
                     bytes += batch.iter().map(|(d, _)| d.len() as u64).sum::<u64>();
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tick.tick() => {}
         }
         let now = Instant::now();
         if (first.is_some() && now.duration_since(last) >= idle) || now.duration_since(start) >= max
