@@ -14,6 +14,15 @@
 //! asking the allocator, and the kernel, for fresh pages for every block. Page faults on fresh
 //! buffers, and the copy that joined pages into one buffer, were the receiver's largest costs.
 //!
+//! Red parts whose buffer is [`STREAM_MIN`] octets or more are written with non-temporal
+//! stores ([`copy_streaming`]) from segments of [`STREAM_SEGMENT_MIN`] octets or more: such a
+//! buffer is far larger than a core's cache, so writing it
+//! through the cache only fetches each line from memory to overwrite it, and evicts what the
+//! receiver is using. 64 MiB blocks of 60000-octet segments (5 interleaved runs each, raw UDP
+//! 40 324 Mbit/s) went from 30 955 to 35 135 Mbit/s at window 1, from 29 044 to 34 785 at
+//! window 8, and from 25 769 to 29 421 at window 32 with 5 % loss; at 1400 octets, which are
+//! not streamed, 20 108 and 19 975.
+//!
 //! Memory counted against the engine's reassembly limit is [`RedPart::held`]: the octets from
 //! the start of the block to the furthest one received (gaps are zero-filled). The caller asks
 //! [`RedPart::growth`] before writing, so a segment far beyond the data received is refused
@@ -124,11 +133,33 @@ impl Drop for Pooled {
     }
 }
 
+/// Buffers of at least this capacity are written with non-temporal stores: four times the
+/// L2 cache of a core of the VM this was measured on (2 MiB), where a block written through
+/// the cache could not stay in it anyway.
+pub(super) const STREAM_MIN: usize = 8 << 20;
+
+/// Only data of at least this many octets is streamed. Each write leaves its partial lines at
+/// either end to the cache, and at 1400-octet segments those (one line in 22, each fetched
+/// from memory on its own) cost more than streaming the rest saves: 64 MiB blocks at window 8
+/// (4 interleaved runs each, Mbit/s, streamed against not) went 16 562 against 19 687 at 1400
+/// octets, 19 861 / 20 771 at 2000, 24 598 / 23 823 at 2800, 26 277 / 21 854 at 4000, and
+/// 30 001 / 25 860 at 20000.
+pub(super) const STREAM_SEGMENT_MIN: usize = 3 * 1024;
+
 /// The red data received so far for one import.
 #[derive(Debug, Default)]
 pub(super) struct RedPart {
     /// The block's octets `[0, len)`: received data, and zeros where data has not arrived yet.
     buf: Vec<u8>,
+    /// Non-temporal stores into `buf` not yet fenced: nothing may read or write the octets
+    /// they wrote (nor free or hand out the buffer) before [`RedPart::fence`].
+    unfenced: bool,
+}
+
+impl Drop for RedPart {
+    fn drop(&mut self) {
+        self.fence();
+    }
 }
 
 impl RedPart {
@@ -162,6 +193,7 @@ impl RedPart {
             return 0; // beyond the address space: the block-size limit refuses it first
         };
         if end > self.buf.capacity() {
+            self.fence(); // growing copies the buffer
             if self.buf.capacity() == 0 && size_hint >= POOLED_MIN && end <= size_hint {
                 self.buf = pool.get(size_hint);
             } else {
@@ -174,15 +206,41 @@ impl RedPart {
         }
         let overlap = self.buf.len().min(end) - start.min(self.buf.len());
         let (old, new) = data.split_at(overlap);
-        self.buf[start..start + overlap].copy_from_slice(old);
-        self.buf.extend_from_slice(new);
+        if overlap > 0 {
+            // A gap filled, or a duplicate: octets a streamed write may have covered.
+            self.fence();
+            self.buf[start..start + overlap].copy_from_slice(old);
+        }
+        if self.buf.capacity() >= STREAM_MIN && new.len() >= STREAM_SEGMENT_MIN {
+            let len = self.buf.len();
+            let spare = &mut self.buf.spare_capacity_mut()[..new.len()];
+            copy_streaming(spare, new);
+            // SAFETY: the octets `[len, len + new.len())` were just written.
+            unsafe { self.buf.set_len(len + new.len()) };
+            self.unfenced = true;
+        } else {
+            self.buf.extend_from_slice(new);
+        }
         self.buf.len() - before
+    }
+
+    /// Makes the non-temporal stores into the buffer visible to every later access (on
+    /// x86-64, `sfence`); nothing to do if there were none since the last fence.
+    fn fence(&mut self) {
+        if std::mem::take(&mut self.unfenced) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `sfence` has no preconditions (SSE, part of x86-64).
+            unsafe {
+                std::arch::x86_64::_mm_sfence()
+            };
+        }
     }
 
     /// The red part `[0, red_end)` as one buffer, without copying it (the caller has checked
     /// that all of it arrived). A pooled buffer goes back to `pool` when the client drops the
     /// last reference; one much larger than the red part is copied out of and returned at once.
     pub(super) fn take(&mut self, red_end: u64, pool: &BufferPool) -> Bytes {
+        self.fence();
         let mut buf = std::mem::take(&mut self.buf);
         let len = usize::try_from(red_end)
             .unwrap_or(usize::MAX)
@@ -204,7 +262,46 @@ impl RedPart {
 
     /// Drops everything held; a pooled buffer goes back to `pool`.
     pub(super) fn clear(&mut self, pool: &BufferPool) {
+        self.fence();
         pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Copies `src` into `dst` (of the same length), the whole 64-octet lines of `dst` with
+/// non-temporal stores, which go to memory without first reading the line into the cache; the
+/// partial lines at either end go through the cache, so that a line shared with the segment
+/// before or after is never written both ways. The caller must fence (`sfence`) before anything
+/// else reads or writes `dst` ([`RedPart::fence`]). Elsewhere than on x86-64, a plain copy.
+fn copy_streaming(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        const LINE: usize = 64;
+        let n = src.len();
+        let head = dst.as_ptr().align_offset(LINE).min(n);
+        let lines = (n - head) / LINE;
+        let body = lines * LINE;
+        let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr());
+        // SAFETY: `dst` and `src` are distinct slices of `n` octets (a `&mut` and a `&`), and
+        // every offset below stays within `n`: `head + body <= n`. The streamed stores go to
+        // `d + head + 16 k`, 16-aligned since `d + head` is 64-aligned; the loads are
+        // unaligned loads.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s, d, head);
+            for i in 0..lines {
+                let (sl, dl) = (s.add(head + i * LINE), d.add(head + i * LINE));
+                for k in 0..LINE / 16 {
+                    let v = _mm_loadu_si128(sl.add(16 * k).cast::<__m128i>());
+                    _mm_stream_si128(dl.add(16 * k).cast::<__m128i>(), v);
+                }
+            }
+            std::ptr::copy_nonoverlapping(s.add(head + body), d.add(head + body), n - head - body);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
     }
 }
 
@@ -243,6 +340,62 @@ mod tests {
         let got = r.take(b.len() as u64, &pool);
         assert_eq!(&got[..], &b[..]);
         assert_eq!(r.held(), 0);
+    }
+
+    #[test]
+    fn a_streamed_copy_equals_a_plain_one_at_every_alignment() {
+        let src = block(400);
+        let mut dst = vec![std::mem::MaybeUninit::new(0u8); 600];
+        for at in 0..70 {
+            for len in [0, 1, 15, 63, 64, 65, 127, 128, 129, 200, 330] {
+                copy_streaming(&mut dst[at..at + len], &src[7..7 + len]);
+                let mut r = RedPart::default();
+                r.unfenced = true;
+                r.fence();
+                // SAFETY: the octets were just written.
+                let got: Vec<u8> = dst[at..at + len]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                assert_eq!(got, &src[7..7 + len], "at {at}, {len} octets");
+            }
+        }
+    }
+
+    /// A buffer large enough to be streamed, filled out of order, with duplicates, overlaps
+    /// and segments of odd sizes, holds exactly the block (and its growth copies what was
+    /// streamed before).
+    #[test]
+    fn a_streamed_red_part_reassembles_exactly() {
+        let b = block(STREAM_MIN + 300_001);
+        // Small segments (copied through the cache) then large ones (streamed), so that lines
+        // at their boundaries are written both ways in turn.
+        let small = 1399 * 100;
+        let mut segs = segments(small, 1399);
+        segs.extend(
+            segments(b.len() - small, 5003)
+                .into_iter()
+                .map(|(s, e)| (s + small, e + small)),
+        );
+        segs.swap(2, 40);
+        segs.swap(150, 1000);
+        segs.swap(1001, 1600);
+        segs.push(segs[7]);
+        segs.push((5000, 9000));
+        segs.push((100, 107));
+        let pool = BufferPool::new(0);
+        let mut r = RedPart::default();
+        let mut held = 0;
+        for &(s, e) in &segs {
+            held += r.write(s as u64, &b[s..e], STREAM_MIN, &pool);
+        }
+        assert!(r.buf.capacity() >= STREAM_MIN);
+        assert_eq!(held, b.len());
+        let got = r.take(b.len() as u64, &pool);
+        assert!(
+            got[..] == b[..],
+            "the streamed red part differs from the block"
+        );
     }
 
     #[test]
