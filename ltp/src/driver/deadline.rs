@@ -161,22 +161,18 @@ mod linux {
                         8,
                     )
                 };
-                let result = if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                };
                 // A read takes every expiry, and the timer is one-shot: the descriptor stays
                 // unreadable until it is armed again and expires. Forgetting the readiness now
                 // spares the next wait a read that could only fail.
-                match result {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                    Err(e) => return Err(e),
-                    Ok(()) => {
-                        guard.clear_ready();
-                        return Ok(());
-                    }
+                if n >= 0 {
+                    guard.clear_ready();
+                    return Ok(());
                 }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+                guard.clear_ready();
             }
         }
     }
