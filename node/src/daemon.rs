@@ -1179,7 +1179,9 @@ fn push(
     labels: &[(&str, &str)],
     value: u64,
 ) {
-    (stats.metrics).push(Metric::new(name, help, kind, labels, value as f64));
+    stats
+        .metrics
+        .push(Metric::new(name, help, kind, labels, value as f64));
 }
 
 /// Adds the contact plan's gauges and reload counters (`dtn_contact_plan_*`).
